@@ -1,0 +1,5 @@
+"""`python -m warmload` runs the CLI."""
+
+from warmload.cli import main
+
+raise SystemExit(main())

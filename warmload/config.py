@@ -1,0 +1,105 @@
+"""Frozen, validated configuration objects. argparse stops at cli.py and JSON at server/:
+library functions take these objects (or their fields as keywords)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from warmload.errors import RequestError
+
+LOAD_MODES = ("mmap", "memory", "read")
+WARMUP_MODES = ("none", "willneed", "populate", "read", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """How a model file becomes a runnable model.
+
+    load_mode: "mmap" maps the file (zero-copy, default); "memory" reads the whole file into one
+    buffer; "read" preads each tensor into its own buffer.
+    """
+
+    load_mode: str = "mmap"
+    threads: int | None = None  # None: physical cores (or the tuned value)
+    ctx: int | None = None  # None: the model's context, capped at DEFAULT_MAX_CTX
+    device: str = "cpu"
+    n_gpu_layers: int = 0
+    mlock: bool = False
+    warmup: str = "none"
+    warmup_sync: bool = False
+    lazy: bool = False
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.load_mode not in LOAD_MODES:
+            raise RequestError(
+                f"load_mode must be one of {', '.join(LOAD_MODES)}, not {self.load_mode!r}",
+                "load_mode",
+            )
+        if self.warmup not in WARMUP_MODES:
+            raise RequestError(
+                f"warmup must be one of {', '.join(WARMUP_MODES)}, not {self.warmup!r}", "warmup"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise RequestError(f"threads must be >= 1, not {self.threads}", "threads")
+        if self.ctx is not None and self.ctx < 1:
+            raise RequestError(f"ctx must be >= 1, not {self.ctx}", "ctx")
+
+    @classmethod
+    def from_options(cls, **options: object) -> LoadConfig:
+        """Build from keyword options, naming any that is not a LoadConfig field."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise RequestError(
+                f"unknown load option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                unknown[0],
+            )
+        return cls(**options)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationConfig:
+    """Sampling and stopping options; defaults follow llama.cpp's common sampler defaults."""
+
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_tokens >= 0, "max_tokens", "must be >= 0"),
+            (self.temperature >= 0, "temperature", "must be >= 0"),
+            (self.top_k >= 0, "top_k", "must be >= 0 (0 disables it)"),
+            (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
+            (0 <= self.min_p <= 1, "min_p", "must be in [0, 1]"),
+            (self.repeat_penalty > 0, "repeat_penalty", "must be > 0"),
+            (self.repeat_last_n >= -1, "repeat_last_n", "must be >= -1 (-1: whole context)"),
+            (-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]"),
+            (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise RequestError(f"{name} {rule}, got {getattr(self, name)!r}", name)
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise RequestError("stop must hold non-empty strings", "stop")
+
+
+def cache_dir() -> Path:
+    """Root of warmload's on-disk caches: $WARMLOAD_CACHE_DIR, else ~/.cache/warmload."""
+    env = os.environ.get("WARMLOAD_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "warmload"

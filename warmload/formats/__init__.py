@@ -1,0 +1,1 @@
+"""Bytes on disk -> metadata + TensorInfo records. stdlib + numpy only, never torch."""
