@@ -1,0 +1,327 @@
+"""Engine: a loaded model, its tokenizer and chat template, and one KV cache kept warm.
+
+Generation reuses the cache across calls: a new prompt that starts with tokens already in the
+cache (the previous turn of a chat, a shared system prompt) prefills only what is new, the way
+llama.cpp's server reuses its slot's prompt cache.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from warmload.chat import ChatTemplate
+from warmload.config import GenerationConfig, LoadConfig
+from warmload.errors import ContextOverflowError, RequestError
+from warmload.sampling import make_generator, sample_token
+from warmload.tokenizer import Tokenizer, build_tokenizer
+
+DEFAULT_MAX_CTX = 4096  # KV cache cap when neither -c nor the model asks for less
+PREFILL_CHUNK = 512  # prompt tokens per forward pass (bounds attention memory)
+
+
+@dataclass(slots=True)
+class Timings:
+    load_seconds: float = 0.0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from the previous call
+    prompt_seconds: float = 0.0
+    ttft_seconds: float = 0.0
+    generated_tokens: int = 0
+    generate_seconds: float = 0.0  # after the first token
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        evaluated = self.prompt_tokens - self.cached_tokens
+        return evaluated / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        after_first = self.generated_tokens - 1
+        return after_first / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length"
+    timings: Timings
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One streamed step: new text (may be empty while a multi-byte char or a possible stop
+    string is held back); the last chunk carries the finished Completion."""
+
+    text: str
+    token_id: int | None = None
+    completion: Completion | None = field(default=None)
+
+
+class StopStrings:
+    """Cuts generated text at the first stop string, holding back any tail that could still
+    grow into one, so a stop string is never streamed out."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, stopped)."""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(stop[:n]):
+                    hold = n
+                    break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def default_threads() -> int:
+    """Cores this process may run on (llama.cpp defaults to the physical cores)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def generation_config(options: dict[str, Any]) -> GenerationConfig:
+    known = {f.name for f in fields(GenerationConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise RequestError(f"unknown generation option(s): {', '.join(unknown)}", unknown[0])
+    return GenerationConfig(**options)
+
+
+class Engine:
+    """Model + tokenizer + one warm KV cache. Calls are serialised by a lock."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        *,
+        path: Path,
+        checkpoint: Any,
+        load_config: LoadConfig,
+        load_stats: Any,
+        load_seconds: float,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.path = path
+        self.checkpoint = checkpoint
+        self.load_config = load_config
+        self.load_stats = load_stats
+        self.load_seconds = load_seconds
+        model_ctx = int(getattr(model.config, "max_position_embeddings", 0) or DEFAULT_MAX_CTX)
+        self.ctx = load_config.ctx or min(model_ctx, DEFAULT_MAX_CTX)
+        self._cache = model.new_cache(self.ctx, batch_size=1)
+        self._cache_ids: list[int] = []  # tokens whose K/V sit in the cache, in order
+        self._lock = threading.Lock()
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """float32 next-token logits at every position: shape (len(token_ids), vocab)."""
+        ids = self._check_ids(token_ids)
+        cache = self.model.new_cache(len(ids), batch_size=1)
+        rows = []
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            chunk = torch.tensor([ids[start : start + PREFILL_CHUNK]], dtype=torch.long)
+            hidden = self.model(chunk, cache, start)
+            rows.append(self.model.compute_logits(hidden)[0].float())
+        return torch.cat(rows, dim=0)
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[int], **options: Any) -> Completion:
+        for chunk in self.stream_chunks(prompt, **options):
+            if chunk.completion is not None:
+                return chunk.completion
+        raise AssertionError("stream_chunks ended without a completion")
+
+    def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
+        """Yields text pieces as they are made (never broken UTF-8, never a stop string)."""
+        for chunk in self.stream_chunks(prompt, **options):
+            if chunk.text:
+                yield chunk.text
+
+    def chat(self, messages: Sequence[dict[str, Any]], **options: Any) -> Completion:
+        return self.generate(self.chat_prompt(messages), **options)
+
+    def stream_chat(self, messages: Sequence[dict[str, Any]], **options: Any) -> Iterator[str]:
+        return self.stream(self.chat_prompt(messages), **options)
+
+    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        """Token ids of the rendered chat, with BOS exactly once."""
+        text = self.template.render(messages, add_generation_prompt=True)
+        return self.encode_rendered(text)
+
+    def encode_rendered(self, text: str) -> list[int]:
+        """Encode template output: special tokens in it are parsed; BOS is added only when the
+        template did not write it itself."""
+        ids = self.tokenizer.encode(text, add_special=False, parse_special=True)
+        bos = self.tokenizer.bos_id
+        if self.tokenizer.add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
+        return ids
+
+    def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special=True, parse_special=False)
+        return self._check_ids(prompt)
+
+    def stream_chunks(self, prompt: str | Sequence[int], **options: Any) -> Iterator[Chunk]:
+        """The generation loop; the last chunk carries the Completion."""
+        cfg = generation_config(options)
+        started = time.perf_counter()
+        prompt_ids = self.encode_prompt(prompt)
+        if not prompt_ids:
+            raise RequestError("the prompt is empty (no tokens)", "prompt")
+        if len(prompt_ids) >= self.ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(prompt_ids)} tokens but the context holds {self.ctx}; "
+                f"shorten it or raise the context (-c / ctx=)",
+                "prompt",
+            )
+        with self._lock, torch.inference_mode():
+            yield from self._generate(prompt_ids, cfg, started)
+
+    def _generate(self, prompt_ids: list[int], cfg: GenerationConfig, started: float):
+        timings = Timings(load_seconds=self.load_seconds, prompt_tokens=len(prompt_ids))
+        generator = make_generator(cfg.seed)
+        stops = StopStrings(cfg.stop)
+        decoder = self.tokenizer.stream_decoder()
+        history = list(prompt_ids)
+        generated: list[int] = []
+        text_parts: list[str] = []
+        logits = self._prefill(prompt_ids, timings)
+        timings.prompt_seconds = time.perf_counter() - started
+        finish = "length"
+        first_token_at = None
+        while len(generated) < cfg.max_tokens:
+            token = sample_token(logits, history, cfg, generator)
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+                timings.ttft_seconds = first_token_at - started
+            generated.append(token)
+            history.append(token)
+            if token in self.tokenizer.stop_ids:
+                finish = "stop"
+                break
+            piece, stopped = stops.feed(decoder.push(token))
+            text_parts.append(piece)
+            if stopped:
+                finish = "stop"
+                break
+            yield Chunk(piece, token)
+            if len(history) >= self.ctx or len(generated) >= cfg.max_tokens:
+                break  # no room (or no need) to feed this token back
+            logits = self._forward_last([token], len(history) - 1)
+        if finish != "stop":
+            tail, _ = stops.feed(decoder.flush())
+            tail += stops.flush()
+            text_parts.append(tail)
+            if tail:
+                yield Chunk(tail)
+        if first_token_at is not None:
+            timings.generate_seconds = time.perf_counter() - first_token_at
+        timings.generated_tokens = len(generated)
+        # The last sampled token was never fed through the model: its K/V is not cached.
+        self._cache_ids = history[:-1] if generated else history
+        completion = Completion("".join(text_parts), generated, finish, timings)
+        yield Chunk("", None, completion)
+
+    def _prefill(self, prompt_ids: list[int], timings: Timings) -> torch.Tensor:
+        """Runs the uncached part of the prompt; returns the last position's logits."""
+        reuse = common_prefix_length(self._cache_ids, prompt_ids)
+        reuse = min(reuse, len(prompt_ids) - 1)  # the last prompt token must produce logits
+        timings.cached_tokens = reuse
+        self._cache_ids = prompt_ids[:reuse]
+        logits = None
+        for start in range(reuse, len(prompt_ids), PREFILL_CHUNK):
+            chunk = prompt_ids[start : start + PREFILL_CHUNK]
+            logits = self._forward_last(chunk, start)
+            self._cache_ids = prompt_ids[: start + len(chunk)]
+        assert logits is not None
+        return logits
+
+    def _forward_last(self, token_ids: list[int], start_pos: int) -> torch.Tensor:
+        tokens = torch.tensor([token_ids], dtype=torch.long)
+        hidden = self.model(tokens, self._cache, start_pos)
+        return self.model.compute_logits(hidden[:, -1:])[0, -1].float()
+
+    def reset(self) -> None:
+        """Forget the cached conversation (the next call prefills from scratch)."""
+        with self._lock:
+            self._cache_ids = []
+
+    def _check_ids(self, token_ids: Sequence[int]) -> list[int]:
+        ids = [int(t) for t in token_ids]
+        vocab = self.tokenizer.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise RequestError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        if not ids:
+            raise RequestError("no token ids given", "prompt")
+        return ids
+
+    def close(self) -> None:
+        self._cache = None
+        self.checkpoint.close()
+
+
+def load_engine(path: Any = None, **load_options: Any) -> Engine:
+    """Resolve, open, load and wrap a model; `load_options` are LoadConfig fields."""
+    from warmload.catalog import resolve_model_path
+    from warmload.formats.open import open_checkpoint
+    from warmload.loader import load_model
+
+    started = time.perf_counter()
+    cfg = LoadConfig.from_options(**load_options)
+    torch.set_num_threads(cfg.threads or default_threads())
+    model_path = resolve_model_path(path)
+    checkpoint = open_checkpoint(model_path, load_mode=cfg.load_mode)
+    try:
+        model, stats = load_model(checkpoint, cfg)
+        tokenizer = build_tokenizer(checkpoint.metadata)
+        template = ChatTemplate.from_metadata(checkpoint.metadata, tokenizer)
+    except BaseException:
+        checkpoint.close()
+        raise
+    return Engine(
+        model,
+        tokenizer,
+        template,
+        path=model_path,
+        checkpoint=checkpoint,
+        load_config=cfg,
+        load_stats=stats,
+        load_seconds=time.perf_counter() - started,
+    )
