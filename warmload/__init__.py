@@ -51,7 +51,7 @@ def open_checkpoint(path: Any, load_mode: str = "mmap") -> Checkpoint:
 
 
 def dequantize(raw: Any, ggml_type: str, shape: Any, dtype: Any = None) -> Any:
-    """Raw GGML bytes (buffer, numpy or torch uint8) -> torch tensor of `shape` (float32 default)."""
+    """Raw GGML bytes (buffer, numpy or torch uint8) -> torch tensor of `shape` (float32)."""
     from warmload.quant.dequant import dequantize as _dequantize
 
     return _dequantize(raw, ggml_type, shape, dtype=dtype)

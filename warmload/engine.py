@@ -21,6 +21,7 @@ from warmload.chat import ChatTemplate
 from warmload.config import GenerationConfig, LoadConfig
 from warmload.errors import ContextOverflowError, RequestError
 from warmload.sampling import make_generator, sample_token
+from warmload.stopping import StopStrings
 from warmload.tokenizer import Tokenizer, build_tokenizer
 
 DEFAULT_MAX_CTX = 4096  # KV cache cap when neither -c nor the model asks for less
@@ -64,36 +65,6 @@ class Chunk:
     text: str
     token_id: int | None = None
     completion: Completion | None = field(default=None)
-
-
-class StopStrings:
-    """Cuts generated text at the first stop string, holding back any tail that could still
-    grow into one, so a stop string is never streamed out."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(stops)
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Returns (text safe to emit, stopped)."""
-        self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
-        hold = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(self.pending)), hold, -1):
-                if self.pending.endswith(stop[:n]):
-                    hold = n
-                    break
-        cut = len(self.pending) - hold
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
