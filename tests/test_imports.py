@@ -1,0 +1,85 @@
+"""The import rules of ../shared/DESIGN.md, enforced on the source (AST, top-level imports)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "warmload"
+
+# Layer of each top-level module or subpackage, refining DESIGN.md's rows into a strict order:
+# a module imports only from layers above it (smaller numbers), so siblings never import each
+# other. (config needs errors; tokenizer opens GGUF files through formats.)
+LAYERS = {
+    "errors": 0,
+    "config": 1,
+    "catalog": 2,
+    "memstats": 2,
+    "stopping": 2,
+    "formats": 3,
+    "tokenizer": 4,
+    "chat": 4,
+    "quant": 4,
+    "models": 4,
+    "loader": 5,
+    "sampling": 6,
+    "engine": 7,
+    "server": 8,
+    "cli": 8,
+    "quantizer": 8,
+    "pull": 8,
+    "bench": 8,
+}
+TORCH_FREE = {"errors", "config", "catalog", "memstats", "stopping", "formats", "tokenizer", "chat"}
+
+
+def module_imports(path: Path) -> list[str]:
+    """Top-level (not function-local) imported module names of a file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def owner(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py")
+
+
+def test_every_module_has_a_layer():
+    owners = {owner(p) for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__"}
+    assert sorted(owners - set(LAYERS)) == []
+
+
+def test_imports_point_up_the_layers():
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        me = owner(path)
+        if me in ("__init__", "__main__"):
+            continue
+        for name in module_imports(path):
+            if me in TORCH_FREE and name.split(".")[0] == "torch":
+                problems.append(f"{path.relative_to(PACKAGE)} imports torch at module level")
+            if not name.startswith("warmload.") or name == "warmload":
+                continue
+            target = name.split(".")[1]
+            if target == me:
+                continue
+            if LAYERS[target] >= LAYERS[me]:
+                problems.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert problems == []
+
+
+def test_import_warmload_and_cli_do_not_import_torch():
+    code = (
+        "import sys, warmload, warmload.cli, warmload.formats.open, warmload.tokenizer;"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
