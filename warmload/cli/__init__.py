@@ -15,10 +15,10 @@ import traceback
 from collections.abc import Sequence
 
 from warmload import __version__
-from warmload.cli import generate, inspect
+from warmload.cli import bench, generate, inspect
 from warmload.errors import WarmloadError
 
-SUBCOMMANDS = (generate, inspect)
+SUBCOMMANDS = (generate, inspect, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
