@@ -1,0 +1,1 @@
+"""Tensor math on torch (CPU or CUDA), no file I/O: GGML dequantization and quantized kernels."""
