@@ -1,0 +1,208 @@
+"""Float -> GGML blocks for the quantizer: one dispatch table, numpy kernels, all cores.
+
+`quantize(x, "Q4_K")` turns a float array of shape (..., n) into the (..., n / block_size *
+type_size) uint8 array that a GGUF file stores. The kernels reproduce llama.cpp's reference
+quantizers (ggml/src/ggml-quants.c quantize_row_*_ref, what llama_model_quantize runs without an
+importance matrix) bit for bit: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 here (gguf-py's gguf/quants.py
+has the same numbers, a test compares), the K-quants in quantize_k.py, F16 and BF16 with
+round-to-nearest-even (ggml_compute_fp32_to_bf16 for BF16). Work is split into chunks of
+blocks that stay in cache and run on a thread pool: numpy releases the GIL in its kernels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from warmload.errors import UnsupportedError
+from warmload.formats.ggml_types import GGML_TYPES
+from warmload.quant.quantize_k import (
+    quantize_q2_k,
+    quantize_q3_k,
+    quantize_q4_k,
+    quantize_q5_k,
+    quantize_q6_k,
+)
+from warmload.quant.quantize_search import F32, first_absmax, fp16_round
+
+BlockQuantizer = Callable[[np.ndarray], np.ndarray]
+
+
+def _argmax_signed(x: np.ndarray) -> np.ndarray:
+    """Per block (rows), the value of largest |x| (first occurrence), as a column."""
+    return first_absmax(x.T)[1][:, None]
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """`d ? 1.0f/d : 0.0f`."""
+    with np.errstate(divide="ignore"):
+        return np.where(d == 0, F32(0), F32(1) / np.where(d == 0, F32(1), d))
+
+
+def _nibbles(q: np.ndarray) -> np.ndarray:
+    """32 quants -> 16 bytes: element j in the low nibble of byte j, j + 16 in the high one."""
+    return q[:, :16] | (q[:, 16:] << 4)
+
+
+def _qh(q: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of 32 quants -> a little-endian uint32, as 4 bytes."""
+    return np.packbits((q >> 4) & 1, axis=1, bitorder="little")
+
+
+def quantize_q4_0(x: np.ndarray) -> np.ndarray:
+    """Q4_0 (18 bytes): d = max / -8, q = min(15, trunc(x / d + 8.5))."""
+    d = _argmax_signed(x) / F32(-8)
+    q = np.minimum(np.trunc(x * _inverse(d) + F32(8.5)), 15).astype(np.uint8)
+    return np.concatenate([fp16_round(d)[0].view(np.uint8), _nibbles(q)], axis=1)
+
+
+def quantize_q4_1(x: np.ndarray) -> np.ndarray:
+    """Q4_1 (20 bytes): d = (max - min) / 15, m = min, q = min(15, trunc((x - m) / d + 0.5))."""
+    mn, mx = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    d = (mx - mn) / F32(15)
+    q = np.minimum(np.trunc((x - mn) * _inverse(d) + F32(0.5)), 15).astype(np.uint8)
+    head = [fp16_round(d)[0].view(np.uint8), fp16_round(mn)[0].view(np.uint8)]
+    return np.concatenate([*head, _nibbles(q)], axis=1)
+
+
+def quantize_q5_0(x: np.ndarray) -> np.ndarray:
+    """Q5_0 (22 bytes): d = max / -16, q = min(31, trunc(x / d + 16.5)), 5th bits in qh."""
+    d = _argmax_signed(x) / F32(-16)
+    q = np.minimum(np.trunc(x * _inverse(d) + F32(16.5)), 31).astype(np.uint8)
+    return np.concatenate([fp16_round(d)[0].view(np.uint8), _qh(q), _nibbles(q & 15)], axis=1)
+
+
+def quantize_q5_1(x: np.ndarray) -> np.ndarray:
+    """Q5_1 (24 bytes): d = (max - min) / 31, m = min, q = trunc((x - m) / d + 0.5)."""
+    mn, mx = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    d = (mx - mn) / F32(31)
+    q = np.trunc((x - mn) * _inverse(d) + F32(0.5)).astype(np.uint8)
+    head = [fp16_round(d)[0].view(np.uint8), fp16_round(mn)[0].view(np.uint8)]
+    return np.concatenate([*head, _qh(q), _nibbles(q & 15)], axis=1)
+
+
+def _roundf(v: np.ndarray) -> np.ndarray:
+    """C roundf (half away from zero), exact in float32."""
+    a = np.abs(v)
+    fl = np.floor(a)
+    return np.copysign(fl + np.floor(F32(2) * (a - fl)), v)
+
+
+def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+    """Q8_0 (34 bytes): d = amax / 127, q = roundf(x / d)."""
+    d = np.abs(x).max(axis=1, keepdims=True) / F32(127)
+    q = _roundf(x * _inverse(d)).astype(np.int8)
+    return np.concatenate([fp16_round(d)[0].view(np.uint8), q.view(np.uint8)], axis=1)
+
+
+def quantize_f16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16).view(np.uint8)
+
+
+def quantize_bf16(x: np.ndarray) -> np.ndarray:
+    """ggml_compute_fp32_to_bf16: round to nearest even, NaNs made quiet."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32).astype(np.uint64)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
+    h = np.where(nan, (u >> 16) | 64, rounded).astype(np.uint16)
+    return h.view(np.uint8)
+
+
+def quantize_f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=F32).view(np.uint8)
+
+
+QUANTIZERS: dict[str, BlockQuantizer] = {
+    "F32": quantize_f32,
+    "F16": quantize_f16,
+    "BF16": quantize_bf16,
+    "Q4_0": quantize_q4_0,
+    "Q4_1": quantize_q4_1,
+    "Q5_0": quantize_q5_0,
+    "Q5_1": quantize_q5_1,
+    "Q8_0": quantize_q8_0,
+    "Q2_K": quantize_q2_k,
+    "Q3_K": quantize_q3_k,
+    "Q4_K": quantize_q4_k,
+    "Q5_K": quantize_q5_k,
+    "Q6_K": quantize_q6_k,
+}
+
+# Weights per chunk: a chunk's float32 temporaries stay in L2; the K-quant searches make many
+# passes over their chunk, the one-pass kernels want fewer, larger calls.
+_CHUNK_WEIGHTS = {"Q2_K": 1 << 15, "Q3_K": 1 << 15, "Q4_K": 1 << 15, "Q5_K": 1 << 15}
+_DEFAULT_CHUNK_WEIGHTS = 1 << 17
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _as_float_array(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor: numpy view without importing torch here
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        x = x.numpy()
+    a = np.asarray(x)
+    if a.dtype not in (np.float32, np.float16, np.float64):
+        raise UnsupportedError(f"quantize takes float16/32/64 input, not {a.dtype}")
+    return a
+
+
+def quantize(
+    x: Any,
+    ggml_type: str,
+    *,
+    threads: int | None = None,
+    executor: ThreadPoolExecutor | None = None,
+) -> np.ndarray:
+    """Quantize a float array (..., n) to GGML blocks: uint8 (..., n / block_size * type_size).
+
+    n must be a multiple of the type's block size. threads: worker threads (None: all CPUs);
+    executor: an existing pool to run the chunks on (then threads is ignored).
+    """
+    fn = QUANTIZERS.get(ggml_type)
+    if fn is None:
+        raise UnsupportedError(
+            f"cannot quantize to {ggml_type!r}; supported: {', '.join(QUANTIZERS)}"
+        )
+    t = GGML_TYPES[ggml_type]
+    a = _as_float_array(x)
+    shape = a.shape if a.ndim else (1,)
+    n = shape[-1]
+    if n % t.block_size:
+        raise UnsupportedError(
+            f"cannot quantize rows of {n} values to {ggml_type}: rows must be a multiple of "
+            f"{t.block_size}"
+        )
+    blocks = a.reshape(-1, t.block_size)
+    nblocks = blocks.shape[0]
+    out = np.empty((nblocks, t.type_size), np.uint8)
+    per_chunk = max(1, _CHUNK_WEIGHTS.get(ggml_type, _DEFAULT_CHUNK_WEIGHTS) // t.block_size)
+    starts = range(0, nblocks, per_chunk)
+
+    def run(start: int) -> None:
+        stop = min(start + per_chunk, nblocks)
+        chunk = np.ascontiguousarray(blocks[start:stop], dtype=F32)
+        out[start:stop] = fn(chunk)
+
+    if executor is not None and len(starts) > 1:
+        list(executor.map(run, starts))
+    else:
+        n_threads = min(threads or default_threads(), len(starts))
+        if n_threads <= 1:
+            for s in starts:
+                run(s)
+        else:
+            with ThreadPoolExecutor(n_threads) as pool:
+                list(pool.map(run, starts))
+    return out.reshape(*shape[:-1], n // t.block_size * t.type_size)
