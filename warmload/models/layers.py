@@ -1,0 +1,274 @@
+"""Decoder building blocks: RMSNorm, rotary tables, attention masks, attention, gated MLP, KV cache.
+
+References: Hugging Face transformers modeling_llama.py and modeling_gemma3.py (module names and
+float order), llama.cpp ggml_rope ("normal" = adjacent pairs, "neox" = halves) and
+llama-graph.cpp (sliding-window mask: a query at p attends keys k with p - k < window).
+Modules are built under torch.device("meta") and get their weights attached by the loader;
+rotary tables and caches are plain tensors made later on the real device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from warmload.errors import ContextOverflowError, UnsupportedError
+
+ROPE_STYLES = ("neox", "interleaved")
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * (offset + weight); offset 0 for llama, 1 for HF gemma checkpoints."""
+
+    def __init__(self, dim: int, eps: float, offset: float = 0.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim), requires_grad=False)
+        self.eps = eps
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight + self.offset if self.offset else self.weight
+        return F.rms_norm(x, w.shape, w, self.eps)
+
+
+def rope_inv_freq(
+    head_dim: int,
+    theta: float,
+    rope_scaling: dict[str, Any] | None = None,
+    freq_factors: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """float64 inverse frequencies (head_dim // 2,), after HF-style scaling and GGUF freq factors.
+
+    rope_scaling follows HF: {"rope_type": "linear" | "llama3" | "default", "factor": ...}.
+    freq_factors is llama.cpp's rope_freqs tensor: each frequency is divided by its factor.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
+    if kind == "linear":
+        inv_freq = inv_freq / float(rope_scaling["factor"])  # type: ignore[index]
+    elif kind == "llama3":
+        inv_freq = _llama3_inv_freq(inv_freq, rope_scaling)  # type: ignore[arg-type]
+    elif kind not in ("default", None):
+        raise UnsupportedError(
+            f"rope scaling {kind!r} is not supported (supported: linear, llama3, none)"
+        )
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.to(torch.float64).cpu()
+    return inv_freq
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict[str, Any]) -> torch.Tensor:
+    """HF _compute_llama3_parameters: scale low frequencies, blend the middle band."""
+    factor, old_ctx = float(s["factor"]), float(s["original_max_position_embeddings"])
+    low, high = float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+class RotaryTables:
+    """cos/sin of position * inv_freq for positions 0..length-1, shape (length, head_dim // 2).
+
+    Angles are computed in float64 and stored in the activation dtype. style "neox" rotates
+    the two halves of a head (HF rotate_half, llama.cpp NEOX); "interleaved" rotates adjacent
+    pairs (llama.cpp's normal rope, which GGUF llama q/k rows are permuted for).
+    """
+
+    def __init__(
+        self, inv_freq: torch.Tensor, style: str, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        if style not in ROPE_STYLES:
+            raise UnsupportedError(f"rope style {style!r} (supported: {', '.join(ROPE_STYLES)})")
+        self.inv_freq = inv_freq
+        self.style = style
+        self.dtype = dtype
+        self.device = device
+        self.length = 0
+        self.cos = self.sin = torch.empty(0)
+
+    def ensure(self, length: int) -> None:
+        """Grow the tables to cover `length` positions (computed once, reused after)."""
+        if length <= self.length:
+            return
+        angles = torch.outer(torch.arange(length, dtype=torch.float64), self.inv_freq)
+        self.cos = angles.cos().to(self.device, self.dtype)
+        self.sin = angles.sin().to(self.device, self.dtype)
+        self.length = length
+
+    def window(self, start_pos: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for positions start_pos..start_pos+n-1, shaped (n, 1, head_dim // 2)."""
+        if start_pos + n > self.length:
+            self.ensure(start_pos + n)
+        return self.cos[start_pos : start_pos + n, None], self.sin[start_pos : start_pos + n, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str) -> torch.Tensor:
+    """Rotate x (B, T, H, D) by cos/sin (T, 1, D/2) in the given style."""
+    if style == "neox":
+        x1, x2 = x.chunk(2, dim=-1)  # (B, T, H, D/2) each
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    pairs = x.unflatten(-1, (-1, 2))  # (B, T, H, D/2, 2)
+    x1, x2 = pairs[..., 0], pairs[..., 1]
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+
+
+def attention_mask(
+    start_pos: int, n: int, key_start: int, window: int | None, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean (n, L) mask of queries start_pos.. over keys key_start..start_pos+n-1.
+
+    True = attend: causal, and for sliding-window layers query p sees key k iff p - k < window.
+    None when every key is visible (a single query whose keys were already cut to the window).
+    """
+    end = start_pos + n
+    if n == 1 and (window is None or end - key_start <= window):
+        return None
+    q_pos = torch.arange(start_pos, end, device=device)[:, None]
+    k_pos = torch.arange(key_start, end, device=device)[None, :]
+    mask = k_pos <= q_pos
+    if window is not None:
+        mask &= q_pos - k_pos < window
+    return mask
+
+
+def key_start(start_pos: int, window: int | None) -> int:
+    """First key position any query from start_pos on can see (0 without a window)."""
+    return 0 if window is None else max(0, start_pos - window + 1)
+
+
+class KVCache:
+    """Preallocated keys and values per layer, (batch, n_kv_heads, max_ctx, head_dim) each.
+
+    Written in place by slice assignment; attention reads views of positions 0..end-1, so
+    decoding allocates nothing per token here. Unwritten slots are never read.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_kv_heads: int,
+        max_ctx: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (batch_size, n_kv_heads, max_ctx, head_dim)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.max_ctx = max_ctx
+        self.batch_size = batch_size
+
+    def check(self, start_pos: int, n: int, batch_size: int) -> None:
+        """Raise if positions start_pos..start_pos+n-1 do not fit (before any layer runs)."""
+        if start_pos < 0 or start_pos + n > self.max_ctx:
+            raise ContextOverflowError(
+                f"positions {start_pos}..{start_pos + n - 1} do not fit the KV cache of "
+                f"{self.max_ctx} tokens"
+            )
+        if batch_size != self.batch_size:
+            raise ContextOverflowError(
+                f"batch of {batch_size} sequences for a KV cache made for {self.batch_size}"
+            )
+
+    def update(
+        self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor, key_start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, KV, T, D) at start_pos; return views of key_start..start_pos+T-1."""
+        end = start_pos + k.shape[2]
+        self.k[layer][:, :, start_pos:end] = k
+        self.v[layer][:, :, start_pos:end] = v
+        return self.k[layer][:, :, key_start:end], self.v[layer][:, :, key_start:end]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with GQA, rope, optional per-head q/k RMSNorm (gemma3)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        scale: float,
+        qk_norm_eps: float | None = None,
+        norm_offset: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.scale = scale
+        self.q_proj = nn.Linear(hidden_size, n_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, n_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, n_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(n_heads * head_dim, hidden_size, bias=False)
+        if qk_norm_eps is not None:
+            self.q_norm = RMSNorm(head_dim, qk_norm_eps, norm_offset)
+            self.k_norm = RMSNorm(head_dim, qk_norm_eps, norm_offset)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        start_pos: int,
+        rope: tuple[torch.Tensor, torch.Tensor, str],
+        mask: torch.Tensor | None,
+        first_key: int = 0,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin, style = rope
+        q = apply_rope(q, cos, sin, style).transpose(1, 2)  # (B, H, T, D)
+        k = apply_rope(k, cos, sin, style).transpose(1, 2)  # (B, KV, T, D)
+        keys, values = cache.update(layer, start_pos, k, v.transpose(1, 2), first_key)
+        out = F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=mask,
+            scale=self.scale,
+            enable_gqa=self.n_heads != self.n_kv_heads,
+        )  # (B, H, T, D)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def embedding(vocab_size: int, hidden_size: int) -> nn.Embedding:
+    """An uninitialised nn.Embedding: its default normal_ init on meta imports torch._dynamo
+    (over a second), and the loader replaces the weight anyway."""
+    weight = torch.empty(vocab_size, hidden_size)
+    return nn.Embedding(vocab_size, hidden_size, _weight=weight, _freeze=True)
+
+
+class GatedMLP(nn.Module):
+    """down_proj(act(gate_proj(x)) * up_proj(x)): SwiGLU (llama) or GeGLU-tanh (gemma)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise UnsupportedError(
+                f"activation {activation!r} (supported: {', '.join(sorted(ACTIVATIONS))})"
+            )
+        self.act = ACTIVATIONS[activation]
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
