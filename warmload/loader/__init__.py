@@ -1,0 +1,104 @@
+"""load_model: an opened Checkpoint -> a runnable model and the LoadStats of getting there.
+
+Pipeline (../shared/DESIGN.md): config from metadata -> model built on `meta` -> plan (pure,
+raises on a wrong architecture, missing/unexpected/mis-shaped tensors or unsupported types
+before any byte is read) -> per tensor: source bytes -> transform -> transfer -> assign ->
+prepare (tie embeddings, rope tables on the device) -> verify (nothing left on meta).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from warmload.config import LoadConfig
+from warmload.errors import WeightMismatchError
+from warmload.formats.checkpoint import Checkpoint
+from warmload.loader.hparams import read_model_config
+from warmload.loader.plan import LoadPlan, TensorLoad, make_load_plan
+from warmload.loader.stats import LoadStats
+from warmload.loader.transform import transform_tensor
+from warmload.models import ARCHITECTURES
+
+ACTIVATION_DTYPE = torch.float32  # CPU for now; bf16 with packed kernels comes later
+
+
+def load_model(
+    checkpoint: Checkpoint, cfg: LoadConfig | None = None
+) -> tuple[nn.Module, LoadStats]:
+    """Build the checkpoint's model with its weights on cfg.device; see the module docstring."""
+    cfg = cfg or LoadConfig()
+    stats = LoadStats()
+    started = time.perf_counter()
+    device = torch.device(cfg.device)
+    with torch.no_grad():
+        with stats.timed("config"):
+            arch, config = read_model_config(checkpoint)
+        with stats.timed("build"):
+            model = ARCHITECTURES[arch].build_model(config)
+        with stats.timed("plan"):
+            plan = plan_for(checkpoint, arch, model)
+        for load in plan.tensors:
+            tensor = read_tensor(checkpoint, load, device, stats)
+            with stats.timed("assign"):
+                assign_parameter(model, load.target, tensor)
+        with stats.timed("prepare"):
+            factors = plan.rope_freq_factors
+            model.prepare(read_tensor(checkpoint, factors, device, stats) if factors else None)
+        with stats.timed("verify"):
+            verify_loaded(model, str(checkpoint.path))
+    stats.wall_seconds = time.perf_counter() - started
+    return model, stats
+
+
+def plan_for(checkpoint: Checkpoint, arch: str, model: nn.Module) -> LoadPlan:
+    """The load plan of `checkpoint` into `model` (built on meta), checked before any read."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+    return make_load_plan(
+        checkpoint.path,
+        checkpoint.tensors,
+        ARCHITECTURES[arch].GGUF_TENSOR_NAMES,
+        model.config.num_hidden_layers,
+        expected,
+        model.tied_weights(),
+    )
+
+
+def read_tensor(
+    checkpoint: Checkpoint, load: TensorLoad, device: torch.device, stats: LoadStats
+) -> torch.Tensor:
+    """One tensor's bytes -> transformed tensor on `device`, timed per stage."""
+    with stats.timed("source", load.nbytes):
+        raw = checkpoint.tensor_bytes(load.source)
+    with stats.timed("transform", load.nbytes):
+        tensor = transform_tensor(raw, load, ACTIVATION_DTYPE)
+    if tensor.device != device:
+        with stats.timed("transfer", tensor.nbytes):
+            tensor = tensor.to(device)
+    stats.n_tensors += 1
+    stats.source_nbytes += load.nbytes
+    stats.param_nbytes += tensor.nbytes
+    return tensor
+
+
+def assign_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Replace the (meta) parameter `name` by `tensor`, without copying it."""
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    setattr(module, leaf, nn.Parameter(tensor, requires_grad=False))
+
+
+def verify_loaded(model: nn.Module, where: str) -> None:
+    """WeightMismatchError naming (sorted) every parameter or buffer still on meta."""
+    left: list[Any] = [
+        name
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+        if t.device.type == "meta"
+    ]
+    if left:
+        raise WeightMismatchError(
+            f"{where}: {len(left)} parameter(s) got no weights: {', '.join(sorted(left))}"
+        )
