@@ -54,6 +54,9 @@ _TABLE = [
     (34, "TQ1_0", 256, 54),
     (35, "TQ2_0", 256, 66),
     (39, "MXFP4", 32, 17),
+    # Not ggml types: SafeTensors dtypes ggml lacks, with negative ids that no GGUF file can hold.
+    (-1, "U8", 1, 1),
+    (-2, "BOOL", 1, 1),
 ]
 
 GGML_TYPES: dict[str, GGMLType] = {name: GGMLType(i, name, b, s) for i, name, b, s in _TABLE}
