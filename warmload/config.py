@@ -103,3 +103,33 @@ def cache_dir() -> Path:
     """Root of warmload's on-disk caches: $WARMLOAD_CACHE_DIR, else ~/.cache/warmload."""
     env = os.environ.get("WARMLOAD_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "warmload"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """`warmload serve`: where to listen, which models, and the model cache's limits."""
+
+    models: tuple[tuple[str, str], ...] = ()  # (id, path or packaged name), first is default
+    models_dir: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_models: int = 2
+    memory_budget_bytes: int | None = None
+    keep_alive_seconds: float = 300.0  # < 0: forever, 0: unload after each request
+    api_key: str | None = None
+    no_wait: bool = False  # 503 + Retry-After instead of waiting for a loading model
+    max_body_bytes: int = 4 << 20
+    max_stop_strings: int = 8
+    max_batch: int = 8  # sequences decoded together per model
+    load: LoadConfig = field(default_factory=LoadConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise RequestError(f"port must be in 0..65535, not {self.port}", "port")
+        if self.max_models < 1:
+            raise RequestError(f"max_models must be >= 1, not {self.max_models}", "max_models")
+        if self.max_batch < 1:
+            raise RequestError(f"max_batch must be >= 1, not {self.max_batch}", "max_batch")
+        ids = [model_id for model_id, _ in self.models]
+        if len(set(ids)) != len(ids):
+            raise RequestError(f"model ids must be unique, got {ids}", "models")

@@ -65,6 +65,8 @@ class Chunk:
     text: str
     token_id: int | None = None
     completion: Completion | None = field(default=None)
+    logprob: float | None = None  # of token_id, when logprobs were asked for
+    top_logprobs: list[tuple[int, float]] | None = None
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -73,6 +75,18 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+def token_logprobs(
+    logits: torch.Tensor, token: int, top: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """The model's log-probability of `token` and its `top` most likely alternatives."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    alternatives: list[tuple[int, float]] = []
+    if top > 0:
+        values, ids = torch.topk(logp, top)
+        alternatives = list(zip(ids.tolist(), values.tolist()))
+    return float(logp[token]), alternatives
 
 
 def default_threads() -> int:
@@ -168,8 +182,11 @@ class Engine:
             return self.tokenizer.encode(prompt, add_special=True, parse_special=False)
         return self._check_ids(prompt)
 
-    def stream_chunks(self, prompt: str | Sequence[int], **options: Any) -> Iterator[Chunk]:
-        """The generation loop; the last chunk carries the Completion."""
+    def stream_chunks(
+        self, prompt: str | Sequence[int], *, logprobs: int | None = None, **options: Any
+    ) -> Iterator[Chunk]:
+        """The generation loop; the last chunk carries the Completion. `logprobs`: also give
+        each token's log-probability and that many top alternatives (OpenAI's logprobs)."""
         cfg = generation_config(options)
         started = time.perf_counter()
         prompt_ids = self.encode_prompt(prompt)
@@ -182,9 +199,11 @@ class Engine:
                 "prompt",
             )
         with self._lock, torch.inference_mode():
-            yield from self._generate(prompt_ids, cfg, started)
+            yield from self._generate(prompt_ids, cfg, started, logprobs)
 
-    def _generate(self, prompt_ids: list[int], cfg: GenerationConfig, started: float):
+    def _generate(
+        self, prompt_ids: list[int], cfg: GenerationConfig, started: float, logprobs: int | None
+    ) -> Iterator[Chunk]:
         timings = Timings(load_seconds=self.load_seconds, prompt_tokens=len(prompt_ids))
         generator = make_generator(cfg.seed)
         stops = StopStrings(cfg.stop)
@@ -211,7 +230,10 @@ class Engine:
             if stopped:
                 finish = "stop"
                 break
-            yield Chunk(piece, token)
+            chunk = Chunk(piece, token)
+            if logprobs is not None:
+                chunk.logprob, chunk.top_logprobs = token_logprobs(logits, token, logprobs)
+            yield chunk
             if len(history) >= self.ctx or len(generated) >= cfg.max_tokens:
                 break  # no room (or no need) to feed this token back
             logits = self._forward_last([token], len(history) - 1)

@@ -15,10 +15,10 @@ import traceback
 from collections.abc import Sequence
 
 from warmload import __version__
-from warmload.cli import bench, generate, inspect
+from warmload.cli import bench, generate, inspect, serve
 from warmload.errors import WarmloadError
 
-SUBCOMMANDS = (generate, inspect, bench)
+SUBCOMMANDS = (generate, inspect, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

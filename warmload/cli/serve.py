@@ -1,0 +1,89 @@
+"""`warmload serve`: the OpenAI/Ollama-compatible HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+
+from warmload.errors import RequestError
+
+
+def parse_model_arg(text: str) -> tuple[str, str]:
+    """`alias=path` or `path` (id: the file's stem, or the packaged model's name)."""
+    if "=" in text:
+        alias, path = text.split("=", 1)
+        if not alias or not path:
+            raise RequestError(f"-m {text!r}: expected alias=PATH", "model")
+        return alias, path
+    from pathlib import Path
+
+    return (Path(text).stem if Path(text).suffix else text), text
+
+
+def parse_bytes(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from warmload.cli.generate import add_model_flags
+
+    p = subparsers.add_parser("serve", help="OpenAI/Ollama-compatible HTTP server")
+    add_model_flags(p)
+    p.set_defaults(model=None)
+    p.add_argument(
+        "-M",
+        "--models",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="[ALIAS=]PATH",
+        help="another model (repeatable; -m works too)",
+    )
+    p.add_argument("--models-dir", default=None, help="serve every model file in DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-models", type=int, default=2)
+    p.add_argument("--memory-budget", default=None, help="e.g. 8G: evict LRU models above it")
+    p.add_argument(
+        "--keep-alive",
+        type=float,
+        default=300.0,
+        help="seconds a model stays loaded after its last request (-1: forever)",
+    )
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--no-wait", action="store_true", help="503 while a model loads")
+    p.add_argument("--parallel", "-np", type=int, default=8, help="sequences decoded together")
+    p.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from warmload.cli.generate import load_options
+    from warmload.config import LoadConfig, ServerConfig
+    from warmload.server import serve
+
+    specs = ([args.model] if args.model else []) + args.models
+    if not specs and not args.models_dir:
+        specs = ["smollm2"]
+    config = ServerConfig(
+        models=tuple(parse_model_arg(s) for s in specs),
+        models_dir=args.models_dir,
+        host=args.host,
+        port=args.port,
+        max_models=args.max_models,
+        memory_budget_bytes=parse_bytes(args.memory_budget) if args.memory_budget else None,
+        keep_alive_seconds=args.keep_alive,
+        api_key=args.api_key,
+        no_wait=args.no_wait,
+        max_batch=args.parallel,
+        load=LoadConfig(**load_options(args)),
+    )
+    print(
+        f"warmload serving on http://{config.host}:{config.port} "
+        f"(models: {', '.join(m for m, _ in config.models) or args.models_dir})",
+        flush=True,
+    )
+    serve(config)
+    return 0

@@ -1,0 +1,142 @@
+"""The HTTP app: Starlette routes over the model cache, error mapping, auth and health.
+
+Every error becomes an OpenAI-style body ({"error": {"message", "type", "param", "code"}})
+with a status from its class; an unexpected exception is a 500 with a generic message and a
+logged traceback. The server keeps serving after any single bad request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from warmload.config import ServerConfig
+from warmload.errors import RequestError
+from warmload.server import ollama_api, openai_api
+from warmload.server.errors import error_response
+from warmload.server.metrics import Metrics
+from warmload.server.registry import ModelCache
+from warmload.server.scheduler import Scheduler
+
+log = logging.getLogger("warmload.server")
+
+
+class ServerState:
+    def __init__(self, config: ServerConfig, make_scheduler: Any = Scheduler) -> None:
+        self.config = config
+        self.cache = ModelCache(config, make_scheduler)
+        self.metrics = Metrics()
+        self.started = time.time()
+        self.metrics.gauge(
+            "warmload_model_resident_bytes", "Bytes held by loaded models.", self._model_bytes
+        )
+        self.metrics.gauge(
+            "warmload_model_cache_events",
+            "Model cache hits, misses, evictions.",
+            lambda: {f'event="{k}"': v for k, v in self.cache.counters.items()},
+        )
+
+    def _model_bytes(self) -> dict[str, float]:
+        return {f'model="{e.id}"': e.nbytes for e in self.cache.entries.values() if e.engine}
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        from warmload.server.schemas import parse_json
+
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestError(f"request body is {declared} bytes; the limit is {limit}", "body")
+        body = b""
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise RequestError(f"request body exceeds the limit of {limit} bytes", "body")
+        return parse_json(body, limit)
+
+
+def guarded(handler: Any) -> Any:
+    """Wraps a route: auth, then typed errors -> status codes; nothing escapes."""
+
+    async def route(request: Request) -> Response:
+        state: ServerState = request.app.state.warmload
+        key = state.config.api_key
+        if key is not None and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                body = {
+                    "error": {
+                        "message": "invalid or missing API key",
+                        "type": "authentication_error",
+                        "param": None,
+                        "code": 401,
+                    }
+                }
+                return JSONResponse(body, status_code=401)
+        state.metrics.inc(
+            "warmload_requests_total", "HTTP requests.", labels=f'path="{request.url.path}"'
+        )
+        try:
+            return await handler(request, state)
+        except Exception as exc:
+            state.metrics.inc(
+                "warmload_request_errors_total",
+                "Failed requests.",
+                labels=f'path="{request.url.path}"',
+            )
+            return error_response(exc)
+
+    return route
+
+
+async def health(request: Request, state: ServerState) -> Response:
+    entry = state.cache.entries.get(state.cache.default_id or "")
+    status = "ok" if entry is None or entry.state == "ready" else entry.state
+    body = {"status": status, "models": {e.id: e.state for e in state.cache.entries.values()}}
+    if entry is not None and entry.state == "failed":
+        body["error"] = entry.error
+    return JSONResponse(body, status_code=200 if status in ("ok", "loading") else 500)
+
+
+async def metrics(request: Request, state: ServerState) -> Response:
+    return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def sweep_forever(state: ServerState) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        state.cache.sweep()
+
+
+def create_app(config: ServerConfig, make_scheduler: Any = Scheduler) -> Starlette:
+    state = ServerState(config, make_scheduler)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        default = state.cache.default_id
+        if default is not None:
+            state.cache.start_load(state.cache.entries[default])  # listen at once, load behind
+        sweeper = asyncio.get_running_loop().create_task(sweep_forever(state))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            state.cache.close()
+
+    routes = [
+        Route("/health", guarded(health)),
+        Route("/metrics", guarded(metrics)),
+        *[Route(path, guarded(fn), methods=[m]) for path, m, fn in openai_api.ROUTES],
+        *[Route(path, guarded(fn), methods=[m]) for path, m, fn in ollama_api.ROUTES],
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.warmload = state
+    return app

@@ -1,0 +1,199 @@
+"""The server's model cache: each model loaded once and shared, single-flight loads, LRU
+eviction under a model count and a memory budget, and a keep-alive per model.
+
+Modelled on Ollama's scheduler (server/sched.go): a model stays loaded for keep_alive after its
+last request (default 5 minutes, negative: forever, 0: unload when idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from warmload.config import ServerConfig
+from warmload.errors import ModelLoadError, RequestError, WarmloadError
+
+log = logging.getLogger("warmload.server")
+
+MODEL_SUFFIXES = (".gguf", ".safetensors")
+
+
+class ModelNotFoundError(RequestError):
+    """An unknown model id (HTTP 404)."""
+
+
+class ModelLoadingError(WarmloadError):
+    """The model is still loading and the server was told not to wait (HTTP 503)."""
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    id: str
+    path: str
+    engine: Any = None
+    scheduler: Any = None
+    task: asyncio.Task | None = None
+    error: str | None = None
+    active: int = 0  # requests using it now
+    last_used: float = 0.0
+    keep_alive: float = 300.0
+    loaded_at: float = 0.0
+    load_seconds: float = 0.0
+    nbytes: int = 0
+    stats: dict[str, int] = field(default_factory=lambda: {"requests": 0})
+
+    @property
+    def state(self) -> str:
+        if self.engine is not None:
+            return "ready"
+        if self.task is not None and not self.task.done():
+            return "loading"
+        return "failed" if self.error else "unloaded"
+
+    def expires_at(self) -> float | None:
+        if self.engine is None or self.keep_alive < 0:
+            return None
+        return self.last_used + self.keep_alive
+
+
+def discover_models(config: ServerConfig) -> dict[str, str]:
+    """id -> path: the -m models in order, then every model file of --models-dir by stem."""
+    models = {model_id: path for model_id, path in config.models}
+    if config.models_dir:
+        folder = Path(config.models_dir).expanduser()
+        if not folder.is_dir():
+            raise RequestError(f"--models-dir {folder} is not a directory", "models_dir")
+        for path in sorted(folder.iterdir()):
+            if path.suffix in MODEL_SUFFIXES or (path / "config.json").exists():
+                models.setdefault(path.stem if path.is_file() else path.name, str(path))
+    return models
+
+
+class ModelCache:
+    def __init__(self, config: ServerConfig, make_scheduler: Any) -> None:
+        self.config = config
+        self.make_scheduler = make_scheduler
+        self.entries = {
+            model_id: ModelEntry(model_id, path, keep_alive=config.keep_alive_seconds)
+            for model_id, path in discover_models(config).items()
+        }
+        self.counters = {"hits": 0, "misses": 0, "evictions": 0, "load_failures": 0}
+
+    @property
+    def default_id(self) -> str | None:
+        return next(iter(self.entries), None)
+
+    def entry(self, model_id: str | None) -> ModelEntry:
+        model_id = model_id or self.default_id
+        if model_id is None or model_id not in self.entries:
+            known = ", ".join(self.entries) or "none"
+            raise ModelNotFoundError(f"model {model_id!r} not found; available: {known}", "model")
+        return self.entries[model_id]
+
+    async def acquire(
+        self, model_id: str | None, keep_alive: float | None = None, wait: bool = True
+    ) -> ModelEntry:
+        """The loaded entry for a request (loading it once if needed); pair with release()."""
+        entry = self.entry(model_id)
+        if keep_alive is not None:
+            entry.keep_alive = keep_alive
+        if entry.engine is not None:
+            self.counters["hits"] += 1
+        else:
+            self.counters["misses"] += 1
+            task = self.start_load(entry)
+            if not wait and not task.done():
+                raise ModelLoadingError(f"model {entry.id!r} is loading; retry shortly")
+            await asyncio.shield(task)
+            if entry.engine is None:
+                raise ModelLoadError(entry.id, RuntimeError(entry.error or "unknown error"))
+        entry.active += 1
+        entry.last_used = time.monotonic()
+        entry.stats["requests"] += 1
+        return entry
+
+    def release(self, entry: ModelEntry) -> None:
+        entry.active -= 1
+        entry.last_used = time.monotonic()
+        if entry.active == 0 and entry.keep_alive == 0:
+            self.unload(entry.id)
+
+    def start_load(self, entry: ModelEntry) -> asyncio.Task:
+        """Single flight: concurrent callers share one load task."""
+        if entry.task is None or (entry.task.done() and entry.engine is None):
+            entry.error = None
+            entry.task = asyncio.get_running_loop().create_task(self._load(entry))
+        return entry.task
+
+    async def _load(self, entry: ModelEntry) -> None:
+        from warmload.engine import load_engine
+
+        self._make_room(Path(entry.path))
+        started = time.perf_counter()
+        try:
+            engine = await asyncio.to_thread(load_engine, entry.path, **_load_options(self.config))
+        except Exception as exc:  # a failed load is that model's 500, not the server's end
+            self.counters["load_failures"] += 1
+            entry.error = str(exc) if isinstance(exc, WarmloadError) else f"internal error: {exc}"
+            log.exception("loading %s failed", entry.id)
+            return
+        entry.engine = engine
+        entry.scheduler = self.make_scheduler(engine, self.config)
+        entry.load_seconds = time.perf_counter() - started
+        entry.loaded_at = entry.last_used = time.monotonic()
+        entry.nbytes = model_nbytes(engine)
+        log.info("loaded %s in %.2f s", entry.id, entry.load_seconds)
+
+    def _make_room(self, path: Path) -> None:
+        """Evict idle models, least recently used first, until the new one fits."""
+        incoming = path.stat().st_size if path.is_file() else 0
+        budget = self.config.memory_budget_bytes
+        while True:
+            loaded = [e for e in self.entries.values() if e.engine is not None]
+            used = sum(e.nbytes for e in loaded)
+            over_count = len(loaded) >= self.config.max_models
+            over_budget = budget is not None and used + incoming > budget
+            idle = sorted((e for e in loaded if e.active == 0), key=lambda e: e.last_used)
+            if not (over_count or over_budget) or not idle:
+                return
+            self.unload(idle[0].id)
+            self.counters["evictions"] += 1
+
+    def unload(self, model_id: str) -> bool:
+        entry = self.entry(model_id)
+        if entry.engine is None:
+            return False
+        if entry.scheduler is not None:
+            entry.scheduler.close()
+        entry.engine.close()
+        entry.engine = entry.scheduler = None
+        log.info("unloaded %s", entry.id)
+        return True
+
+    def sweep(self) -> None:
+        """Unload models whose keep-alive ran out (called periodically)."""
+        now = time.monotonic()
+        for entry in self.entries.values():
+            expires = entry.expires_at()
+            if entry.active == 0 and expires is not None and expires <= now:
+                self.unload(entry.id)
+
+    def close(self) -> None:
+        for model_id in list(self.entries):
+            self.unload(model_id)
+
+
+def model_nbytes(engine: Any) -> int:
+    """Memory a loaded model holds: its weights' bytes plus its preallocated KV cache."""
+    weights = sum(t.nbytes for t in engine.checkpoint.tensors.values())
+    return weights + int(getattr(engine, "kv_cache_nbytes", 0))
+
+
+def _load_options(config: ServerConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(config.load)
