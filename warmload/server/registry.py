@@ -81,7 +81,7 @@ class ModelCache:
             model_id: ModelEntry(model_id, path, keep_alive=config.keep_alive_seconds)
             for model_id, path in discover_models(config).items()
         }
-        self.counters = {"hits": 0, "misses": 0, "evictions": 0, "load_failures": 0}
+        self.counters = {"hits": 0, "misses": 0, "loads": 0, "evictions": 0, "load_failures": 0}
 
     @property
     def default_id(self) -> str | None:
@@ -133,6 +133,7 @@ class ModelCache:
         from warmload.engine import load_engine
 
         self._make_room(Path(entry.path))
+        self.counters["loads"] += 1
         started = time.perf_counter()
         try:
             engine = await asyncio.to_thread(load_engine, entry.path, **_load_options(self.config))

@@ -1,0 +1,273 @@
+"""The HTTP server against a live uvicorn on loopback, driven by the official openai client
+and plain HTTP: answers, streaming, errors that never take it down, the model cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+import uvicorn  # noqa: E402
+
+from warmload.config import LoadConfig, ServerConfig  # noqa: E402
+from warmload.server.app import create_app  # noqa: E402
+
+API_KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.app = create_app(config)
+        self.state = self.app.state.warmload
+        self.url = f"http://127.0.0.1:{config.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=config.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/health")[1]["status"] == "ok":
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, bytes]:
+        headers = {
+            "Authorization": f"Bearer {API_KEY}",
+            "Content-Type": "application/json",
+            **(headers or {}),
+        }
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def get(self, path: str) -> tuple[int, dict]:
+        status, body = self.request("GET", path)
+        return status, json.loads(body)
+
+    def post(self, path: str, data: object) -> tuple[int, dict]:
+        raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+        status, body = self.request("POST", path, raw)
+        return status, json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_path):
+    config = ServerConfig(
+        models=(("smollm2", str(smollm2_path)),),
+        port=free_port(),
+        api_key=API_KEY,
+        max_body_bytes=64 * 1024,
+        load=LoadConfig(ctx=512, threads=2),
+    )
+    with LiveServer(config) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
+
+
+def engine_of(server):
+    return server.state.cache.entries["smollm2"].engine
+
+
+def test_completion_matches_the_engine(server, client):
+    out = client.completions.create(
+        model="smollm2", prompt="The capital of France is", max_tokens=12, temperature=0
+    )
+    expected = engine_of(server).generate("The capital of France is", max_tokens=12, temperature=0)
+    assert out.choices[0].text == expected.text
+    assert out.usage.completion_tokens == len(expected.token_ids)
+    assert out.choices[0].finish_reason == expected.finish_reason
+
+
+def test_chat_stream_equals_non_stream_and_reports_usage(client):
+    messages = [{"role": "user", "content": "Name three colours."}]
+    whole = client.chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=24, temperature=0
+    )
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=messages,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+    assert usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_logprobs(client):
+    out = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = out.choices[0].logprobs.content
+    assert len(content) >= 1
+    for item in content:
+        assert len(item.top_logprobs) == 3
+        assert item.logprob <= 0
+        # greedy: the chosen token is the most likely one
+        assert item.logprob == pytest.approx(item.top_logprobs[0].logprob, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "path,body,status,param",
+    [
+        ("/v1/completions", b"{not json", 400, "body"),
+        ("/v1/completions", {"prompt": 5}, 400, "prompt"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": "ten"}, 400, "max_tokens"),
+        ("/v1/completions", {"prompt": "x", "temperature": -1}, 400, "temperature"),
+        ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "model"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 100000}, 400, "max_tokens"),
+        ("/v1/completions", {"prompt": "x", "stop": ["a"] * 50}, 400, "stop"),
+        ("/v1/chat/completions", {"messages": []}, 400, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "user"}]}, 400, "messages"),
+        ("/v1/completions", b"[1, 2]", 400, "body"),
+        ("/v1/completions", json.dumps({"prompt": "x" * 70000}).encode(), 400, "body"),
+    ],
+)
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(
+    server, path, body, status, param
+):
+    code, data = server.post(path, body)
+    assert code == status
+    assert data["error"]["param"] == param
+    assert data["error"]["message"]
+    code, _ = server.post("/v1/completions", {"prompt": "ok", "max_tokens": 1})
+    assert code == 200
+
+
+def test_api_key_is_required(server):
+    req = urllib.request.Request(server.url + "/v1/models")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 401
+    assert server.get("/v1/models")[1]["data"][0]["id"] == "smollm2"
+
+
+def test_disconnect_mid_stream_frees_the_model(server):
+    body = json.dumps(
+        {
+            "prompt": "Once upon a time",
+            "max_tokens": 400,
+            "stream": True,
+            "temperature": 0.8,
+            "seed": 1,
+        }
+    ).encode()
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as s:
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            + f"\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}".encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        assert b"data:" in s.recv(4096)
+    started = time.monotonic()
+    code, data = server.post("/v1/completions", {"prompt": "Hi", "max_tokens": 2})
+    assert code == 200
+    assert time.monotonic() - started < 20  # did not wait for 400 tokens of a dead stream
+    deadline = time.monotonic() + 10
+    while server.state.cache.entries["smollm2"].active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.state.cache.entries["smollm2"].active == 0
+
+
+def test_health_metrics_models_and_ollama_routes(server):
+    assert server.get("/health")[1]["status"] == "ok"
+    code, text = server.request("GET", "/metrics")
+    metrics = text.decode()
+    assert code == 200
+    assert "warmload_requests_total" in metrics
+    assert "warmload_time_to_first_token_seconds_count" in metrics
+    assert 'warmload_model_resident_bytes{model="smollm2"}' in metrics
+    assert server.get("/api/tags")[1]["models"][0]["name"] == "smollm2"
+    assert server.get("/api/ps")[1]["models"][0]["name"] == "smollm2"
+    code, raw = server.request(
+        "POST",
+        "/api/generate",
+        json.dumps(
+            {"model": "smollm2", "prompt": "Hello", "options": {"num_predict": 5, "temperature": 0}}
+        ).encode(),
+    )
+    lines = [json.loads(line) for line in raw.decode().splitlines()]
+    assert code == 200 and lines[-1]["done"] is True and lines[-1]["eval_count"] <= 5
+    assert "".join(x["response"] for x in lines[:-1])
+    code, chat = server.post(
+        "/api/chat",
+        {
+            "model": "smollm2",
+            "stream": False,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "options": {"num_predict": 3},
+        },
+    )
+    assert code == 200 and chat["done"] is True and chat["message"]["role"] == "assistant"
+
+
+def test_single_flight_load_and_keep_alive_unload(smollm2_path):
+    config = ServerConfig(
+        models=(("a", str(smollm2_path)),), port=free_port(), load=LoadConfig(ctx=256, threads=2)
+    )
+    app = create_app(config)
+    cache = app.state.warmload.cache
+
+    async def scenario():
+        entries = await asyncio.gather(*(cache.acquire("a") for _ in range(10)))
+        for entry in entries:
+            cache.release(entry)
+        assert cache.counters["loads"] == 1
+        assert cache.entries["a"].state == "ready"
+        entry = await cache.acquire("a", keep_alive=0)
+        cache.release(entry)  # keep_alive 0: unloaded as soon as it is idle
+        assert cache.entries["a"].state == "unloaded"
+        cache.close()
+
+    asyncio.run(scenario())
