@@ -1,0 +1,224 @@
+"""pull/verify against a loopback HTTP server with Range support and injected failures."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import warmload.pull as pull_mod
+from warmload.pull import (
+    DownloadError,
+    HashMismatchError,
+    lookup_verified,
+    pull,
+    verify,
+)
+
+CONTENT = os.urandom(3 * (1 << 20) + 12345)
+SHA = hashlib.sha256(CONTENT).hexdigest()
+
+
+class _Server:
+    """Serves CONTENT at /model.gguf; behaviour is set per test through attributes."""
+
+    def __init__(self) -> None:
+        self.fail_first = 0  # answer 500 to this many requests
+        self.cut_first = None  # first 200/206 response stops after this many body bytes
+        self.ignore_range = False
+        self.status = None  # answer every request with this status
+        self.requests: list[str | None] = []  # Range header of each request
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                server.requests.append(self.headers.get("Range"))
+                if server.status is not None:
+                    self.send_error(server.status)
+                    return
+                if server.fail_first > 0:
+                    server.fail_first -= 1
+                    self.send_error(500)
+                    return
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and not server.ignore_range:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(CONTENT):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(CONTENT)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(CONTENT) - 1}/{len(CONTENT)}"
+                    )
+                else:
+                    self.send_response(200)
+                body = CONTENT[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.cut_first is not None:
+                    body, server.cut_first = body[: server.cut_first], None
+                    self.wfile.write(body)
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/model.gguf"
+
+
+@pytest.fixture()
+def server() -> Iterator[_Server]:
+    s = _Server()
+    t = threading.Thread(target=s.httpd.serve_forever, daemon=True)
+    t.start()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+    t.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARMLOAD_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_full_download_checks_hash_and_records_it(server: _Server, tmp_path: Path) -> None:
+    seen: list[int] = []
+    r = pull(server.url, tmp_path / "m", sha256=SHA.upper(), progress=lambda d, t: seen.append(d))
+    assert r.path.read_bytes() == CONTENT and r.sha256 == SHA and r.downloaded
+    assert r.resumed_from == 0 and seen[-1] == len(CONTENT)
+    assert not (tmp_path / "m" / "model.gguf.part").exists()
+    assert lookup_verified(r.path) == SHA
+    again = pull(server.url, tmp_path / "m", sha256=SHA)  # verified by its record: no request
+    assert not again.downloaded and len(server.requests) == 1
+
+
+def test_interrupted_transfer_resumes_with_range(server: _Server, tmp_path: Path) -> None:
+    server.cut_first = 1 << 20
+    with pytest.raises(DownloadError, match="pull again to resume"):
+        pull(server.url, tmp_path, sha256=SHA, max_retries=0)
+    part = tmp_path / "model.gguf.part"
+    assert part.stat().st_size == 1 << 20 and not (tmp_path / "model.gguf").exists()
+    r = pull(server.url, tmp_path, sha256=SHA)
+    assert r.resumed_from == 1 << 20 and r.path.read_bytes() == CONTENT
+    assert server.requests[-1] == f"bytes={1 << 20}-"
+
+
+def test_retries_resume_within_one_pull(server: _Server, tmp_path: Path) -> None:
+    server.cut_first = 12345
+    server.fail_first = 0
+    r = pull(server.url, tmp_path, sha256=SHA, backoff_s=0)
+    assert r.path.read_bytes() == CONTENT
+    assert server.requests == [None, "bytes=12345-"]
+
+
+def test_server_errors_are_retried_then_reported(server: _Server, tmp_path: Path) -> None:
+    server.fail_first = 2
+    assert pull(server.url, tmp_path / "a", sha256=SHA, backoff_s=0).sha256 == SHA
+    server.fail_first = 10
+    with pytest.raises(DownloadError, match="still failing after 2 retries"):
+        pull(server.url, tmp_path / "b", max_retries=2, backoff_s=0)
+    server.fail_first, server.status = 0, 404
+    n = len(server.requests)
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        pull(server.url, tmp_path / "c", backoff_s=0)
+    assert len(server.requests) == n + 1  # a 404 is not retried
+    assert not (tmp_path / "c" / "model.gguf").exists()
+
+
+def test_server_ignoring_range_restarts_cleanly(server: _Server, tmp_path: Path) -> None:
+    (tmp_path / "model.gguf.part").write_bytes(CONTENT[:5000])
+    server.ignore_range = True
+    r = pull(server.url, tmp_path, sha256=SHA)
+    assert r.path.read_bytes() == CONTENT
+
+
+def test_stale_part_longer_than_file_restarts(server: _Server, tmp_path: Path) -> None:
+    (tmp_path / "model.gguf.part").write_bytes(b"x" * (len(CONTENT) + 10))
+    assert pull(server.url, tmp_path, sha256=SHA).path.read_bytes() == CONTENT
+
+
+def test_wrong_hash_keeps_everything_and_says_so(server: _Server, tmp_path: Path) -> None:
+    old = tmp_path / "model.gguf"
+    old.write_bytes(b"the file the user already had")
+    with pytest.raises(HashMismatchError, match="was not touched") as e:
+        pull(server.url, tmp_path, sha256="0" * 64)
+    assert SHA in str(e.value)
+    assert old.read_bytes() == b"the file the user already had"
+    assert (tmp_path / "model.gguf.mismatch").read_bytes() == CONTENT
+    with pytest.raises(Exception, match="64 hex digits"):
+        pull(server.url, tmp_path, sha256="abc")
+
+
+def test_disk_full_keeps_the_part_for_resume(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = open
+    limit = {"bytes": 1 << 20}
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b: bytes) -> int:
+            if limit["bytes"] <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            limit["bytes"] -= len(b)
+            return self.f.write(b)
+
+        def __getattr__(self, name: str):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+    monkeypatch.setattr(
+        pull_mod, "open", lambda *a, **k: FullDisk(real_open(*a, **k)), raising=False
+    )
+    with pytest.raises(DownloadError, match="disk full .* kept"):
+        pull(server.url, tmp_path, sha256=SHA)
+    assert not (tmp_path / "model.gguf").exists()
+    assert (tmp_path / "model.gguf.part").stat().st_size == 1 << 20
+    monkeypatch.undo()
+    monkeypatch.setenv("WARMLOAD_CACHE_DIR", str(tmp_path / "cache"))
+    r = pull(server.url, tmp_path, sha256=SHA)
+    assert r.resumed_from == 1 << 20 and r.path.read_bytes() == CONTENT
+
+
+def test_verify_uses_record_until_the_file_changes(server: _Server, tmp_path: Path) -> None:
+    path = pull(server.url, tmp_path, sha256=SHA).path
+    v = verify(path, SHA)
+    assert v.ok and v.from_record
+    with open(path, "r+b") as f:  # same size, new content and mtime
+        f.write(b"\0")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert lookup_verified(path) is None
+    v = verify(path, SHA)
+    assert v.ok is False and not v.from_record and v.sha256 != SHA
+
+
+def test_verify_reads_the_sha256_sidecar(tmp_path: Path) -> None:
+    f = tmp_path / "x.gguf"
+    f.write_bytes(b"hello")
+    digest = hashlib.sha256(b"hello").hexdigest()
+    assert verify(f).ok is None  # nothing to compare with
+    (tmp_path / "x.gguf.sha256").write_text(f"{digest}  x.gguf\n")
+    v = verify(f)
+    assert v.ok and v.expected == digest and not v.from_record
+    assert verify(f).from_record
