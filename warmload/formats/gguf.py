@@ -50,8 +50,8 @@ VALUE_TYPES: dict[int, tuple[str, np.dtype | None]] = {
     12: ("FLOAT64", np.dtype("<f8")),
 }
 STRING, ARRAY, BOOL = 8, 9, 7
-_SCALAR_STRUCTS = {
-    t: struct.Struct("<" + dt.char) for t, (_, dt) in VALUE_TYPES.items() if dt is not None
+_SCALAR_STRUCTS = {  # explicit standard sizes: numpy's dtype chars ("L") are platform-sized
+    t: struct.Struct("<" + f) for t, f in zip((0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12), "BbHhIifBQqd")
 }
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -269,7 +269,10 @@ def _parse(h: _Header) -> tuple[int, dict[str, Any], dict[str, TensorInfo], int,
             h.fail(f"tensor {name!r} appears twice in the tensor infos")
         tensors[name] = TensorInfo(name, type_name, shape, data_offset + offset, nbytes, path)
     if tensors and data_offset > h.size:
-        h.fail(f"tensor data should start at byte {data_offset} but the file ends at {h.size}")
+        h.fail(
+            f"tensor data should start at byte {data_offset} but the file ends at byte {h.size} "
+            f"(truncated file?)"
+        )
     _check_layout(h.label, h.size, tensors)
     return version, metadata, tensors, data_offset, alignment
 

@@ -29,6 +29,7 @@ from warmload.errors import CheckpointError
 
 _MIN_VECTOR = 64  # fewer strings than this: plain loop
 _PLAIN_BATCH = 256  # strings read one by one after a scan that did not get far
+_MAX_WINDOW = 1 << 20  # bytes scanned per numpy pass: bounded temporaries and waste
 _U64 = struct.Struct("<Q")
 
 
@@ -131,7 +132,7 @@ def read_string_array(
             return out, _plain(buf, pos, left, label, out)
         done = len(out)
         avg = consumed / done if done else 16.0
-        window = min(size - pos, int(avg * 1.1 * left) + 65536)
+        window = min(size - pos, int(avg * 1.1 * left) + 65536, _MAX_WINDOW)
         scanned += window
         starts, lengths = _chain(u8[pos : pos + window], left)
         if len(starts) < _MIN_VECTOR:  # a long string or odd bytes here: step past them
