@@ -1,0 +1,119 @@
+"""quant.quantize: bit-exact against gguf-py's numpy quantizers and llama.cpp's own
+ggml_quantize_chunk (through ctypes, when llama-cpp-python is installed), and round trips."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from warmload.errors import UnsupportedError
+from warmload.formats.ggml_types import GGML_TYPES
+from warmload.quant.quantize import QUANTIZERS, quantize
+
+K_TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+ALL = [*LEGACY, *K_TYPES, "F16", "BF16"]
+# relative RMS error of a round trip on Gaussian data (measured, with ~15% margin)
+MAX_REL_RMSE = {
+    "Q8_0": 0.0062, "Q6_K": 0.021, "Q5_K": 0.042, "Q5_0": 0.05, "Q5_1": 0.044, "Q4_K": 0.083,
+    "Q4_0": 0.099, "Q4_1": 0.09, "Q3_K": 0.174, "Q2_K": 0.34, "BF16": 0.002, "F16": 0.00025,
+}  # fmt: skip
+
+
+def _weights(rows: int = 48, cols: int = 1024, seed: int = 0) -> np.ndarray:
+    """Heavy-tailed rows at different scales plus the edge cases the searches branch on."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(4, (rows, cols)).astype(np.float32) * np.float32(0.02)
+    x *= rng.uniform(0.01, 10, (rows, 1)).astype(np.float32)
+    x[0] = 0  # all-zero blocks
+    x[1] = 0.5  # constant blocks (max == min)
+    x[2, :] = 0
+    x[2, 7] = -3.0  # one outlier in a zero block
+    x[3] = rng.standard_normal(cols).astype(np.float32) * np.float32(1e-9)  # tiny
+    x[4] = np.abs(x[4])  # all positive (min clamps to 0)
+    x[5] = -np.abs(x[5])  # all negative
+    x[6, ::2] = np.float32(1e4)  # large
+    return x
+
+
+def _gguf_type(name: str) -> gguf.GGMLQuantizationType:
+    return gguf.GGMLQuantizationType[name]
+
+
+@pytest.mark.parametrize("qtype", [*LEGACY, "BF16"])
+def test_bit_exact_with_gguf_py(qtype: str) -> None:
+    x = _weights()
+    expected = gguf.quants.quantize(x, _gguf_type(qtype))
+    assert np.array_equal(quantize(x, qtype), expected.view(np.uint8).reshape(x.shape[0], -1))
+
+
+@pytest.fixture(scope="module")
+def ggml_quantize_chunk():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    libs = sorted(lib_dir.glob("libggml-base.*")) or sorted(lib_dir.glob("libggml.*"))
+    if not libs:
+        pytest.skip(f"no libggml in {lib_dir}")
+    fn = ctypes.CDLL(str(libs[0])).ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
+
+    def run(x: np.ndarray, qtype: str) -> np.ndarray:
+        t = GGML_TYPES[qtype]
+        rows, cols = x.shape
+        out = np.zeros((rows, cols // t.block_size * t.type_size), np.uint8)
+        fn(t.id, x.ctypes.data, out.ctypes.data, 0, rows, cols, None)
+        return out
+
+    return run
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("qtype", ALL)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bit_exact_with_llama_cpp(ggml_quantize_chunk, qtype: str, seed: int) -> None:
+    x = _weights(seed=seed)
+    ours, ref = quantize(x, qtype), ggml_quantize_chunk(x, qtype)
+    if not np.array_equal(ours, ref):
+        t = GGML_TYPES[qtype]
+        bad = (ours.reshape(-1, t.type_size) != ref.reshape(-1, t.type_size)).any(axis=1)
+        pytest.fail(f"{qtype}: {int(bad.sum())} of {bad.size} blocks differ, first {bad.argmax()}")
+
+
+@pytest.mark.parametrize("qtype", ALL)
+def test_round_trip_error_and_layout(qtype: str) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((32, 2048)).astype(np.float32)
+    q = quantize(x, qtype)
+    y = gguf.quants.dequantize(q, _gguf_type(qtype)).reshape(x.shape)
+    rel = float(np.sqrt(((y - x) ** 2).mean() / (x**2).mean()))
+    assert rel < MAX_REL_RMSE[qtype]
+    # the same bytes through warmload's own dequantizer: same layout, same values
+    from warmload import dequantize
+
+    ours = dequantize(q, qtype, x.shape).numpy()
+    np.testing.assert_array_equal(ours, y)
+
+
+def test_threads_and_input_dtypes_do_not_change_bytes() -> None:
+    x = _weights(rows=64, cols=4096)
+    one = quantize(x, "Q4_K", threads=1)
+    assert np.array_equal(quantize(x, "Q4_K", threads=4), one)
+    h = x.astype(np.float16)
+    assert np.array_equal(quantize(h, "Q6_K"), quantize(h.astype(np.float32), "Q6_K"))
+    assert quantize(x.reshape(2, 32, 4096), "Q8_0").shape == (2, 32, 4096 // 32 * 34)
+
+
+def test_errors_name_the_problem() -> None:
+    with pytest.raises(UnsupportedError, match="multiple of 256"):
+        quantize(np.zeros((2, 576), np.float32), "Q4_K")
+    with pytest.raises(UnsupportedError, match="supported: F32"):
+        quantize(np.zeros((2, 256), np.float32), "IQ2_XXS")
+    with pytest.raises(UnsupportedError, match="float16/32/64"):
+        quantize(np.zeros((2, 256), np.int32), "Q8_0")
+    assert set(QUANTIZERS) >= {*ALL, "F32"}
