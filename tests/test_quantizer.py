@@ -1,0 +1,208 @@
+"""quantize_checkpoint: whole output files byte-identical to llama.cpp's llama_model_quantize
+on the same F16 source (when llama-cpp-python is installed), metadata, overrides, atomicity."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from warmload.errors import RequestError, UnsupportedError
+from warmload.formats.gguf import read_gguf
+from warmload.formats.gguf_write import FLOAT32, GGUFWriter, TensorSpec, encode_kv, read_raw_kv
+from warmload.formats.gguf_write import write_gguf as write_file
+from warmload.quant.quantize import quantize
+from warmload.quant_mix import FILE_TYPES
+from warmload.quantizer import quantize_checkpoint
+
+N_LAYER, N_EMBD, N_FF, N_VOCAB = 8, 256, 256, 512
+
+
+def _tiny_llama(path: Path, tied: bool) -> Path:
+    """A random llama model small enough to quantize in well under a second, with the shapes
+    and GQA (4 heads, 1 KV head) that the mix rules look at; tensors in F16, norms in F32."""
+    rng = np.random.default_rng(7)
+    kv = [
+        encode_kv("general.architecture", "llama"),
+        encode_kv("general.name", "tiny"),
+        encode_kv("llama.block_count", N_LAYER),
+        encode_kv("llama.context_length", 128),
+        encode_kv("llama.embedding_length", N_EMBD),
+        encode_kv("llama.feed_forward_length", N_FF),
+        encode_kv("llama.attention.head_count", 4),
+        encode_kv("llama.attention.head_count_kv", 1),
+        encode_kv("llama.attention.layer_norm_rms_epsilon", 1e-5, FLOAT32),
+        encode_kv("llama.rope.dimension_count", 64),
+        encode_kv("general.file_type", 1),
+    ]
+    shapes = {"token_embd.weight": (N_VOCAB, N_EMBD), "output_norm.weight": (N_EMBD,)}
+    if not tied:
+        shapes["output.weight"] = (N_VOCAB, N_EMBD)
+    for i in range(N_LAYER):
+        b = f"blk.{i}."
+        shapes |= {
+            b + "attn_norm.weight": (N_EMBD,), b + "ffn_norm.weight": (N_EMBD,),
+            b + "attn_q.weight": (N_EMBD, N_EMBD), b + "attn_k.weight": (64, N_EMBD),
+            b + "attn_v.weight": (64, N_EMBD), b + "attn_output.weight": (N_EMBD, N_EMBD),
+            b + "ffn_gate.weight": (N_FF, N_EMBD), b + "ffn_up.weight": (N_FF, N_EMBD),
+            b + "ffn_down.weight": (N_EMBD, N_FF),
+        }  # fmt: skip
+    tensors = []
+    for name, shape in shapes.items():
+        x = rng.standard_t(5, shape).astype(np.float32) * np.float32(0.05)
+        t = "F32" if len(shape) == 1 else "F16"
+        tensors.append((TensorSpec(name, shape, t), quantize(x, t)))
+    write_file(path, kv, tensors)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_llama(tmp_path_factory.mktemp("src") / "tiny-f16.gguf", tied=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_tied(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_llama(tmp_path_factory.mktemp("src") / "tiny-tied-f16.gguf", tied=True)
+
+
+@pytest.fixture(scope="module")
+def llama_quantize():
+    """llama.cpp's quantizer: (src, dst, type name, **params) -> None."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ggml_ids = {"Q6_K": 14, "Q8_0": 8, "F16": 1, "Q4_0": 2}
+
+    def run(src: Path, dst: Path, qtype: str, **params: object) -> None:
+        p = llama_cpp.llama_model_quantize_default_params()
+        p.ftype, p.nthread = FILE_TYPES[qtype][0], 1
+        for k, v in params.items():
+            setattr(p, k, ggml_ids[v] if isinstance(v, str) else v)
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
+        assert rc == 0, f"llama_model_quantize failed for {qtype}"
+
+    return run
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("qtype", list(FILE_TYPES))
+def test_file_identical_to_llama_cpp(tiny, llama_quantize, tmp_path: Path, qtype: str) -> None:
+    if qtype == "F32":
+        pytest.skip("llama.cpp keeps F16 sources as they are for 'all F32'")
+    ours = quantize_checkpoint(tiny, tmp_path / "ours.gguf", qtype, threads=2)
+    llama_quantize(tiny, tmp_path / "ref.gguf", qtype)
+    if ours.sha256 != _sha(tmp_path / "ref.gguf"):
+        a, b = read_gguf(tmp_path / "ours.gguf"), read_gguf(tmp_path / "ref.gguf")
+        types = {n: (t.ggml_type, b.tensors[n].ggml_type) for n, t in a.tensors.items()}
+        pytest.fail(f"{qtype}: differs; types {[(n, t) for n, t in types.items() if t[0] != t[1]]}")
+    assert (tmp_path / "ours.gguf.sha256").read_text() == f"{ours.sha256}  ours.gguf\n"
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize(
+    ("qtype", "params", "ours"),
+    [
+        ("Q4_K_M", {}, {}),  # tied embeddings: token_embd takes the output's Q6_K
+        ("Q3_K_M", {"pure": True}, {"pure": True}),
+        ("Q5_K_S", {"output_tensor_type": "Q8_0", "token_embedding_type": "Q4_0"},
+         {"output_tensor_type": "Q8_0", "token_embedding_type": "Q4_0"}),
+    ],
+)  # fmt: skip
+def test_tied_and_overrides_identical_to_llama_cpp(
+    tiny_tied, llama_quantize, tmp_path: Path, qtype: str, params: dict, ours: dict
+) -> None:
+    r = quantize_checkpoint(tiny_tied, tmp_path / "o.gguf", qtype, **ours)
+    llama_quantize(tiny_tied, tmp_path / "r.gguf", qtype, **params)
+    assert r.sha256 == _sha(tmp_path / "r.gguf")
+
+
+def test_metadata_kept_with_types_and_file_type_set(tiny, tmp_path: Path) -> None:
+    r = quantize_checkpoint(tiny, tmp_path / "q.gguf", "Q4_K_M")
+    before = {kv.key: kv for kv in read_raw_kv(tiny)}
+    after = {kv.key: kv for kv in read_raw_kv(r.path)}
+    for key, kv in before.items():
+        if key != "general.file_type":
+            assert after[key] == kv
+    meta = read_gguf(r.path).metadata
+    assert meta["general.file_type"] == 15 and meta["general.quantization_version"] == 2
+    assert after["general.file_type"].vtype == 4  # UINT32, as llama.cpp requires
+    assert r.tensor_types["blk.0.attn_norm.weight"] == "F32"
+    assert r.tensor_types["output.weight"] == "Q6_K"
+    assert r.tensor_types["blk.0.attn_v.weight"] == "Q6_K"  # use_more_bits(0, 8)
+    assert r.tensor_types["blk.1.attn_v.weight"] == "Q4_K"
+    assert 4.5 < r.bits_per_weight < 6.5 and r.dst_nbytes == r.path.stat().st_size
+
+
+def test_tensor_type_regex_override_and_fallback(tiny, tmp_path: Path) -> None:
+    r = quantize_checkpoint(
+        tiny, tmp_path / "q.gguf", "Q4_0",
+        tensor_types=[(r"ffn_down", "Q8_0"), (r"attn_.*\.weight", "Q5_1")],
+    )  # fmt: skip
+    assert r.tensor_types["blk.3.ffn_down.weight"] == "Q8_0"
+    assert r.tensor_types["blk.3.attn_q.weight"] == "Q5_1"
+    assert r.tensor_types["blk.3.attn_norm.weight"] == "F32"  # not quantizable: untouched
+    assert r.tensor_types["blk.3.ffn_up.weight"] == "Q4_0"
+
+
+def test_requantizing_needs_the_flag(smollm2_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(RequestError, match="allow-requantize"):
+        quantize_checkpoint(smollm2_path, tmp_path / "q.gguf", "Q4_0")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RequestError, match="unknown type"):
+        quantize_checkpoint(smollm2_path, tmp_path / "q.gguf", "Q7_K")
+    with pytest.raises(UnsupportedError, match="SafeTensors"):
+        quantize_checkpoint(tmp_path, tmp_path / "q.gguf", "Q4_0")
+
+
+def test_failures_leave_no_output(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dst = out / "q.gguf"
+    dst.write_bytes(b"previous")  # an older OUT survives a failed run
+
+    def interrupt(done: int, total: int, name: str) -> None:
+        if name.startswith("blk.2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        quantize_checkpoint(tiny, dst, "Q4_K_M", progress=interrupt)
+    assert sorted(p.name for p in out.iterdir()) == ["q.gguf"] and dst.read_bytes() == b"previous"
+
+    real = GGUFWriter.write_tensor
+    calls = {"n": 0}
+
+    def disk_full(self, name, data):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name, data)
+
+    monkeypatch.setattr(GGUFWriter, "write_tensor", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        quantize_checkpoint(tiny, out / "new.gguf", "Q8_0")
+    assert sorted(p.name for p in out.iterdir()) == ["q.gguf"]
+
+
+@pytest.mark.slow
+@pytest.mark.peer
+def test_real_model_round_trip_loads_in_llama_cpp(
+    smollm2_path: Path, llama_quantize, tmp_path: Path
+) -> None:
+    """SmolLM2 dequantized to F16 by warmload, then Q8_0: the same file as llama.cpp's
+    quantizer makes from that F16, and llama.cpp runs it."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    f16 = quantize_checkpoint(smollm2_path, tmp_path / "f16.gguf", "F16", allow_requantize=True)
+    assert set(f16.tensor_types.values()) == {"F16", "F32"}
+    q = quantize_checkpoint(f16.path, tmp_path / "q.gguf", "Q8_0")
+    llama_quantize(f16.path, tmp_path / "ref.gguf", "Q8_0")
+    assert q.sha256 == _sha(tmp_path / "ref.gguf")
+    llm = llama_cpp.Llama(str(q.path), n_ctx=64, verbose=False, logits_all=False)
+    out = llm("The capital of France is", max_tokens=4, temperature=0)
+    assert "Paris" in out["choices"][0]["text"]
