@@ -128,7 +128,7 @@ class _Header:
             if n > left // min_item:
                 self.fail(
                     f"array {key!r} at byte {at} claims {n} items but only {left} bytes are "
-                    f"left in the file (each item needs at least {min_item})"
+                    f"left in the file (each needs at least {min_item}; truncated file?)"
                 )
             if item_type == STRING:
                 items, self.pos = read_string_array(self.buf, self.u8, self.pos, n, self.label)
