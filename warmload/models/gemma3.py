@@ -30,6 +30,7 @@ from warmload.models.layers import (
     GatedMLP,
     KVCache,
     RMSNorm,
+    RopeSlice,
     RotaryTables,
     attention_mask,
     embedding,
@@ -100,7 +101,7 @@ class Gemma3DecoderLayer(nn.Module):
         cache: KVCache,
         layer: int,
         start_pos: int,
-        rope: tuple[torch.Tensor, torch.Tensor, str],
+        rope: RopeSlice,
         mask: torch.Tensor | None,
         first_key: int,
     ) -> torch.Tensor:
@@ -172,8 +173,8 @@ class Gemma3ForCausalLM(nn.Module):
         window = self.config.sliding_window
         local_start = key_start(start_pos, window)
         ropes = {
-            SLIDING: (*self.rope_local.window(start_pos, T), "neox"),
-            FULL: (*self.rope_global.window(start_pos, T), "neox"),
+            SLIDING: self.rope_local.window(start_pos, T),
+            FULL: self.rope_global.window(start_pos, T),
         }
         masks = {
             SLIDING: attention_mask(start_pos, T, local_start, window, x.device),

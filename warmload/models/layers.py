@@ -78,11 +78,14 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict[str, Any]) -> torch.Tensor:
 
 
 class RotaryTables:
-    """cos/sin of position * inv_freq for positions 0..length-1, shape (length, head_dim // 2).
+    """Rotation tables for positions 0..length-1, precomputed once per context size.
 
     Angles are computed in float64 and stored in the activation dtype. style "neox" rotates
     the two halves of a head (HF rotate_half, llama.cpp NEOX); "interleaved" rotates adjacent
-    pairs (llama.cpp's normal rope, which GGUF llama q/k rows are permuted for).
+    pairs (llama.cpp's normal rope, which GGUF llama q/k rows are permuted for). The tables are
+    laid out so that apply_rope costs few ops per call: neox keeps (cos|cos) and (-sin|sin) of
+    shape (length, head_dim); interleaved keeps complex cos + i sin (length, head_dim // 2)
+    for float32/float64, or cos and sin (length, head_dim // 2) otherwise.
     """
 
     def __init__(
@@ -95,29 +98,51 @@ class RotaryTables:
         self.dtype = dtype
         self.device = device
         self.length = 0
-        self.cos = self.sin = torch.empty(0)
+        self.tables: tuple[torch.Tensor, ...] = ()
 
     def ensure(self, length: int) -> None:
         """Grow the tables to cover `length` positions (computed once, reused after)."""
         if length <= self.length:
             return
         angles = torch.outer(torch.arange(length, dtype=torch.float64), self.inv_freq)
-        self.cos = angles.cos().to(self.device, self.dtype)
-        self.sin = angles.sin().to(self.device, self.dtype)
+        cos, sin = angles.cos(), angles.sin()
+        if self.style == "neox":
+            tables = (torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1))
+        elif self.dtype in (torch.float32, torch.float64):
+            tables = (torch.complex(cos, sin),)
+        else:
+            tables = (cos, sin)
+        self.tables = tuple(
+            t.to(self.device, self.dtype if not t.is_complex() else _complex(self.dtype))
+            for t in tables
+        )
         self.length = length
 
-    def window(self, start_pos: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for positions start_pos..start_pos+n-1, shaped (n, 1, head_dim // 2)."""
+    def window(self, start_pos: int, n: int) -> RopeSlice:
+        """Tables for positions start_pos..start_pos+n-1, shaped (n, 1, ...) for (B, T, H, D)."""
         if start_pos + n > self.length:
             self.ensure(start_pos + n)
-        return self.cos[start_pos : start_pos + n, None], self.sin[start_pos : start_pos + n, None]
+        return (self.style, *(t[start_pos : start_pos + n, None] for t in self.tables))
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str) -> torch.Tensor:
-    """Rotate x (B, T, H, D) by cos/sin (T, 1, D/2) in the given style."""
+RopeSlice = tuple  # (style, *tables) from RotaryTables.window
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def apply_rope(x: torch.Tensor, rope: RopeSlice) -> torch.Tensor:
+    """Rotate x (B, T, H, D) by a RotaryTables.window slice."""
+    style, *tables = rope
     if style == "neox":
-        x1, x2 = x.chunk(2, dim=-1)  # (B, T, H, D/2) each
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        cos2, sin2 = tables  # (T, 1, D): (cos|cos), (-sin|sin)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos2 + torch.cat((x2, x1), dim=-1) * sin2
+    if len(tables) == 1:  # complex (T, 1, D/2): one complex multiply per pair
+        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (B, T, H, D/2)
+        return torch.view_as_real(pairs * tables[0]).flatten(-2)
+    cos, sin = tables
     pairs = x.unflatten(-1, (-1, 2))  # (B, T, H, D/2, 2)
     x1, x2 = pairs[..., 0], pairs[..., 1]
     return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
@@ -224,7 +249,7 @@ class Attention(nn.Module):
         cache: KVCache,
         layer: int,
         start_pos: int,
-        rope: tuple[torch.Tensor, torch.Tensor, str],
+        rope: RopeSlice,
         mask: torch.Tensor | None,
         first_key: int = 0,
     ) -> torch.Tensor:
@@ -234,9 +259,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin, style = rope
-        q = apply_rope(q, cos, sin, style).transpose(1, 2)  # (B, H, T, D)
-        k = apply_rope(k, cos, sin, style).transpose(1, 2)  # (B, KV, T, D)
+        q = apply_rope(q, rope).transpose(1, 2)  # (B, H, T, D)
+        k = apply_rope(k, rope).transpose(1, 2)  # (B, KV, T, D)
         keys, values = cache.update(layer, start_pos, k, v.transpose(1, 2), first_key)
         out = F.scaled_dot_product_attention(
             q,

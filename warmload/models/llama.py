@@ -20,6 +20,7 @@ from warmload.models.layers import (
     GatedMLP,
     KVCache,
     RMSNorm,
+    RopeSlice,
     RotaryTables,
     attention_mask,
     embedding,
@@ -71,7 +72,7 @@ class LlamaDecoderLayer(nn.Module):
         cache: KVCache,
         layer: int,
         start_pos: int,
-        rope: tuple[torch.Tensor, torch.Tensor, str],
+        rope: RopeSlice,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cache, layer, start_pos, rope, mask)
@@ -134,8 +135,7 @@ class LlamaForCausalLM(nn.Module):
         B, T = tokens.shape
         cache.check(start_pos, T, B)
         x = self.model.embed_tokens(tokens)  # (B, T, hidden)
-        cos, sin = self.rope.window(start_pos, T)
-        rope = (cos, sin, self.rope.style)
+        rope = self.rope.window(start_pos, T)
         mask = attention_mask(start_pos, T, 0, None, x.device)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cache, i, start_pos, rope, mask)
