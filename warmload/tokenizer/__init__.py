@@ -1,0 +1,33 @@
+"""The tokenizer of a GGUF file, built from its metadata with the `tokenizers` library (Rust).
+
+Token ids match llama.cpp (src/llama-vocab.cpp) for SentencePiece vocabs with scores
+(`tokenizer.ggml.model == "llama"`: Llama 1/2, Mistral, Gemma 1-3) and byte-level BPE vocabs
+(`"gpt2"`: Llama 3, Qwen, SmolLM, StarCoder, ... with their `tokenizer.ggml.pre` regexes).
+
+    vocab.py        metadata -> Vocab (attributes, special ids, EOG set), as llama.cpp loads it
+    pretokenize.py  tokenizer.ggml.pre -> split regexes (data)
+    spm_merges.py   SentencePiece scores -> BPE merges (numpy)
+    backend.py      Vocab -> tokenizers.Tokenizer
+    codec.py        Tokenizer (encode/decode/pieces) and StreamDecoder
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from warmload.errors import TokenizerError
+from warmload.tokenizer.codec import StreamDecoder, Tokenizer, build_tokenizer
+
+__all__ = ["StreamDecoder", "Tokenizer", "build_tokenizer", "load_tokenizer"]
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a GGUF file (reads the header only; vocab-only files work)."""
+    from warmload.formats.open import open_checkpoint  # formats/open.py lands separately
+
+    with open_checkpoint(path) as checkpoint:
+        metadata = checkpoint.metadata
+    try:
+        return build_tokenizer(metadata)
+    except TokenizerError as exc:
+        raise TokenizerError(f"{path}: {exc}") from None
