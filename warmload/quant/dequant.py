@@ -30,7 +30,7 @@ from warmload.quant.dequant_k import (
     dequantize_q5_k,
     dequantize_q6_k,
 )
-from warmload.quant.raw import as_byte_tensor, bit_string, empty_output, f16_field, unpack_nibbles
+from warmload.quant.raw import as_byte_tensor, bit_bytes, empty_output, f16_field, planes
 
 Dequantizer = Callable[[torch.Tensor, torch.Tensor], None]
 
@@ -39,54 +39,59 @@ CPU_CHUNK_ELEMENTS = 1 << 18
 CUDA_CHUNK_ELEMENTS = 1 << 26
 
 
+def _nibbles_into(q: torch.Tensor, blocks: torch.Tensor, start: int, minus: int = 0) -> None:
+    """Nibbles of the 16 bytes at `start` of each block, minus `minus` (in int8), copied as
+    (n, 2, 16) (16 low, then 16 high nibbles) into q, which may be the float output."""
+    n = blocks.shape[0]
+    p = planes(blocks, 4)  # (2, n, type_size): bit ops over the whole flat chunk
+    if minus:
+        p = p.view(torch.int8)
+        p -= minus
+    q = q.view(n, 2, 16)
+    q[:, 0].copy_(p[0, :, start : start + 16])
+    q[:, 1].copy_(p[1, :, start : start + 16])
+
+
 def dequantize_q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """Q4_0 (18 bytes): f16 d, 16 bytes of nibbles; x = d * (q - 8)."""
-    d = f16_field(blocks, 0)
-    q = unpack_nibbles(blocks[:, 2:18]).view(torch.int8)
-    q -= 8
-    out.copy_(q)
-    out *= d
+    _nibbles_into(out, blocks, 2, minus=8)
+    out *= f16_field(blocks, 0)
 
 
 def dequantize_q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """Q4_1 (20 bytes): f16 d, f16 m, 16 bytes of nibbles; x = d * q + m."""
-    d, m = f16_field(blocks, 0), f16_field(blocks, 2)
-    out.copy_(unpack_nibbles(blocks[:, 4:20]))
-    out *= d
-    out += m
+    _nibbles_into(out, blocks, 4)
+    out *= f16_field(blocks, 0)
+    out += f16_field(blocks, 2)
 
 
-def _five_bit(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
-    """Q5 quants (n, 32) uint8: nibbles of qs plus bit j of the 32-bit qh as bit 4."""
-    q = unpack_nibbles(qs)
-    high = bit_string(qh)
-    high <<= 4
-    q |= high
-    return q
+def _q5(blocks: torch.Tensor, out: torch.Tensor, qh_start: int, zero: int, one: int) -> None:
+    """Q5_0/Q5_1 quants: nibbles at qh_start + 4 plus bit j of the u32 at qh_start as 16."""
+    n = blocks.shape[0]
+    q = torch.empty((n, 32), dtype=torch.uint8, device=blocks.device)
+    _nibbles_into(q, blocks, qh_start + 4)
+    q = q.view(torch.int8)
+    q += bit_bytes(blocks[:, qh_start : qh_start + 4], zero, one)
+    out.copy_(q)
 
 
 def dequantize_q5_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """Q5_0 (22 bytes): f16 d, u32 high bits, 16 bytes of nibbles; x = d * (q - 16)."""
-    d = f16_field(blocks, 0)
-    q = _five_bit(blocks[:, 2:6], blocks[:, 6:22]).view(torch.int8)
-    q -= 16
-    out.copy_(q)
-    out *= d
+    _q5(blocks, out, 2, -16, 0)  # nibble + 16 * bit - 16 in int8
+    out *= f16_field(blocks, 0)
 
 
 def dequantize_q5_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """Q5_1 (24 bytes): f16 d, f16 m, u32 high bits, 16 bytes of nibbles; x = d * q + m."""
-    d, m = f16_field(blocks, 0), f16_field(blocks, 2)
-    out.copy_(_five_bit(blocks[:, 4:8], blocks[:, 8:24]))
-    out *= d
-    out += m
+    _q5(blocks, out, 4, 0, 16)
+    out *= f16_field(blocks, 0)
+    out += f16_field(blocks, 2)
 
 
 def dequantize_q8_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """Q8_0 (34 bytes): f16 d, 32 int8; x = q * d."""
-    d = f16_field(blocks, 0)
     out.copy_(blocks[:, 2:34].view(torch.int8))
-    out *= d
+    out *= f16_field(blocks, 0)
 
 
 def _plain(dtype: torch.dtype) -> Dequantizer:
@@ -108,6 +113,23 @@ _PLAIN_DTYPES = {
     "I16": torch.int16,
     "I32": torch.int32,
     "I64": torch.int64,
+}
+
+# Byte offsets of the f16 fields (d, then dmin or m) in one block of each quant type: tests and
+# benchmarks put finite scales there when they build random blocks.
+F16_FIELDS: dict[str, tuple[int, ...]] = {
+    "Q4_0": (0,),
+    "Q4_1": (0, 2),
+    "Q5_0": (0,),
+    "Q5_1": (0, 2),
+    "Q8_0": (0,),
+    "Q2_K": (80, 82),
+    "Q3_K": (108,),
+    "Q4_K": (0, 2),
+    "Q5_K": (0, 2),
+    "Q6_K": (208,),
+    "IQ4_NL": (0,),
+    "IQ4_XS": (0,),
 }
 
 DEQUANTIZERS: dict[str, Dequantizer] = {

@@ -89,34 +89,75 @@ def constant(values: tuple[int, ...], dtype: torch.dtype, device: torch.device) 
     return t
 
 
-def split_bits(x: torch.Tensor, width: int) -> torch.Tensor:
-    """(..., k) bytes -> (..., 8 // width, k) uint8: field i of every byte is bits
-    [i*width, (i+1)*width), lowest field first (how GGML packs 4-, 2- and 1-bit quants)."""
-    n_fields = 8 // width
-    fields = torch.empty((*x.shape[:-1], n_fields, x.shape[-1]), dtype=torch.uint8, device=x.device)
-    mask = (1 << width) - 1
-    if width == 4:  # the common case in two ops, no broadcast shift
-        torch.bitwise_and(x, mask, out=fields[..., 0, :])
-        torch.bitwise_right_shift(x, 4, out=fields[..., 1, :])
-        return fields
-    shifts = constant(tuple(range(0, 8, width)), torch.uint8, x.device).view(n_fields, 1)
-    torch.bitwise_right_shift(x.unsqueeze(-2), shifts, out=fields)
-    fields &= mask
-    return fields
+def planes(x: torch.Tensor, width: int, fields: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Bit fields of the contiguous bytes x as (8 // width, *x.shape) uint8 planes: plane i holds
+    field fields[i] (default i), bits [f*width, (f+1)*width) of every byte (GGML packs 4-, 2- and
+    1-bit quants lowest field first).
+
+    Every op here runs over the whole flat buffer: torch's uint8 kernels only vectorise runs of
+    at least 128 bytes, so bit twiddling on short strided rows (16-32 bytes) is 5-10x slower.
+    """
+    fields = tuple(range(8 // width)) if fields is None else fields
+    n_planes = len(fields)
+    flat = x.reshape(-1)
+    out = torch.empty((n_planes, flat.numel()), dtype=torch.uint8, device=x.device)
+    for i, field in enumerate(fields):
+        # one flat op per plane with a scalar shift: torch vectorises that, but not a shift by a
+        # broadcast tensor of shift amounts (5x slower measured)
+        if field == 0:
+            torch.bitwise_and(flat, (1 << width) - 1, out=out[i])
+        else:
+            torch.bitwise_right_shift(flat, field * width, out=out[i])
+    if width < 4:  # middle fields still carry the bits above them
+        out &= (1 << width) - 1
+    return out.view(n_planes, *x.shape)
 
 
-def unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
-    """(n, k) bytes -> (n, 2k) uint8: the k low nibbles, then the k high nibbles (GGML order)."""
-    n, k = qs.shape
-    return split_bits(qs, 4).view(n, 2 * k)
-
-
-def bit_string(qh: torch.Tensor) -> torch.Tensor:
-    """(n, k) bytes -> (n, 8k) uint8 0/1: bit j of the little-endian bit string at index j."""
+def bit_bytes(qh: torch.Tensor, zero: int, one: int) -> torch.Tensor:
+    """(n, k) bytes -> (n, 8k) int8: `one` where bit j of the little-endian bit string is set,
+    else `zero` (a 256-entry table of 8-byte words looked up once per byte)."""
     n, k = qh.shape
-    bits = torch.empty((n, k, 8), dtype=torch.uint8, device=qh.device)
-    torch.bitwise_right_shift(
-        qh.unsqueeze(-1), constant(tuple(range(8)), torch.uint8, qh.device), out=bits
-    )
-    bits &= 1
-    return bits.view(n, 8 * k)
+    key = (zero, one)
+    table = _BIT_TABLES.get(key)
+    if table is None:
+        rows = [[one if (v >> b) & 1 else zero for b in range(8)] for v in range(256)]
+        table = torch.tensor(rows, dtype=torch.int8).view(torch.int64).view(256)
+        _BIT_TABLES[key] = table
+    table = table.to(qh.device)
+    words = table.index_select(0, qh.to(torch.int32).reshape(n * k))
+    return words.view(torch.int8).view(n, 8 * k)
+
+
+_BIT_TABLES: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def gather(
+    blocks: torch.Tensor, start: int, stop: int, order: tuple[int, ...] = (0,)
+) -> torch.Tensor:
+    """Bytes [start, stop) of every block as a contiguous (len(order), n, width) tensor: the
+    field is cut into len(order) equal slices and group g holds slice order[g] of all blocks
+    (plane-major, so the bit ops that follow run over long flat runs)."""
+    n = blocks.shape[0]
+    width = (stop - start) // len(order)
+    out = torch.empty((len(order), n, width), dtype=torch.uint8, device=blocks.device)
+    for g, i in enumerate(order):
+        out[g].copy_(blocks[:, start + i * width : start + (i + 1) * width])
+    return out
+
+
+def columns(blocks: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Bytes [start, stop) of every block transposed to a contiguous (stop - start, n) tensor:
+    per-block scale bytes, so scale arithmetic runs along n instead of on 4-16 byte rows."""
+    out = torch.empty((stop - start, blocks.shape[0]), dtype=torch.uint8, device=blocks.device)
+    out.copy_(blocks[:, start:stop].t())
+    return out
+
+
+def scatter_planes(out: torch.Tensor, q: torch.Tensor) -> None:
+    """Copy (converting) plane-major q (B, A, n, L) into out viewed as (n, A, B, L): one 2-D
+    copy per plane, which torch runs several times faster than one permuted 4-D copy."""
+    b_planes, a_planes, n, length = q.shape
+    o = out.view(n, a_planes, b_planes, length)
+    for a in range(a_planes):
+        for b in range(b_planes):
+            o[:, a, b].copy_(q[b, a])
