@@ -95,32 +95,48 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
     wx = w * x
     sumlx = seq_sum(wx * L)
     suml2 = seq_sum(w * L * L)
+    # A pass that changes nothing in a column leaves its state as it was, so every later pass
+    # would change nothing either (the C loop breaks there): only changed columns go on.
+    active = np.arange(g)
     for _ in range(5):
-        changed_any = False
-        for i in range(n):
-            wi, wxi, xi, li = w[i], wx[i], x[i], L[i]
-            slx = sumlx - wxi * li
-            pos = slx > 0
-            sl2 = suml2 - wi * li * li
-            new_l = np.clip(nearest_int(_safe_div(xi * sl2, slx)), -nmax, nmax - 1)
-            cand = pos & (new_l != li)
-            if not cand.any():
-                continue
-            slx = slx + wxi * new_l
-            sl2 = sl2 + wi * new_l * new_l
-            ok = cand & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
-            if ok.any():
-                changed_any = True
-                L[i] = np.where(ok, new_l, li)
-                sumlx = np.where(ok, slx, sumlx)
-                suml2 = np.where(ok, sl2, suml2)
-        if not changed_any:
-            break  # a pass without changes leaves the state as it was: every later pass too
+        if active.size == 0:
+            break
+        sub = (x, w, wx) if active.size == g else (x[:, active], w[:, active], wx[:, active])
+        changed = _q3_pass(*sub, L, sumlx, suml2, active, nmax)
+        active = active[changed]
     scale = np.where(suml2 > 0, _safe_div(sumlx, suml2), F32(0))
     L = (L + nmax).astype(np.int32)
     L[:, zero] = 0
     scale = np.where(zero, F32(0), scale)
     return scale.astype(F32), L
+
+
+def _q3_pass(
+    x: np.ndarray, w: np.ndarray, wx: np.ndarray, L: np.ndarray, sumlx: np.ndarray,
+    suml2: np.ndarray, cols: np.ndarray, nmax: int,
+) -> np.ndarray:  # fmt: skip
+    """One coordinate-descent pass of make_q3_quants over the columns `cols` of L, sumlx and
+    suml2 (updated in place); x, w, wx are those columns already. Returns which changed."""
+    La, sx, s2 = L[:, cols], sumlx[cols], suml2[cols]
+    changed = np.zeros(cols.size, bool)
+    for i in range(x.shape[0]):
+        li = La[i]
+        slx = sx - wx[i] * li
+        sl2 = s2 - w[i] * li * li
+        new_l = np.clip(nearest_int(_safe_div(x[i] * sl2, slx)), -nmax, nmax - 1)
+        idx = np.flatnonzero((slx > 0) & (new_l != li))
+        if idx.size == 0:
+            continue
+        nl = new_l[idx]
+        slx_n = slx[idx] + wx[i, idx] * nl
+        sl2_n = sl2[idx] + w[i, idx] * nl * nl
+        sx_i = sx[idx]
+        ok = (sl2_n > 0) & (slx_n * slx_n * s2[idx] > sx_i * sx_i * sl2_n)
+        j = idx[ok]
+        La[i, j], sx[j], s2[j] = nl[ok], slx_n[ok], sl2_n[ok]
+        changed[j] = True
+    L[:, cols], sumlx[cols], suml2[cols] = La, sx, s2
+    return changed
 
 
 def make_qkx2_quants(
@@ -143,24 +159,39 @@ def make_qkx2_quants(
     flat = xmax == xmin
     span = np.where(flat, F32(1), xmax - xmin)
 
+    laux, tmp = np.empty_like(x), np.empty_like(x)  # reused buffers: no allocation per step
+
+    def quants(iscale: np.ndarray, mn: np.ndarray, out: np.ndarray) -> np.ndarray:
+        np.subtract(x, mn, out=out)
+        np.multiply(out, iscale, out=out)
+        np.rint(out, out=out)
+        return np.clip(out, 0, nmax, out=out)
+
     def err_of(scale: np.ndarray, mn: np.ndarray, L: np.ndarray) -> np.ndarray:
-        diff = scale * L + mn - x
-        return seq_sum(weights * (np.abs(diff) if use_mad else diff * diff))
+        np.multiply(L, scale, out=tmp)  # diff = scale * L + min - x
+        np.add(tmp, mn, out=tmp)
+        np.subtract(tmp, x, out=tmp)
+        if use_mad:
+            np.abs(tmp, out=tmp)
+        else:
+            np.multiply(tmp, tmp, out=tmp)
+        return seq_sum(np.multiply(tmp, weights, out=tmp))
 
     iscale = F32(nmax) / span
     scale = F32(1) / iscale
     mn = xmin
-    L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
+    L = quants(iscale, mn, np.empty_like(x))
     best = err_of(scale, mn, L)
     for step in range(nstep + 1):
         iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / np.where(
             flat, F32(1), xmax - mn
         )
-        laux = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
-        wl = weights * laux
+        quants(iscale, mn, laux)
+        wl = np.multiply(weights, laux, out=tmp)
         sum_l = seq_sum(wl)
         sum_l2 = seq_sum(wl * laux)
-        sum_xl = seq_sum(wl * x)
+        wl *= x
+        sum_xl = seq_sum(wl)
         D = sum_w * sum_l2 - sum_l * sum_l
         this_scale = _safe_div(sum_w * sum_xl - sum_x * sum_l, D)
         this_min = _safe_div(sum_l2 * sum_x - sum_l * sum_xl, D)
@@ -170,7 +201,7 @@ def make_qkx2_quants(
         cur = err_of(this_scale, this_min, laux)
         better = (D > 0) & (cur < best) & ~flat
         if better.any():
-            L = np.where(better, laux, L)
+            np.copyto(L, laux, where=better[None, :])
             best = np.where(better, cur, best)
             scale = np.where(better, this_scale, scale)
             mn = np.where(better, this_min, mn)
