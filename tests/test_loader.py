@@ -20,7 +20,7 @@ from gguf import GGMLQuantizationType, GGUFWriter, quants
 
 from warmload import open_checkpoint
 from warmload.config import LoadConfig
-from warmload.errors import UnsupportedError, WeightMismatchError
+from warmload.errors import CheckpointError, UnsupportedError, WeightMismatchError
 from warmload.loader import load_model
 from warmload.models import gemma3, llama
 
@@ -155,8 +155,10 @@ def test_rope_freqs_tensor_divides_frequencies(tmp_path: Path):
         model, _ = load_model(ck)
         got = logits(model, TOKENS)
     inv = 500.0 ** (-np.arange(0, 16, 2) / 16) / factors
-    want_cos = np.cos(np.outer(np.arange(len(TOKENS)), inv))
-    assert np.allclose(model.rope.cos[: len(TOKENS)].numpy(), want_cos, atol=1e-6)
+    angles = np.outer(np.arange(len(TOKENS)), inv)
+    (table,) = model.rope.tables  # interleaved float32: cos + i sin
+    assert np.allclose(table[: len(TOKENS)].real.numpy(), np.cos(angles), atol=1e-6)
+    assert np.allclose(table[: len(TOKENS)].imag.numpy(), np.sin(angles), atol=1e-6)
     assert torch.allclose(got, logits(ref, TOKENS), atol=1e-4)
 
 
@@ -210,7 +212,7 @@ def broken(tmp_path: Path, change) -> tuple[Exception, int]:
     with open_checkpoint(path) as ck:
         ck.source = spy = SpySource(ck.source)
         change(ck)
-        with pytest.raises((UnsupportedError, WeightMismatchError)) as err:
+        with pytest.raises((CheckpointError, UnsupportedError, WeightMismatchError)) as err:
             load_model(ck)
     return err.value, spy.reads
 
@@ -219,6 +221,17 @@ def test_wrong_architecture_lists_supported(tmp_path: Path):
     err, reads = broken(tmp_path, lambda ck: ck.metadata.update({"general.architecture": "qwen9"}))
     assert isinstance(err, UnsupportedError) and reads == 0
     assert "architecture 'qwen9' is not supported (supported: gemma3, llama)" in str(err)
+
+
+def test_bad_metadata_is_named(tmp_path: Path):
+    err, reads = broken(tmp_path, lambda ck: ck.metadata.pop("llama.block_count"))
+    assert isinstance(err, CheckpointError) and reads == 0
+    assert "metadata key 'llama.block_count' is missing" in str(err)
+    err, reads = broken(
+        tmp_path, lambda ck: ck.metadata.update({"llama.rope.scaling.type": "yarn"})
+    )
+    assert isinstance(err, UnsupportedError) and reads == 0
+    assert "rope scaling 'yarn' is not supported" in str(err)
 
 
 def test_missing_unexpected_and_misshaped_tensors_are_listed_sorted(tmp_path: Path):

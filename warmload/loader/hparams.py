@@ -39,10 +39,10 @@ class _Keys:
             )
         return value
 
-    def int(self, key: str, default: Any = _MISSING) -> int:
+    def get_int(self, key: str, default: Any = _MISSING) -> int:
         return int(self.get(key, default))
 
-    def float(self, key: str, default: Any = _MISSING) -> float:
+    def get_float(self, key: str, default: Any = _MISSING) -> float:
         return float(self.get(key, default))
 
 
@@ -51,13 +51,13 @@ def _vocab_size(checkpoint: Checkpoint, keys: _Keys) -> int:
     if embd is not None:
         return embd.shape[0]
     tokens = checkpoint.metadata.get("tokenizer.ggml.tokens")
-    return keys.int("vocab_size", len(tokens) if tokens is not None else _MISSING)
+    return keys.get_int("vocab_size", len(tokens) if tokens is not None else _MISSING)
 
 
 def _rope_scaling(keys: _Keys) -> dict[str, Any] | None:
     """HF rope_scaling from `{arch}.rope.scaling.*` (or the legacy rope.scale_linear)."""
     kind = keys.get("rope.scaling.type", "none")
-    factor = keys.float("rope.scaling.factor", 0.0) or keys.float("rope.scale_linear", 0.0)
+    factor = keys.get_float("rope.scaling.factor", 0.0) or keys.get_float("rope.scale_linear", 0.0)
     if kind == "linear" or (kind == "none" and factor not in (0.0, 1.0)):
         return {"rope_type": "linear", "factor": factor}
     if kind != "none":
@@ -68,11 +68,11 @@ def _rope_scaling(keys: _Keys) -> dict[str, Any] | None:
 
 
 def _common(checkpoint: Checkpoint, keys: _Keys) -> dict[str, Any]:
-    heads = keys.int("attention.head_count")
-    hidden = keys.int("embedding_length")
-    head_dim = keys.int("attention.key_length", hidden // heads)
-    rope_dim = keys.int("rope.dimension_count", head_dim)
-    if rope_dim != head_dim or keys.int("attention.value_length", head_dim) != head_dim:
+    heads = keys.get_int("attention.head_count")
+    hidden = keys.get_int("embedding_length")
+    head_dim = keys.get_int("attention.key_length", hidden // heads)
+    rope_dim = keys.get_int("rope.dimension_count", head_dim)
+    if rope_dim != head_dim or keys.get_int("attention.value_length", head_dim) != head_dim:
         raise UnsupportedError(
             f"{keys.path}: rope over {rope_dim} of {head_dim} head dims, or value heads of "
             f"another size, is not supported"
@@ -80,13 +80,13 @@ def _common(checkpoint: Checkpoint, keys: _Keys) -> dict[str, Any]:
     return {
         "vocab_size": _vocab_size(checkpoint, keys),
         "hidden_size": hidden,
-        "intermediate_size": keys.int("feed_forward_length"),
-        "num_hidden_layers": keys.int("block_count"),
+        "intermediate_size": keys.get_int("feed_forward_length"),
+        "num_hidden_layers": keys.get_int("block_count"),
         "num_attention_heads": heads,
-        "num_key_value_heads": keys.int("attention.head_count_kv", heads),
+        "num_key_value_heads": keys.get_int("attention.head_count_kv", heads),
         "head_dim": head_dim,
-        "rms_norm_eps": keys.float("attention.layer_norm_rms_epsilon"),
-        "max_position_embeddings": keys.int("context_length"),
+        "rms_norm_eps": keys.get_float("attention.layer_norm_rms_epsilon"),
+        "max_position_embeddings": keys.get_int("context_length"),
         "tie_word_embeddings": "output.weight" not in checkpoint.tensors,
     }
 
@@ -94,7 +94,7 @@ def _common(checkpoint: Checkpoint, keys: _Keys) -> dict[str, Any]:
 def llama_config(checkpoint: Checkpoint, keys: _Keys) -> LlamaConfig:
     return LlamaConfig(
         **_common(checkpoint, keys),
-        rope_theta=keys.float("rope.freq_base", 10000.0),
+        rope_theta=keys.get_float("rope.freq_base", 10000.0),
         rope_scaling=_rope_scaling(keys),
         rope_style="interleaved",  # GGUF q/k rows are permuted for llama.cpp's normal rope
     )
@@ -106,7 +106,7 @@ def gemma3_config(checkpoint: Checkpoint, keys: _Keys) -> Gemma3Config:
     common = _common(checkpoint, keys)
     if keys.get("attn_logit_softcapping", None) is not None:
         raise UnsupportedError(f"{keys.path}: attention logit soft-capping is not supported")
-    window = keys.int("attention.sliding_window", 0)
+    window = keys.get_int("attention.sliding_window", 0)
     n_layers = common["num_hidden_layers"]
     if n_layers == 62:
         scalar = common["hidden_size"] // common["num_attention_heads"]
@@ -114,7 +114,7 @@ def gemma3_config(checkpoint: Checkpoint, keys: _Keys) -> Gemma3Config:
         scalar = common["head_dim"]
     return Gemma3Config(
         **common,
-        rope_theta=keys.float("rope.freq_base", 1_000_000.0),
+        rope_theta=keys.get_float("rope.freq_base", 1_000_000.0),
         rope_local_base_freq=10_000.0,
         rope_scaling=_rope_scaling(keys),
         sliding_window=window or common["max_position_embeddings"],

@@ -10,7 +10,7 @@ UnsupportedError (a quant type we cannot dequantize) before a single tensor byte
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from warmload.errors import UnsupportedError, WeightMismatchError
@@ -36,7 +36,6 @@ class TensorLoad:
 @dataclass(frozen=True, slots=True)
 class LoadPlan:
     tensors: tuple[TensorLoad, ...]  # in read order
-    tied: dict[str, str] = field(default_factory=dict)  # alias parameter -> source parameter
     rope_freq_factors: TensorLoad | None = None
 
     @property
@@ -92,7 +91,7 @@ def make_load_plan(
     missing = sorted(reverse.get(n, n) for n in wanted if n not in seen)
     _check_names(path, missing, sorted(unexpected), sorted(misshaped))
     _check_types(path, loads + ([rope] if rope else []))
-    return LoadPlan(tuple(loads), dict(tied), rope)
+    return LoadPlan(tuple(loads), rope)
 
 
 def _listed(kind: str, names: list[str]) -> str:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from warmload.errors import ContextOverflowError, UnsupportedError
+from warmload.errors import ContextOverflowError, RequestError, UnsupportedError
 
 ROPE_STYLES = ("neox", "interleaved")
 ACTIVATIONS = {
@@ -203,7 +203,7 @@ class KVCache:
                 f"{self.max_ctx} tokens"
             )
         if batch_size != self.batch_size:
-            raise ContextOverflowError(
+            raise RequestError(
                 f"batch of {batch_size} sequences for a KV cache made for {self.batch_size}"
             )
 
