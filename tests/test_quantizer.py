@@ -206,3 +206,38 @@ def test_real_model_round_trip_loads_in_llama_cpp(
     llm = llama_cpp.Llama(str(q.path), n_ctx=64, verbose=False, logits_all=False)
     out = llm("The capital of France is", max_tokens=4, temperature=0)
     assert "Paris" in out["choices"][0]["text"]
+
+
+def test_gguf_writer_round_trip_with_gguf_py(tmp_path: Path) -> None:
+    import gguf
+
+    kv = [
+        encode_kv("general.alignment", 64),
+        encode_kv("a.u8", np.uint8(7)),
+        encode_kv("a.i64", -(2**40)),
+        encode_kv("a.f64", np.float64(0.1)),
+        encode_kv("a.flag", True),
+        encode_kv("a.words", ["x", "ÿ", ""]),
+        encode_kv("a.ids", np.array([1, -2], np.int32)),
+    ]
+    x = np.arange(64, dtype=np.float32).reshape(2, 32)
+    digest = write_file(
+        tmp_path / "t.gguf",
+        kv,
+        [(TensorSpec("w", (2, 32), "Q8_0"), quantize(x, "Q8_0")),
+         (TensorSpec("b", (3,), "F32"), np.ones(3, np.float32))],
+    )  # fmt: skip
+    assert digest == _sha(tmp_path / "t.gguf")
+    r = gguf.GGUFReader(tmp_path / "t.gguf")
+    f = r.fields
+    assert f["a.u8"].types == [gguf.GGUFValueType.UINT8] and f["a.u8"].contents() == 7
+    assert f["a.i64"].contents() == -(2**40) and f["a.flag"].contents() is True
+    assert f["a.words"].contents() == ["x", "ÿ", ""] and f["a.ids"].contents() == [1, -2]
+    assert r.alignment == 64 and all(t.data_offset % 64 == 0 for t in r.tensors)
+    w = next(t for t in r.tensors if t.name == "w")
+    assert w.tensor_type == gguf.GGMLQuantizationType.Q8_0 and list(w.shape) == [32, 2]
+    assert np.asarray(w.data).tobytes() == quantize(x, "Q8_0").tobytes()
+    assert [kv.key for kv in read_raw_kv(tmp_path / "t.gguf")][:2] == ["general.alignment", "a.u8"]
+    with pytest.raises(Exception, match="needs 68 bytes, got 4"):
+        write_file(tmp_path / "u.gguf", kv, [(TensorSpec("w", (2, 32), "Q8_0"), b"abcd")])
+    assert not (tmp_path / "u.gguf").exists() and len(list(tmp_path.iterdir())) == 1
