@@ -26,7 +26,7 @@ import numpy as np
 
 from warmload.catalog import resolve_model_path
 from warmload.formats.gguf import read_gguf
-from warmload.quant_mix import FILE_TYPES
+from warmload.quant.quantize_mix import FILE_TYPES
 from warmload.quantizer import quantize_checkpoint
 
 TEXT = (

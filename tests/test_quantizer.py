@@ -16,7 +16,7 @@ from warmload.formats.gguf import read_gguf
 from warmload.formats.gguf_write import FLOAT32, GGUFWriter, TensorSpec, encode_kv, read_raw_kv
 from warmload.formats.gguf_write import write_gguf as write_file
 from warmload.quant.quantize import quantize
-from warmload.quant_mix import FILE_TYPES
+from warmload.quant.quantize_mix import FILE_TYPES
 from warmload.quantizer import quantize_checkpoint
 
 N_LAYER, N_EMBD, N_FF, N_VOCAB = 8, 256, 256, 512

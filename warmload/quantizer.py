@@ -2,11 +2,12 @@
 -> a GGUF of one of llama.cpp's file types, written atomically, with its SHA-256.
 
 Follows llama.cpp's llama_model_quantize (src/llama-quant.cpp): the same per-tensor types
-(quant_mix.py), tensors in the same order (layer, then name), every metadata pair copied with
-its type, then general.quantization_version = 2 and general.file_type set; the tensor bytes come
-from warmload.quant.quantize, bit-identical to llama.cpp's reference quantizers. The output is
-written to a temporary file beside `dst` and renamed only when complete, so an error, a full
-disk or Ctrl-C never leaves a partial `dst`; `dst.sha256` (sha256sum format) is written after.
+(quant/quantize_mix.py), tensors in the same order (layer, then name), every metadata pair
+copied with its type, then general.quantization_version = 2 and general.file_type set. Tensor
+bytes come from warmload.quant.quantize, bit-identical to llama.cpp's reference quantizers, so
+the files are byte-identical to llama-quantize's (tests check). The output goes to a temporary
+file beside `dst`, renamed only when complete, so an error, a full disk or Ctrl-C never leaves
+a partial `dst`; `dst.sha256` (sha256sum format) is written after.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from warmload.formats.gguf_write import (
     read_raw_kv,
 )
 from warmload.quant.quantize import default_threads, quantize
-from warmload.quant_mix import (
+from warmload.quant.quantize_mix import (
     FILE_TYPES,
     MixOptions,
     ModelShape,

@@ -1,4 +1,4 @@
-"""quant_mix: llama.cpp's per-tensor type rules on branches the whole-file tests (a small
+"""quant.quantize_mix: llama.cpp's per-tensor type rules on branches the whole-file tests (a small
 llama with GQA 4, see test_quantizer.py) do not reach: MoE, 70B, falcon, GQA < 4, fallbacks."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from warmload.errors import RequestError, UnsupportedError
-from warmload.quant_mix import (
+from warmload.quant.quantize_mix import (
     MixOptions,
     ModelShape,
     TensorEntry,
