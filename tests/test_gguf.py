@@ -435,3 +435,11 @@ def test_truncated_small_model(tmp_path: Path, cut: int) -> None:
     assert len(data) > cut
     with pytest.raises(CheckpointError, match=r"truncated"):
         read_gguf(write(tmp_path, data[:cut]))
+
+
+def test_header_only_checkpoint(tmp_path: Path) -> None:
+    ck = read_gguf_header(write(tmp_path, small_model()))
+    assert ck.source is None and len(ck.tensors) == 3
+    with pytest.raises(CheckpointError, match=r"opened header-only; no tensor bytes to read"):
+        ck.tensor_bytes("a.weight")
+    ck.close()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from warmload.errors import CheckpointError
+
 
 @dataclass(frozen=True, slots=True)
 class TensorInfo:
@@ -34,7 +36,7 @@ class Checkpoint:
     format: str  # "gguf" | "safetensors"
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo]
-    source: Any = field(repr=False)  # formats.source.ByteSource
+    source: Any = field(repr=False)  # formats.source.ByteSource; None: opened header-only
     version: int = 0  # GGUF version (0 for SafeTensors)
     data_offset: int = 0  # GGUF: start of the tensor data section
     alignment: int = 0
@@ -42,6 +44,8 @@ class Checkpoint:
     def tensor_bytes(self, name: str) -> memoryview:
         """The tensor's raw bytes: a zero-copy view in mmap and memory modes."""
         info = self.tensors[name]
+        if self.source is None:
+            raise CheckpointError(f"{self.path}: opened header-only; no tensor bytes to read")
         return self.source.view(info.file, info.offset, info.nbytes)
 
     @property
@@ -49,7 +53,8 @@ class Checkpoint:
         return self.metadata.get("general.architecture")
 
     def close(self) -> None:
-        self.source.close()
+        if self.source is not None:
+            self.source.close()
 
     def __enter__(self) -> Checkpoint:
         return self
