@@ -38,10 +38,6 @@ SPECIAL_ATTRS = ATTR_CONTROL | ATTR_UNKNOWN  # matched in text only with parse_s
 PARTITIONED_ATTRS = SPECIAL_ATTRS | ATTR_USER_DEFINED  # cut out before tokenizing
 
 
-def _token_index(tokens: list[str]) -> dict[str, int]:
-    return {t: i for i, t in enumerate(tokens)}  # duplicates: the last id wins, as in llama.cpp
-
-
 def _split_merge(merge: str) -> tuple[str, str] | None:
     pos = merge.find(" ", 1)  # llama.cpp: the first space after the first character
     if pos < 0:
@@ -111,7 +107,7 @@ def _bpe_tokenizer(vocab: Vocab, index: dict[str, int]) -> RustTokenizer:
 
 def build_backend(vocab: Vocab) -> RustTokenizer:
     """The Rust tokenizer for `vocab` (no BOS/EOS handling; special tokens parsed by default)."""
-    index = _token_index(vocab.tokens)
+    index = vocab.index
     if vocab.model == "llama":
         tokenizer = _spm_tokenizer(vocab, index)
     else:

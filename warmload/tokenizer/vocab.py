@@ -78,6 +78,7 @@ class Vocab:
     model: str  # "llama" (SentencePiece BPE with scores) | "gpt2" (byte-level BPE)
     pre: PreTokenizer | None  # gpt2 only
     tokens: list[str]
+    index: dict[str, int]  # text -> id; for duplicate texts the last id, as llama.cpp
     attrs: np.ndarray  # int32 llama_token_attr bits per token
     scores: np.ndarray | None  # float32, llama only
     merges: list[str] | None  # gpt2 only: "left right" strings in rank order
@@ -169,6 +170,7 @@ def read_vocab(metadata: dict[str, Any]) -> Vocab:
         model=model,
         pre=pre,
         tokens=tokens,
+        index={t: i for i, t in enumerate(tokens)},
         attrs=_attrs_from_types(types, n).copy(),
         scores=scores,
         merges=merges,
@@ -182,6 +184,7 @@ def read_vocab(metadata: dict[str, Any]) -> Vocab:
     if isinstance(_key(metadata, "add_space_prefix"), bool):
         vocab.add_space_prefix = _key(metadata, "add_space_prefix")
     _resolve_text_specials(vocab)
+    _apply_strip_attrs(vocab, metadata)
     return vocab
 
 
@@ -205,8 +208,7 @@ def _first_id(index: dict[str, int], texts: tuple[str, ...]) -> int | None:
 
 def _resolve_text_specials(vocab: Vocab) -> None:
     """EOT/EOM/FIM detection by text and the EOG set, as llama.cpp (ids in ascending order)."""
-    index = {t: i for i, t in enumerate(vocab.tokens)}  # duplicates: the last id wins, as there
-    attrs = vocab.attrs
+    index, attrs = vocab.index, vocab.attrs
     promoted: list[int] = []
     for field, texts in (
         ("eot_id", EOT_TEXTS),
@@ -231,11 +233,12 @@ def _resolve_text_specials(vocab: Vocab) -> None:
         if text in index:
             attrs[index[text]] = ATTR_USER_DEFINED
     eog |= {i for i in (vocab.eos_id, vocab.eot_id, vocab.eom_id) if i is not None}
-    _apply_eog_exceptions(vocab, eog, index)
+    _apply_eog_exceptions(vocab, eog)
     vocab.eog_ids = frozenset(eog)
 
 
-def _apply_eog_exceptions(vocab: Vocab, eog: set[int], index: dict[str, int]) -> None:
+def _apply_eog_exceptions(vocab: Vocab, eog: set[int]) -> None:
+    index = vocab.index
     texts = {vocab.tokens[i] for i in eog}
     # o200k_harmony / solar-open: "<|end|>" ends a message, not the generation
     end_id = index.get("<|end|>")
@@ -248,3 +251,30 @@ def _apply_eog_exceptions(vocab: Vocab, eog: set[int], index: dict[str, int]) ->
     if s_id in eog and ("<|tool_response>" in texts or "<|plamo:eos|>" in texts):
         eog.discard(s_id)
         vocab.attrs[s_id] = ATTR_NORMAL
+
+
+def _apply_strip_attrs(vocab: Vocab, metadata: dict[str, Any]) -> None:
+    """Per-model lstrip/rstrip of special tokens, set by name in llama.cpp (not in the file)."""
+    name = str(metadata.get("general.name", "")).lower()
+    arch = str(metadata.get("general.architecture", ""))
+    pre = str(_key(metadata, "pre") or "")
+    index, attrs = vocab.index, vocab.attrs
+    if pre in ("jina-v2-de", "jina-v2-es", "jina-v2-code") or arch in (
+        "nomic-bert-moe",
+        "jina-bert-v3",
+    ):
+        if "<mask>" in index:
+            attrs[index["<mask>"]] |= ATTR_LSTRIP
+    elif "phi-3" in name or "phi3" in name:
+        special = (attrs & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)) != 0
+        attrs[special] |= ATTR_RSTRIP
+        for text, on in (
+            ("</s>", True),
+            ("<unk>", False),
+            ("<s>", False),
+            ("<|endoftext|>", False),
+        ):
+            if text in index:
+                attrs[index[text]] = (
+                    attrs[index[text]] | ATTR_RSTRIP if on else attrs[index[text]] & ~ATTR_RSTRIP
+                )

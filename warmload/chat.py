@@ -1,0 +1,280 @@
+"""Chat templates: a model's Jinja template (`tokenizer.chat_template`), rendered as HF does.
+
+Follows transformers' `render_jinja_template` (utils/chat_template_utils.py): jinja2's
+ImmutableSandboxedEnvironment with trim_blocks and lstrip_blocks, the loopcontrols extension,
+`{% generation %}` blocks rendered as plain text, `raise_exception`, `strftime_now`, and a
+`tojson` filter that does not escape HTML (json.dumps, ensure_ascii=False); the variables are
+messages, add_generation_prompt, tools, documents, bos_token, eos_token and any extra keyword.
+
+BOS: many templates write the BOS token's text themselves (Gemma's `{{ bos_token }}`) while the
+tokenizer also adds BOS. As llama.cpp's common_chat_templates_apply, `render_prompt` strips a
+leading BOS text (and a trailing EOS text) when the tokenizer adds that token itself, so the
+engine always encodes its result with `encode(text, add_special=True, parse_special=True)`.
+`render` returns exactly what Hugging Face's apply_chat_template(tokenize=False) gives.
+
+Without a template in the file: the Gemma 3 instruction template for Gemma architectures (its
+tokens are in every Gemma vocab), else ChatML (llama.cpp's default).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from warmload.errors import RequestError, TokenizerError
+
+# google/gemma-3-*-it tokenizer_config.json "chat_template" (the Gemma 3 prompt format).
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    '    {%- set first_user_prefix = "" -%}\n'
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    '        {{ raise_exception("Conversation roles must alternate '
+    'user/assistant/user/assistant/...") }}\n'
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    '        {%- set role = "model" -%}\n'
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    '        {{ raise_exception("Invalid content type") }}\n'
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\\n'}}\n"
+    "{%- endif -%}\n"
+)
+
+# llama.cpp's CHATML_TEMPLATE_SRC (common/chat.cpp): the default for files without a template.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "    {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{- '<|im_start|>assistant\\n' -}}\n"
+    "{%- endif -%}"
+)
+
+# general.architecture -> built-in template when the file has none
+BUILTIN_TEMPLATES = {"gemma": GEMMA3_TEMPLATE, "gemma2": GEMMA3_TEMPLATE, "gemma3": GEMMA3_TEMPLATE}
+
+
+class _TemplateRaised(Exception):
+    """raise_exception() called by a template: the template rejects the conversation."""
+
+
+def _raise_exception(message: str) -> None:
+    raise _TemplateRaised(message)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.now().strftime(format)
+
+
+class _GenerationBlocks(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` (HF's assistant-mask marker) renders its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_render", []), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller: Any) -> str:
+        return caller()
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[_GenerationBlocks, jinja2.ext.loopcontrols],
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+def _content_text(content: Any, where: str) -> str:
+    """A message's content as one string: OpenAI text parts joined by newlines (as llama.cpp)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise RequestError(
+            f"{where}.content must be a string or a list of text parts, "
+            f"not {type(content).__name__}",
+            "messages",
+        )
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, Mapping) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            raise RequestError(
+                f"{where}.content[{j}] must be a {{'type': 'text', 'text': ...}} part, "
+                f"not {kind!r} (only text is supported)",
+                "messages",
+            )
+        if not isinstance(part.get("text"), str):
+            raise RequestError(f"{where}.content[{j}].text must be a string", "messages")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    """Checked copies of chat messages ({role, content, ...}) with string content."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(
+            "messages must be a non-empty list of {role, content} objects", "messages"
+        )
+    checked = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, Mapping):
+            raise RequestError(
+                f"{where} must be an object with role and content, not {type(message).__name__}",
+                "messages",
+            )
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise RequestError(f"{where}.role must be a non-empty string", "messages")
+        if "content" not in message and "tool_calls" not in message:
+            raise RequestError(f"{where} has no content", "messages")
+        copy = dict(message)
+        copy["content"] = _content_text(message.get("content"), where)
+        checked.append(copy)
+    return checked
+
+
+class ChatTemplate:
+    """A compiled chat template and the special-token texts it renders with."""
+
+    def __init__(
+        self,
+        source: str,
+        bos_token: str = "",
+        eos_token: str = "",
+        add_bos: bool = False,
+        add_eos: bool = False,
+        origin: str = "tokenizer.chat_template",
+    ) -> None:
+        self.source = source
+        self.origin = origin  # where the template came from: the file, or a built-in default
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.add_bos, self.add_eos = add_bos, add_eos
+        try:
+            self._template = _environment().from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TokenizerError(
+                f"chat template ({origin}) has a syntax error at line {exc.lineno}: {exc.message}"
+            ) from None
+
+    @classmethod
+    def from_metadata(
+        cls,
+        metadata: Mapping[str, Any],
+        bos_token: str = "",
+        eos_token: str = "",
+        add_bos: bool = False,
+        add_eos: bool = False,
+    ) -> ChatTemplate:
+        """The file's template, or the built-in one for its architecture, or ChatML."""
+        source = metadata.get("tokenizer.chat_template")
+        origin = "tokenizer.chat_template"
+        if not isinstance(source, str) or not source.strip():
+            arch = metadata.get("general.architecture")
+            source = BUILTIN_TEMPLATES.get(arch, CHATML_TEMPLATE)
+            origin = f"built-in {'gemma3' if arch in BUILTIN_TEMPLATES else 'chatml'} default"
+        return cls(source, bos_token, eos_token, add_bos, add_eos, origin)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any) -> ChatTemplate:
+        """From a warmload Tokenizer (its chat_template, architecture, BOS/EOS and add flags)."""
+        metadata = {
+            "tokenizer.chat_template": tokenizer.chat_template,
+            "general.architecture": tokenizer.architecture,
+        }
+        return cls.from_metadata(
+            metadata, tokenizer.bos_token, tokenizer.eos_token, tokenizer.add_bos, tokenizer.add_eos
+        )
+
+    def render(self, messages: Any, add_generation_prompt: bool = True, **extra: Any) -> str:
+        """The conversation as the template writes it (Hugging Face's apply_chat_template text)."""
+        variables = {
+            "tools": None,
+            "documents": None,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            **extra,
+            "messages": validate_messages(messages),
+            "add_generation_prompt": add_generation_prompt,
+        }
+        try:
+            return self._template.render(**variables)
+        except _TemplateRaised as exc:
+            raise RequestError(f"chat template rejected the messages: {exc}", "messages") from None
+        except SecurityError as exc:
+            raise TokenizerError(
+                f"chat template ({self.origin}) tried an unsafe operation: {exc}"
+            ) from None
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
+            raise RequestError(
+                f"chat template ({self.origin}) failed on these messages: "
+                f"{type(exc).__name__}: {exc}",
+                "messages",
+            ) from None
+
+    def render_prompt(self, messages: Any, add_generation_prompt: bool = True, **extra: Any) -> str:
+        """render(), minus a leading BOS / trailing EOS text the tokenizer adds itself: encode the
+        result with add_special=True, parse_special=True (no duplicate BOS)."""
+        text = self.render(messages, add_generation_prompt, **extra)
+        if self.add_bos and self.bos_token and text.startswith(self.bos_token):
+            text = text[len(self.bos_token) :]
+        if self.add_eos and self.eos_token and text.endswith(self.eos_token):
+            text = text[: -len(self.eos_token)]
+        return text
