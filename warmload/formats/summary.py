@@ -56,7 +56,8 @@ def _safetensors_facts(checkpoint: Checkpoint) -> dict[str, Any]:
         "tokenizer_model": None,
         "tokenizer_pre": None,
         "vocab_size": config.get("vocab_size"),
-        "has_chat_template": template.is_file() and "chat_template" in template.read_text("utf-8"),
+        "has_chat_template": template.is_file()
+        and "chat_template" in template.read_text("utf-8", errors="replace"),
     }
 
 
