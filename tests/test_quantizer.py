@@ -175,16 +175,16 @@ def test_failures_leave_no_output(tiny, tmp_path: Path, monkeypatch: pytest.Monk
         quantize_checkpoint(tiny, dst, "Q4_K_M", progress=interrupt)
     assert sorted(p.name for p in out.iterdir()) == ["q.gguf"] and dst.read_bytes() == b"previous"
 
-    real = GGUFWriter.write_tensor
+    real = GGUFWriter._write  # the background thread's file write + hash
     calls = {"n": 0}
 
-    def disk_full(self, name, data):
+    def disk_full(self, data):
         calls["n"] += 1
         if calls["n"] > 5:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, name, data)
+        return real(self, data)
 
-    monkeypatch.setattr(GGUFWriter, "write_tensor", disk_full)
+    monkeypatch.setattr(GGUFWriter, "_write", disk_full)
     with pytest.raises(OSError, match="No space"):
         quantize_checkpoint(tiny, out / "new.gguf", "Q8_0")
     assert sorted(p.name for p in out.iterdir()) == ["q.gguf"]

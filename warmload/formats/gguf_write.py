@@ -19,8 +19,10 @@ import contextlib
 import hashlib
 import mmap
 import os
+import queue
 import struct
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,12 +234,29 @@ class GGUFWriter:
     """Streams one GGUF file: header at construction, then `write_tensor` in spec order.
 
     kv: encoded pairs (RawKV from read_raw_kv or encode_kv); tensors: every tensor, in the
-    order their data will be written. `sha256` is the digest of all bytes written so far.
+    order their data will be written. background=True writes and hashes on a thread (both
+    release the GIL), overlapping them with the caller's work: buffers handed to write_tensor
+    must then not change until finish(); an I/O error surfaces at the next call. Use it as a
+    context manager (or call close()) so that thread always ends.
     """
 
-    def __init__(self, f: BinaryIO, kv: Sequence[RawKV], tensors: Sequence[TensorSpec]) -> None:
+    def __init__(
+        self,
+        f: BinaryIO,
+        kv: Sequence[RawKV],
+        tensors: Sequence[TensorSpec],
+        *,
+        background: bool = False,
+    ) -> None:
         self._f = f
         self._hash = hashlib.sha256()
+        self._error: BaseException | None = None
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._queue = queue.Queue(maxsize=8)
+            self._thread = threading.Thread(target=self._drain, name="gguf-writer", daemon=True)
+            self._thread.start()
         self._alignment = DEFAULT_ALIGNMENT
         for item in kv:
             if item.key == "general.alignment" and item.vtype == UINT32:
@@ -257,9 +276,43 @@ class GGUFWriter:
         self._emit(blob + bytes(_pad(len(blob), self._alignment)))
 
     def _emit(self, data: bytes | memoryview) -> None:
+        self.nbytes += len(data)
+        if self._queue is None:
+            self._write(data)
+            return
+        self._raise_pending()
+        self._queue.put(data)
+
+    def _write(self, data: bytes | memoryview) -> None:
         self._f.write(data)
         self._hash.update(data)
-        self.nbytes += len(data)
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(item)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                    self._error = e
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """End the background thread after the queued writes (idempotent)."""
+        if self._thread is not None:
+            assert self._queue is not None
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> GGUFWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def write_tensor(self, name: str, data: bytes | memoryview | np.ndarray) -> None:
         """Write the next tensor's bytes (it must be the next spec, with its exact size)."""
@@ -288,6 +341,8 @@ class GGUFWriter:
             raise CheckpointError(
                 f"GGUF writer: {len(missing)} tensor(s) not written: {missing[:5]}"
             )
+        self.close()
+        self._raise_pending()
         self._f.flush()
         return self._hash.hexdigest()
 
