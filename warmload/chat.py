@@ -127,8 +127,18 @@ class _GenerationBlocks(jinja2.ext.Extension):
         return caller()
 
 
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """HF's sandbox, except that touching an unsafe attribute fails at once (jinja2 would
+    render it as an empty Undefined and fail only if it is used further)."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+        raise SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe"
+        )
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _Sandbox(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=[_GenerationBlocks, jinja2.ext.loopcontrols],

@@ -81,8 +81,11 @@ class Tokenizer:
                 if self._backend.encode_special_tokens == parse_special:
                     self._backend.encode_special_tokens = not parse_special
                 ids = self._backend.encode(text, add_special_tokens=False).ids
-        except UnicodeEncodeError as exc:
-            raise RequestError(f"text is not valid Unicode: {exc}", "text") from None
+        except (UnicodeEncodeError, TypeError):  # tokenizers: "TextInputSequence must be str"
+            bad = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            raise RequestError(
+                f"text is not valid Unicode (lone surrogate?): {bad[:80]!r}", "text"
+            ) from None
         if add_special and self.add_bos and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         if add_special and self.add_eos and self.eos_id is not None:
