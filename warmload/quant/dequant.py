@@ -5,12 +5,13 @@
 `dequantize_rows` does the same for selected rows only (embedding lookups).
 
 Each entry of DEQUANTIZERS is `fn(blocks, out) -> None`: `blocks` is a (n, type_size) uint8
-view of n whole blocks and `out` the (n, block_size) float32 tensor it fills. Kernels slice the
-block fields, unpack bits with uint8 ops and finish with a uint8/int8 -> float copy and
-in-place float ops, in the same order of float operations as gguf-py's numpy reference
-(gguf/quants.py), so results are bit-identical to it; llama.cpp's ggml-quants.c
-dequantize_row_* defines the formats. Large tensors are processed in chunks of blocks so the
-temporaries stay in cache. Block and type sizes come from formats/ggml_types.py.
+view of n whole blocks and `out` the (n, block_size) float32 tensor it fills. Kernels unpack
+bits with uint8 ops over whole flat buffers (raw.planes), assemble the integer quants with 2-D
+copies (raw.interleave), then convert into `out` with one sequential copy and finish with
+in-place float ops in the same order as gguf-py's numpy reference (gguf/quants.py), so results
+are bit-identical to it; llama.cpp's ggml-quants.c dequantize_row_* defines the formats. Large
+tensors go in chunks of blocks so temporaries stay in cache. Block and type sizes come from
+formats/ggml_types.py (GGML_TYPES).
 """
 
 from __future__ import annotations
@@ -34,45 +35,44 @@ from warmload.quant.raw import as_byte_tensor, bit_bytes, empty_output, f16_fiel
 
 Dequantizer = Callable[[torch.Tensor, torch.Tensor], None]
 
-# Float elements per chunk. Every torch op is one OpenMP region; fewer, bigger chunks keep the
-# region count low (with 2 threads on a busy 2-core machine, 1M-element chunks ran 3x slower
-# than 16M ones), while 4M (16 MB of float32) still lets the temporaries live in L3.
-CPU_CHUNK_ELEMENTS = 1 << 22
+# Float elements per chunk (8 MB of float32 output): small enough that the chunk's output and
+# temporaries stay in L2/L3 between the few passes over them, big enough that the ~20-90 torch
+# ops per chunk (each an OpenMP region) cost little. Measured on 2 Zen 4 cores: 2M beat 0.5M,
+# 1M and 4M with 2 threads and tied 1M with 1; 16M was best only on a heavily oversubscribed
+# machine, where every OpenMP barrier waits for a descheduled thread.
+CPU_CHUNK_ELEMENTS = 1 << 21
 CUDA_CHUNK_ELEMENTS = 1 << 26
 
 
-def _nibbles_into(q: torch.Tensor, blocks: torch.Tensor, start: int, minus: int = 0) -> None:
-    """Nibbles of the 16 bytes at `start` of each block, minus `minus` (in int8), copied as
-    (n, 2, 16) (16 low, then 16 high nibbles) into q, which may be the float output."""
+def _nibbles(blocks: torch.Tensor, start: int, minus: int = 0) -> torch.Tensor:
+    """(n, 32) int8: the nibbles of the 16 bytes at `start` of each block (16 low, then 16
+    high), minus `minus`."""
     n = blocks.shape[0]
-    p = planes(blocks, 4)  # (2, n, type_size): bit ops over the whole flat chunk
+    p = planes(blocks, 4).view(torch.int8)  # (2, n, type_size): bit ops over the flat chunk
     if minus:
-        p = p.view(torch.int8)
         p -= minus
-    q = q.view(n, 2, 16)
+    q = torch.empty((n, 2, 16), dtype=torch.int8, device=blocks.device)
     q[:, 0].copy_(p[0, :, start : start + 16])
     q[:, 1].copy_(p[1, :, start : start + 16])
+    return q.view(n, 32)
 
 
 def dequantize_q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """Q4_0 (18 bytes): f16 d, 16 bytes of nibbles; x = d * (q - 8)."""
-    _nibbles_into(out, blocks, 2, minus=8)
+    out.copy_(_nibbles(blocks, 2, minus=8))
     out *= f16_field(blocks, 0)
 
 
 def dequantize_q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """Q4_1 (20 bytes): f16 d, f16 m, 16 bytes of nibbles; x = d * q + m."""
-    _nibbles_into(out, blocks, 4)
+    out.copy_(_nibbles(blocks, 4))
     out *= f16_field(blocks, 0)
     out += f16_field(blocks, 2)
 
 
 def _q5(blocks: torch.Tensor, out: torch.Tensor, qh_start: int, zero: int, one: int) -> None:
     """Q5_0/Q5_1 quants: nibbles at qh_start + 4 plus bit j of the u32 at qh_start as 16."""
-    n = blocks.shape[0]
-    q = torch.empty((n, 32), dtype=torch.uint8, device=blocks.device)
-    _nibbles_into(q, blocks, qh_start + 4)
-    q = q.view(torch.int8)
+    q = _nibbles(blocks, qh_start + 4)
     q += bit_bytes(blocks[:, qh_start : qh_start + 4], zero, one)
     out.copy_(q)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from warmload.quant.raw import columns, f16_field, gather, planes, scatter_planes
+from warmload.quant.raw import columns, f16_field, gather, interleave, planes
 
 
 def _times_d(blocks: torch.Tensor, offset: int, scales: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def dequantize_q2_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """Q2_K (84 bytes): 16 scale bytes (low nibble scale, high nibble min), 64 bytes of 2-bit
     quants, f16 d, f16 dmin; 16 sub-blocks of 16: x = (d * sc) * q - (dmin * m)."""
     q = planes(gather(blocks, 16, 80, order=(0, 1)), 2)  # (4 shifts, 2 halves, n, 32)
-    scatter_planes(out, q)
+    out.copy_(interleave(q))
     sc = planes(gather(blocks, 0, 16)[0], 4)  # (2, n, 16): scales, mins
     _scale_(out, f16_field(blocks, 80) * sc[0], f16_field(blocks, 82) * sc[1])
 
@@ -75,7 +75,7 @@ def dequantize_q3_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     q |= hbit.view(4, 2, n, 32)  # q2 + 4 * hbit, then - 4 below: q2 - 4 * (1 - hbit)
     q = q.view(torch.int8)
     q -= 4
-    scatter_planes(out, q)
+    out.copy_(interleave(q))
     _scale_(out, _times_d(blocks, 108, _q3_k_scales(blocks)))
 
 
@@ -103,9 +103,7 @@ def dequantize_q4_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     (each 32-byte group: 32 low nibbles, then 32 high nibbles); x = (d * sc) * q - (dmin * m)."""
     n = blocks.shape[0]
     q = planes(gather(blocks, 16, 144)[0], 4)  # (2, n, 128)
-    o = out.view(n, 4, 2, 32)
-    o[:, :, 0].copy_(q[0].view(n, 4, 32))  # (n, 4) coalesce: one 2-D copy per plane
-    o[:, :, 1].copy_(q[1].view(n, 4, 32))
+    out.copy_(interleave(q.view(2, 1, n * 4, 32)).view(n, 256))  # one copy per nibble plane
     _scale_(out, *_k_scale_min(blocks))
 
 
@@ -117,7 +115,7 @@ def dequantize_q5_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     hbit = planes(gather(blocks, 16, 48), 1, fields=(0, 2, 4, 6, 1, 3, 5, 7))  # bit 2g + h
     hbit <<= 4
     q |= hbit.view(2, 4, n, 32)
-    scatter_planes(out, q)
+    out.copy_(interleave(q))
     _scale_(out, *_k_scale_min(blocks))
 
 
@@ -135,5 +133,5 @@ def dequantize_q6_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     q |= high
     q = q.view(torch.int8)
     q -= 32
-    scatter_planes(out, q)
+    out.copy_(interleave(q))
     _scale_(out, f16_field(blocks, 208) * blocks[:, 192:208].view(torch.int8))

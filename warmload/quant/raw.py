@@ -1,9 +1,12 @@
-"""Raw GGML bytes as torch tensors: zero-copy byte views in, float outputs out.
+"""Raw GGML bytes as torch tensors, and the block-unpacking steps the dequantizers share.
 
 The dequantizers take a flat uint8 tensor of whole blocks and write into a float tensor. This
 module turns what callers hold (bytes, memoryview of an mmap, numpy or torch uint8) into that
-byte tensor without copying, reads the little-endian f16 scale fields of a block view, and
-allocates outputs. Reference for the block layouts: llama.cpp ggml/src/ggml-common.h.
+byte tensor without copying, allocates outputs, and holds the unpacking steps: f16 fields,
+bit planes (planes), plane-major field gathers (gather, columns), bit strings (bit_bytes) and
+the copy back to block order (interleave). They exist because torch's eager kernels only run
+fast on long contiguous runs: bit ops go over whole flat buffers, layout changes are plain
+2-D copies. Reference for the block layouts: llama.cpp ggml/src/ggml-common.h.
 """
 
 from __future__ import annotations
@@ -117,18 +120,17 @@ def bit_bytes(qh: torch.Tensor, zero: int, one: int) -> torch.Tensor:
     """(n, k) bytes -> (n, 8k) int8: `one` where bit j of the little-endian bit string is set,
     else `zero` (a 256-entry table of 8-byte words looked up once per byte)."""
     n, k = qh.shape
-    key = (zero, one)
+    key = (zero, one, qh.device)
     table = _BIT_TABLES.get(key)
     if table is None:
         rows = [[one if (v >> b) & 1 else zero for b in range(8)] for v in range(256)]
         table = torch.tensor(rows, dtype=torch.int8).view(torch.int64).view(256)
-        _BIT_TABLES[key] = table
-    table = table.to(qh.device)
+        table = _BIT_TABLES[key] = table.to(qh.device)
     words = table.index_select(0, qh.to(torch.int32).reshape(n * k))
     return words.view(torch.int8).view(n, 8 * k)
 
 
-_BIT_TABLES: dict[tuple[int, int], torch.Tensor] = {}
+_BIT_TABLES: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
 
 def gather(
@@ -153,11 +155,17 @@ def columns(blocks: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return out
 
 
-def scatter_planes(out: torch.Tensor, q: torch.Tensor) -> None:
-    """Copy (converting) plane-major q (B, A, n, L) into out viewed as (n, A, B, L): one 2-D
-    copy per plane, which torch runs several times faster than one permuted 4-D copy."""
+def interleave(q: torch.Tensor) -> torch.Tensor:
+    """Plane-major q (B, A, n, L) -> a contiguous (n, A * B * L) tensor in block order (n, A, B,
+    L), by one 2-D copy per plane (several times faster in torch than one permuted 4-D copy).
+
+    Quants are assembled in a small integer buffer like this and only then converted into the
+    float output by one sequential copy: writing the float output plane by plane is strided and
+    costs twice the memory traffic once the output no longer fits in cache.
+    """
     b_planes, a_planes, n, length = q.shape
-    o = out.view(n, a_planes, b_planes, length)
+    out = torch.empty((n, a_planes, b_planes, length), dtype=q.dtype, device=q.device)
     for a in range(a_planes):
         for b in range(b_planes):
-            o[:, a, b].copy_(q[b, a])
+            out[:, a, b].copy_(q[b, a])
+    return out.view(n, -1)
