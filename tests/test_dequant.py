@@ -176,6 +176,13 @@ def test_empty_and_higher_rank_shapes() -> None:
     assert torch.equal(got.view(6, 64), torch.from_numpy(reference(raw, "Q8_0")))
 
 
+def test_type_names_are_case_insensitive_and_enums_work() -> None:
+    raw = random_blocks("Q6_K", 1, 1)
+    ref = dequantize(raw, "Q6_K", (1, 256))
+    assert torch.equal(dequantize(raw, "q6_k", (1, 256)), ref)
+    assert torch.equal(dequantize(raw, GGMLQuantizationType.Q6_K, (1, 256)), ref)
+
+
 def test_unsupported_types_name_what_is_supported() -> None:
     for name in ("IQ2_XXS", "Q8_1", "TQ1_0", "nonsense"):
         with pytest.raises(UnsupportedError, match="supported: .*Q4_K.*IQ4_XS"):

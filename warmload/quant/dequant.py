@@ -151,8 +151,9 @@ DEQUANTIZERS: dict[str, Dequantizer] = {
 }
 
 
-def _ggml_type(ggml_type: str) -> GGMLType:
-    qtype = GGML_TYPES.get(str(ggml_type).upper())
+def _ggml_type(ggml_type: Any) -> GGMLType:
+    """The GGMLType for a name ("Q4_K", any case) or an enum member with that .name."""
+    qtype = GGML_TYPES.get(str(getattr(ggml_type, "name", ggml_type)).upper())
     if qtype is None or qtype.name not in DEQUANTIZERS:
         raise UnsupportedError(
             f"cannot dequantize GGML type {ggml_type!r}; supported: {', '.join(DEQUANTIZERS)}"
