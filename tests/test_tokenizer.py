@@ -250,3 +250,29 @@ def test_every_pre_tokenizer_compiles():
             Regex(regex)  # raises on a regex onig cannot read
     assert find_pre_tokenizer("llama-bpe").ignore_merges
     assert not find_pre_tokenizer("smollm").ignore_merges
+
+
+def test_spm_merges_cache_round_trip(vocab_dir, tmp_path, monkeypatch):
+    import warmload.tokenizer.spm_merges as spm
+
+    with open_checkpoint(vocab_dir / "ggml-vocab-llama-spm.gguf") as checkpoint:
+        metadata = dict(checkpoint.metadata)
+    tokens, scores = metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.scores"]
+    monkeypatch.setenv("WARMLOAD_CACHE_DIR", str(tmp_path))
+    fresh = build_tokenizer(metadata)
+    (cached_file,) = (tmp_path / "tokenizer").glob("spm-merges-*.npy")
+    expected = spm_merges(tokens, scores)
+    assert spm_merges(tokens, scores, tmp_path / "tokenizer") == expected
+
+    def must_not_recompute(*args):
+        raise AssertionError("merges recomputed although cached")
+
+    monkeypatch.setattr(spm, "merge_ids", must_not_recompute)
+    again = build_tokenizer(metadata)
+    text = "Hello world, ça va? 日本語 😀 ▁▁ 3333"
+    assert again.encode(text) == fresh.encode(text) == [1, *fresh.encode(text, False)]
+    monkeypatch.undo()
+    monkeypatch.setenv("WARMLOAD_CACHE_DIR", str(tmp_path))
+    cached_file.write_bytes(b"not a numpy file")  # a damaged cache is recomputed, not trusted
+    assert spm_merges(tokens, scores, tmp_path / "tokenizer") == expected
+    assert build_tokenizer(metadata, use_cache=False).encode(text) == fresh.encode(text)

@@ -16,18 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from warmload.errors import TokenizerError
+from warmload.formats.open import open_checkpoint
 from warmload.tokenizer.codec import StreamDecoder, Tokenizer, build_tokenizer
 
 __all__ = ["StreamDecoder", "Tokenizer", "build_tokenizer", "load_tokenizer"]
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def load_tokenizer(path: str | Path, use_cache: bool = True) -> Tokenizer:
     """The tokenizer of a GGUF file (reads the header only; vocab-only files work)."""
-    from warmload.formats.open import open_checkpoint  # formats/open.py lands separately
-
     with open_checkpoint(path) as checkpoint:
         metadata = checkpoint.metadata
     try:
-        return build_tokenizer(metadata)
+        return build_tokenizer(metadata, use_cache=use_cache)
     except TokenizerError as exc:
         raise TokenizerError(f"{path}: {exc}") from None

@@ -19,6 +19,8 @@ BOS/EOS are added by the caller (codec.py), not by a post-processor.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as RustTokenizer
@@ -73,12 +75,12 @@ def _added_tokens(vocab: Vocab) -> list[AddedToken]:
     return added
 
 
-def _spm_tokenizer(vocab: Vocab, index: dict[str, int]) -> RustTokenizer:
+def _spm_tokenizer(vocab: Vocab, index: dict[str, int], cache_folder: Path | None) -> RustTokenizer:
     assert vocab.scores is not None
     unk = vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None
     model = BPE(
         vocab=index,
-        merges=spm_merges(vocab.tokens, vocab.scores),
+        merges=spm_merges(vocab.tokens, vocab.scores, cache_folder),
         unk_token=unk,
         fuse_unk=True,
         byte_fallback=True,
@@ -105,11 +107,12 @@ def _bpe_tokenizer(vocab: Vocab, index: dict[str, int]) -> RustTokenizer:
     return tokenizer
 
 
-def build_backend(vocab: Vocab) -> RustTokenizer:
-    """The Rust tokenizer for `vocab` (no BOS/EOS handling; special tokens parsed by default)."""
+def build_backend(vocab: Vocab, cache_folder: Path | None = None) -> RustTokenizer:
+    """The Rust tokenizer for `vocab` (no BOS/EOS handling; special tokens parsed by default).
+    cache_folder: where SPM merges derived from the scores may be kept between runs."""
     index = vocab.index
     if vocab.model == "llama":
-        tokenizer = _spm_tokenizer(vocab, index)
+        tokenizer = _spm_tokenizer(vocab, index, cache_folder)
     else:
         tokenizer = _bpe_tokenizer(vocab, index)
     tokenizer.add_tokens(_added_tokens(vocab))

@@ -113,6 +113,8 @@ def _read_tokens(metadata: dict[str, Any]) -> list[str]:
         raise TokenizerError(
             "GGUF metadata has no 'tokenizer.ggml.tokens' string array (not a model with a vocab?)"
         )
+    if "" not in tokens:
+        return tokens
     # llama.cpp renames empty tokens so that every text maps to one id
     return [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
 
