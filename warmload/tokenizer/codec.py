@@ -83,7 +83,8 @@ class Tokenizer:
             with self._lock:
                 if self._backend.encode_special_tokens == parse_special:
                     self._backend.encode_special_tokens = not parse_special
-                ids = self._backend.encode(text, add_special_tokens=False).ids
+                # the batch "fast" path skips offsets: half the time of encode()
+                ids = self._backend.encode_batch_fast([text], add_special_tokens=False)[0].ids
         except (UnicodeEncodeError, TypeError):  # tokenizers: "TextInputSequence must be str"
             bad = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
             raise RequestError(

@@ -151,7 +151,7 @@ class PreTokenizer:
     regexes: tuple[str, ...]
     ignore_merges: bool = False  # a word that is itself a token is not merged (llama3, tekken)
     add_bos: bool = False  # llama.cpp's default before tokenizer.ggml.add_bos_token
-    no_bos: bool = False  # chatglm/glm4: BOS id cleared
+    no_bos: bool = False  # chatglm/glm4: no default BOS id
 
 
 # tokenizer.ggml.pre -> (REGEXES key, flags); flags: "i" ignore_merges, "b" add_bos, "n" no BOS.

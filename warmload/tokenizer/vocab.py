@@ -147,7 +147,8 @@ def _model_defaults(model: str, pre: PreTokenizer | None) -> dict[str, Any]:
     if model == "llama":
         return dict(bos_id=1, eos_id=2, unk_id=0, add_bos=True, add_space_prefix=True)
     assert pre is not None
-    return dict(bos_id=11, eos_id=11, add_bos=pre.add_bos, bos_disabled=pre.no_bos)
+    # chatglm/glm4: llama.cpp clears the default BOS (the file's bos_token_id still counts)
+    return dict(bos_id=None if pre.no_bos else 11, eos_id=11, add_bos=pre.add_bos)
 
 
 def read_vocab(metadata: dict[str, Any]) -> Vocab:
@@ -199,8 +200,6 @@ def _resolve_special_ids(vocab: Vocab, metadata: dict[str, Any], defaults: dict)
         value = _key(metadata, key)
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < n:
             setattr(vocab, field, int(value))
-    if defaults.get("bos_disabled"):
-        vocab.bos_id = None  # chatglm/glm4: llama.cpp clears BOS after reading it
 
 
 def _first_id(index: dict[str, int], texts: tuple[str, ...]) -> int | None:
