@@ -192,11 +192,11 @@ def test_failures_leave_no_output(tiny, tmp_path: Path, monkeypatch: pytest.Monk
 
 @pytest.mark.slow
 @pytest.mark.peer
-def test_real_model_round_trip_loads_in_llama_cpp(
+def test_real_model_round_trip_runs_in_llama_cpp_and_warmload(
     smollm2_path: Path, llama_quantize, tmp_path: Path
 ) -> None:
     """SmolLM2 dequantized to F16 by warmload, then Q8_0: the same file as llama.cpp's
-    quantizer makes from that F16, and llama.cpp runs it."""
+    quantizer makes from that F16, and both llama.cpp and warmload run it."""
     llama_cpp = pytest.importorskip("llama_cpp")
     f16 = quantize_checkpoint(smollm2_path, tmp_path / "f16.gguf", "F16", allow_requantize=True)
     assert set(f16.tensor_types.values()) == {"F16", "F32"}
@@ -206,6 +206,11 @@ def test_real_model_round_trip_loads_in_llama_cpp(
     llm = llama_cpp.Llama(str(q.path), n_ctx=64, verbose=False, logits_all=False)
     out = llm("The capital of France is", max_tokens=4, temperature=0)
     assert "Paris" in out["choices"][0]["text"]
+    import warmload
+
+    tok = warmload.load_tokenizer(q.path)
+    logits = warmload.load(q.path).logits(tok.encode("The capital of France is"))
+    assert "Paris" in tok.decode([int(logits[-1].argmax())])
 
 
 def test_gguf_writer_round_trip_with_gguf_py(tmp_path: Path) -> None:
