@@ -27,14 +27,14 @@ from warmload.quant.quantize_k import (
     quantize_q5_k,
     quantize_q6_k,
 )
-from warmload.quant.quantize_search import F32, first_absmax, fp16_round
+from warmload.quant.quantize_search import F32, fp16_round
 
 BlockQuantizer = Callable[[np.ndarray], np.ndarray]
 
 
 def _argmax_signed(x: np.ndarray) -> np.ndarray:
     """Per block (rows), the value of largest |x| (first occurrence), as a column."""
-    return first_absmax(x.T)[1][:, None]
+    return np.take_along_axis(x, np.argmax(np.abs(x), axis=1)[:, None], axis=1)
 
 
 def _inverse(d: np.ndarray) -> np.ndarray:

