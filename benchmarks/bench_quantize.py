@@ -128,7 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--evaluator", choices=["warmload", "llama_cpp", "none"], default="warmload")
+    ap.add_argument(
+        "--kernels",
+        action="store_true",
+        help="only time the block quantizers, one thread, vs ggml_quantize_chunk",
+    )
     args = ap.parse_args(argv)
+    if args.kernels:
+        return _bench_kernels(args.runs)
     with tempfile.TemporaryDirectory(prefix="bench_quantize.") as tmp:
         work = Path(tmp)
         src, f16_s = (args.src, 0.0) if args.src else _f16_source(args.model, work)
@@ -178,6 +185,45 @@ def _bench_type(src, work, qtype, args, n_weights, ev, ref) -> dict:
     ours_p.unlink()
     ref_p.unlink()
     return row
+
+
+def _bench_kernels(runs: int) -> int:
+    """Per GGML type: our numpy kernel vs llama.cpp's ggml_quantize_chunk, one thread each, on
+    the same 4M heavy-tailed weights; also checks the bytes are identical."""
+    import llama_cpp
+
+    from warmload.formats.ggml_types import GGML_TYPES
+    from warmload.quant.quantize import quantize
+
+    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-base.*"))
+    fn = ctypes.CDLL(str(libs[0])).ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = (rng.standard_t(4, (2048, 2048)) * 0.02).astype(np.float32)
+    rows = []
+    for qtype in ["Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q5_1", "Q4_K", "Q4_0", "Q4_1", "Q3_K", "Q2_K"]:
+        t = GGML_TYPES[qtype]
+        ref = np.zeros((2048, 2048 // t.block_size * t.type_size), np.uint8)
+        ours_s, ref_s = [], []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            ours = quantize(x, qtype, threads=1)
+            t1 = time.perf_counter()
+            fn(t.id, x.ctypes.data, ref.ctypes.data, 0, 2048, 2048, None)
+            ref_s.append(time.perf_counter() - t1)
+            ours_s.append(t1 - t0)
+        row = {"kernel": qtype, "ours_mw_per_s": round(x.size / min(ours_s) / 1e6, 2),
+               "llama_mw_per_s": round(x.size / min(ref_s) / 1e6, 2),
+               "speed_ratio": round(min(ref_s) / min(ours_s), 3),
+               "identical": bool(np.array_equal(ours, ref))}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print()
+    for r in rows:
+        print(" | ".join(f"{str(v):>14}" for v in r.values()))
+    return 0
 
 
 def _table(rows: list[dict]) -> None:

@@ -222,3 +222,15 @@ def test_verify_reads_the_sha256_sidecar(tmp_path: Path) -> None:
     v = verify(f)
     assert v.ok and v.expected == digest and not v.from_record
     assert verify(f).from_record
+
+
+def test_connection_refused_is_retried_then_reported(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DownloadError, match="after 1 retries"):
+        pull(f"http://127.0.0.1:{port}/m.gguf", tmp_path, max_retries=1, backoff_s=0, timeout=2)
+    with pytest.raises(Exception, match="only http"):
+        pull("ftp://example.invalid/m.gguf", tmp_path)

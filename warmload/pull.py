@@ -260,12 +260,11 @@ class _Transfer:
 
 
 def _retryable(e: BaseException) -> bool:
+    """Network trouble and server-side statuses are retried; local file errors are not."""
     if isinstance(e, urllib.error.HTTPError):
         return e.code >= 500 or e.code in (408, 429)
-    if isinstance(e, http.client.HTTPException):  # IncompleteRead, bad status line, ...
-        return True
-    return isinstance(e, (urllib.error.URLError, ConnectionError, TimeoutError, OSError)) and not (
-        isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(
+        e, (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException)
     )
 
 
