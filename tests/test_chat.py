@@ -32,8 +32,15 @@ def gemma3(gemma3_path):
 
 def test_smollm2_template_from_the_file(smollm2_path, smollm2):
     with open_checkpoint(smollm2_path) as checkpoint:
-        template = ChatTemplate.from_metadata(checkpoint.metadata, "<|im_start|>", "<|im_end|>")
+        template = ChatTemplate.from_metadata(checkpoint.metadata, smollm2)
+        explicit = ChatTemplate.from_metadata(
+            checkpoint.metadata, bos_token="<|im_start|>", eos_token="<|im_end|>"
+        )
     assert template.origin == "tokenizer.chat_template"
+    assert (template.bos_token, template.eos_token, template.add_bos) == (
+        "<|im_start|>", "<|im_end|>", False,
+    )  # fmt: skip
+    assert template.source == explicit.source == smollm2.chat_template
     expected = (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
         "Face<|im_end|>\n"

@@ -228,30 +228,45 @@ class ChatTemplate:
     def from_metadata(
         cls,
         metadata: Mapping[str, Any],
-        bos_token: str = "",
-        eos_token: str = "",
-        add_bos: bool = False,
-        add_eos: bool = False,
+        tokenizer: Any = None,
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        add_bos: bool | None = None,
+        add_eos: bool | None = None,
     ) -> ChatTemplate:
-        """The file's template, or the built-in one for its architecture, or ChatML."""
+        """The file's template, or the built-in one for its architecture, or ChatML.
+
+        BOS/EOS texts and add flags come from `tokenizer` (a warmload Tokenizer) when given;
+        the keywords override them (without either: "" and False).
+        """
         source = metadata.get("tokenizer.chat_template")
         origin = "tokenizer.chat_template"
         if not isinstance(source, str) or not source.strip():
             arch = metadata.get("general.architecture")
             source = BUILTIN_TEMPLATES.get(arch, CHATML_TEMPLATE)
             origin = f"built-in {'gemma3' if arch in BUILTIN_TEMPLATES else 'chatml'} default"
-        return cls(source, bos_token, eos_token, add_bos, add_eos, origin)
+
+        def pick(value: Any, name: str, default: Any) -> Any:
+            return value if value is not None else getattr(tokenizer, name, default)
+
+        return cls(
+            source,
+            pick(bos_token, "bos_token", ""),
+            pick(eos_token, "eos_token", ""),
+            pick(add_bos, "add_bos", False),
+            pick(add_eos, "add_eos", False),
+            origin,
+        )
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any) -> ChatTemplate:
-        """From a warmload Tokenizer (its chat_template, architecture, BOS/EOS and add flags)."""
+        """From a warmload Tokenizer alone (it keeps the file's chat_template and architecture)."""
         metadata = {
             "tokenizer.chat_template": tokenizer.chat_template,
             "general.architecture": tokenizer.architecture,
         }
-        return cls.from_metadata(
-            metadata, tokenizer.bos_token, tokenizer.eos_token, tokenizer.add_bos, tokenizer.add_eos
-        )
+        return cls.from_metadata(metadata, tokenizer)
 
     def render(self, messages: Any, add_generation_prompt: bool = True, **extra: Any) -> str:
         """The conversation as the template writes it (Hugging Face's apply_chat_template text)."""
