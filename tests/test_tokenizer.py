@@ -22,6 +22,12 @@ GOLDEN = json.loads(
     (Path(__file__).parent / "golden" / "tokenizer_ids.json").read_text(encoding="utf-8")
 )
 FIXTURES = ("llama-spm", "llama-bpe", "gpt-2", "starcoder")
+# more of llama.cpp's fixtures (qwen2, deepseek-*, command-r, falcon, ...) are tested when present
+_SHARED_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vocab"
+EXTRA_FIXTURES = sorted(
+    {p.name[len("ggml-vocab-") : -len(".gguf.inp")] for p in _SHARED_VOCAB.glob("*.gguf.inp")}
+    - set(FIXTURES)
+)
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
 
@@ -57,6 +63,16 @@ def test_llama_cpp_vocab_fixtures(vocab_dir, fixture_tokenizers, name):
         if got != expected:
             wrong.append((text, got, expected))
     assert wrong == []
+
+
+@pytest.mark.parametrize("name", EXTRA_FIXTURES)
+def test_more_llama_cpp_vocab_fixtures(vocab_dir, name):
+    try:
+        tokenizer = load_tokenizer(vocab_dir / f"ggml-vocab-{name}.gguf")
+    except UnsupportedError as exc:
+        pytest.skip(str(exc))  # e.g. bert/t5/gemma4 vocabs
+    cases = fixture_cases(vocab_dir, name)
+    assert [tokenizer.encode(text, False) for text, _ in cases] == [ids for _, ids in cases]
 
 
 def test_fixture_flags(fixture_tokenizers):
