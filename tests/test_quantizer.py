@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from warmload.errors import RequestError, UnsupportedError
+from warmload.errors import CheckpointError, RequestError, UnsupportedError
 from warmload.formats.gguf import read_gguf
 from warmload.formats.gguf_write import FLOAT32, GGUFWriter, TensorSpec, encode_kv, read_raw_kv
 from warmload.formats.gguf_write import write_gguf as write_file
@@ -246,3 +246,14 @@ def test_gguf_writer_round_trip_with_gguf_py(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="needs 68 bytes, got 4"):
         write_file(tmp_path / "u.gguf", kv, [(TensorSpec("w", (2, 32), "Q8_0"), b"abcd")])
     assert not (tmp_path / "u.gguf").exists() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_nan_weights_are_refused_by_name(tmp_path: Path) -> None:
+    kv = [encode_kv("general.architecture", "llama"), encode_kv("llama.block_count", 1)]
+    x = np.ones((4, 256), np.float32)
+    x[2, 5] = np.nan
+    src = tmp_path / "nan.gguf"
+    write_file(src, kv, [(TensorSpec("blk.0.ffn_up.weight", (4, 256), "F16"), quantize(x, "F16"))])
+    with pytest.raises(CheckpointError, match=r"'blk.0.ffn_up.weight'.*NaN or infinite"):
+        quantize_checkpoint(src, tmp_path / "q.gguf", "Q4_K_M")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.gguf"]

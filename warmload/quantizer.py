@@ -93,13 +93,14 @@ def _check_source(ckpt: Checkpoint, types: dict[str, str], allow_requantize: boo
         )
 
 
-def _to_float32(raw: memoryview, info: TensorInfo, shape: tuple[int, ...]) -> np.ndarray:
-    """A slab of a source tensor's rows as float32 (F32 without copying)."""
+def _as_float(raw: memoryview, info: TensorInfo, shape: tuple[int, ...]) -> np.ndarray:
+    """A slab of a source tensor's rows as a float array: F32 and F16 without copying (the
+    quantizer's workers convert F16 chunk by chunk), BF16 and quantized types as float32."""
     t = info.ggml_type
     if t == "F32":
         return np.frombuffer(raw, np.float32).reshape(shape)
     if t == "F16":
-        return np.frombuffer(raw, np.float16).reshape(shape).astype(np.float32)
+        return np.frombuffer(raw, np.float16).reshape(shape)
     if t == "BF16":
         u = np.frombuffer(raw, np.uint16).astype(np.uint32) << 16
         return u.view(np.float32).reshape(shape)
@@ -133,13 +134,14 @@ def _write_tensor(
     row_bytes = src_t.nbytes(row)
     parts = []
     for start, stop in _slabs(info):
-        x = _to_float32(raw[start * row_bytes : stop * row_bytes], info, (stop - start, row))
-        if not np.isfinite(x.max()) or not np.isfinite(x.min()):  # NaN or inf anywhere
+        x = _as_float(raw[start * row_bytes : stop * row_bytes], info, (stop - start, row))
+        try:
+            parts.append(quantize(x, new_type, executor=pool, check_finite=True))
+        except CheckpointError as e:
             raise CheckpointError(
-                f"{ckpt.path}: tensor {info.name!r} has NaN or infinite values in rows "
-                f"{start}..{stop}; refusing to quantize it"
-            )
-        parts.append(quantize(x, new_type, executor=pool))
+                f"{ckpt.path}: tensor {info.name!r} (from row {start}): {e}; refusing to "
+                "quantize it"
+            ) from e
         done += x.size
         if progress:
             progress(done, total, info.name)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from warmload.errors import UnsupportedError
+from warmload.errors import CheckpointError, UnsupportedError
 from warmload.formats.ggml_types import GGML_TYPES
 from warmload.quant.quantize_k import (
     quantize_q2_k,
@@ -165,11 +165,13 @@ def quantize(
     *,
     threads: int | None = None,
     executor: ThreadPoolExecutor | None = None,
+    check_finite: bool = False,
 ) -> np.ndarray:
     """Quantize a float array (..., n) to GGML blocks: uint8 (..., n / block_size * type_size).
 
-    n must be a multiple of the type's block size. threads: worker threads (None: all CPUs);
-    executor: an existing pool to run the chunks on (then threads is ignored).
+    n must be a multiple of the type's block size. Float16/64 input is converted chunk by chunk
+    on the workers. threads: worker threads (None: all CPUs); executor: an existing pool to run
+    the chunks on (then threads is ignored). check_finite: raise CheckpointError on NaN or inf.
     """
     fn = QUANTIZERS.get(ggml_type)
     if fn is None:
@@ -194,6 +196,11 @@ def quantize(
     def run(start: int) -> None:
         stop = min(start + per_chunk, nblocks)
         chunk = np.ascontiguousarray(blocks[start:stop], dtype=F32)
+        if check_finite and not (np.isfinite(chunk.max()) and np.isfinite(chunk.min())):
+            first = start * t.block_size // n
+            raise CheckpointError(
+                f"NaN or infinite values in rows {first}..{(stop * t.block_size - 1) // n}"
+            )
         out[start:stop] = fn(chunk)
 
     if executor is not None and len(starts) > 1:
