@@ -59,23 +59,27 @@ def make_qx_quants_rmse1(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarr
     vmax = np.where(zero, F32(1), vmax)
     w = x * x
     wx = w * x
-    iscale = _safe_div(F32(-nmax), vmax)
-    l = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
-    sumlx = seq_sum(wx * l)
-    suml2 = seq_sum(w * l * l)
-    L = l
+    l, tmp = np.empty_like(x), np.empty_like(x)  # reused buffers: no allocation per step
+
+    def quants_and_sums(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        np.multiply(x, iscale, out=l)
+        np.rint(l, out=l)
+        np.clip(l, -nmax, nmax - 1, out=l)
+        sumlx = seq_sum(np.multiply(wx, l, out=tmp))
+        np.multiply(w, l, out=tmp)
+        return sumlx, seq_sum(np.multiply(tmp, l, out=tmp))
+
+    sumlx, suml2 = quants_and_sums(_safe_div(F32(-nmax), vmax))
+    L = l.copy()
     scale = np.where(suml2 != 0, _safe_div(sumlx, suml2), F32(0))
     best = scale * sumlx
     for step in range(-9, 10):
         if step == 0:
             continue
-        iscale = _safe_div(-(F32(nmax) + F32(0.1) * F32(step)), vmax)
-        l = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
-        sumlx = seq_sum(wx * l)
-        suml2 = seq_sum(w * l * l)
+        sumlx, suml2 = quants_and_sums(_safe_div(-(F32(nmax) + F32(0.1) * F32(step)), vmax))
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
         if better.any():
-            L = np.where(better, l, L)
+            np.copyto(L, l, where=better[None, :])
             new_scale = _safe_div(sumlx, suml2)
             scale = np.where(better, new_scale, scale)
             best = np.where(better, new_scale * sumlx, best)
