@@ -4,6 +4,7 @@ ggml_quantize_chunk (through ctypes, when llama-cpp-python is installed), and ro
 from __future__ import annotations
 
 import ctypes
+import hashlib
 from pathlib import Path
 
 import gguf
@@ -25,19 +26,55 @@ MAX_REL_RMSE = {
 
 
 def _weights(rows: int = 48, cols: int = 1024, seed: int = 0) -> np.ndarray:
-    """Heavy-tailed rows at different scales plus the edge cases the searches branch on."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_t(4, (rows, cols)).astype(np.float32) * np.float32(0.02)
-    x *= rng.uniform(0.01, 10, (rows, 1)).astype(np.float32)
+    """Heavy-tailed rows at different scales plus the edge cases the searches branch on.
+
+    Made with integer hashing and exact float32 operations only, so the values are the same
+    on every platform and numpy version (the golden hashes below depend on it)."""
+    n = rows * cols
+    h = np.arange(n, dtype=np.uint64) + np.uint64(seed * n)
+    h = h * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(29)
+    u24 = np.float32(2**24)
+    a = (h >> np.uint64(40)).astype(np.float32) / u24 - np.float32(0.5)
+    b = ((h >> np.uint64(8)) & np.uint64(0xFFFFFF)).astype(np.float32) / u24 + np.float32(1 / 64)
+    x = (a / b * np.float32(0.02)).reshape(rows, cols)
+    x *= ((np.arange(rows) % 7 + 1) * 0.5).astype(np.float32)[:, None]
     x[0] = 0  # all-zero blocks
     x[1] = 0.5  # constant blocks (max == min)
     x[2, :] = 0
     x[2, 7] = -3.0  # one outlier in a zero block
-    x[3] = rng.standard_normal(cols).astype(np.float32) * np.float32(1e-9)  # tiny
+    x[3] *= np.float32(1e-7)  # tiny
     x[4] = np.abs(x[4])  # all positive (min clamps to 0)
     x[5] = -np.abs(x[5])  # all negative
     x[6, ::2] = np.float32(1e4)  # large
     return x
+
+
+# SHA-256 of quantize(_weights(), TYPE): the bytes llama.cpp's ggml_quantize_chunk produced for
+# the same input (llama-cpp-python 0.3.36; test_bit_exact_with_llama_cpp re-checks when it is
+# installed), so runs without llama.cpp still compare against its output.
+GOLDEN_SHA256 = {
+    "Q4_0": "5fa49d8a1865c7cf0cd9a8acd8049fae6a9bb2ee08037aa9c69d410049be9da0",
+    "Q4_1": "ab7d29befa1c8854e3298f5196febf71c5ec4b11569779201cb7b0b55a2d0e07",
+    "Q5_0": "665ecc91e92571fd3a4060539ff14308086d40c3076ed5b38ab460419f31273d",
+    "Q5_1": "d84f029b58589719a9121cf29e69fe8bc779a97e51e9ff7693fc4ce68a2a9686",
+    "Q8_0": "b2c6518c09836c58c1110b25230438249fea497081809b672a0693a19406585c",
+    "Q2_K": "ee52095689fa50a99abeaa3c56f70dc5199e8686fb7faea647705ac725990494",
+    "Q3_K": "6fa52abb6e249e03ab4bb009350f3bd76370c71c866ad01826d5897924c2ceb2",
+    "Q4_K": "add19ba9d6e4c76c42db113eb8b66be01b834275cdacdfe8244587329b204a6b",
+    "Q5_K": "131c57777a74520e6d5b0fba561513a7df8bd0981721a1f7ca7b49798a753e81",
+    "Q6_K": "78423c134d3acc345a8539b7224622c64ad40df2b3c1fff019078610df5f8bfa",
+    "F16": "ec7717cbbd5e8e1be1a605c50dcdba97f161e6ca3b906d48cb6e6123b4200a7b",
+    "BF16": "580a58bd749ea4d94c6f1f7033753c89af72b9c7cc21e3b7a83587f340dfb7b8",
+}
+
+
+@pytest.mark.parametrize("qtype", ALL)
+def test_golden_bytes_from_llama_cpp(qtype: str) -> None:
+    digest = hashlib.sha256(quantize(_weights(), qtype).tobytes()).hexdigest()
+    assert digest == GOLDEN_SHA256[qtype]
 
 
 def _gguf_type(name: str) -> gguf.GGMLQuantizationType:
