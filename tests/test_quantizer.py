@@ -22,10 +22,23 @@ from warmload.quantizer import quantize_checkpoint
 N_LAYER, N_EMBD, N_FF, N_VOCAB = 8, 256, 256, 512
 
 
+def _values(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Heavy-tailed weights from integer hashing and exact float32 operations: the same on
+    every platform, so the golden file hashes below hold everywhere."""
+    n = int(np.prod(shape))
+    h = np.arange(n, dtype=np.uint64) + np.uint64(seed << 32)
+    h = h * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(29)
+    a = (h >> np.uint64(40)).astype(np.float32) / np.float32(2**24) - np.float32(0.5)
+    b = ((h >> np.uint64(8)) & np.uint64(0xFFFFFF)).astype(np.float32) / np.float32(2**24)
+    return (a / (b + np.float32(1 / 64)) * np.float32(0.01)).reshape(shape)
+
+
 def _tiny_llama(path: Path, tied: bool) -> Path:
     """A random llama model small enough to quantize in well under a second, with the shapes
     and GQA (4 heads, 1 KV head) that the mix rules look at; tensors in F16, norms in F32."""
-    rng = np.random.default_rng(7)
     kv = [
         encode_kv("general.architecture", "llama"),
         encode_kv("general.name", "tiny"),
@@ -52,8 +65,8 @@ def _tiny_llama(path: Path, tied: bool) -> Path:
             b + "ffn_down.weight": (N_EMBD, N_FF),
         }  # fmt: skip
     tensors = []
-    for name, shape in shapes.items():
-        x = rng.standard_t(5, shape).astype(np.float32) * np.float32(0.05)
+    for seed, (name, shape) in enumerate(shapes.items()):
+        x = _values(shape, seed)
         t = "F32" if len(shape) == 1 else "F16"
         tensors.append((TensorSpec(name, shape, t), quantize(x, t)))
     write_file(path, kv, tensors)
@@ -121,6 +134,24 @@ def test_tied_and_overrides_identical_to_llama_cpp(
     r = quantize_checkpoint(tiny_tied, tmp_path / "o.gguf", qtype, **ours)
     llama_quantize(tiny_tied, tmp_path / "r.gguf", qtype, **params)
     assert r.sha256 == _sha(tmp_path / "r.gguf")
+
+
+# SHA-256 of the files llama_model_quantize (llama-cpp-python 0.3.36) makes from the tiny F16
+# source; test_file_identical_to_llama_cpp re-checks all types where llama.cpp is installed.
+GOLDEN_FILE_SHA256 = {
+    "Q4_K_M": "23e2e888775a4ab59bd93328e678cd36fd65d8229eeec451d2c56f60a0777d9b",
+    "Q3_K_M": "45c75667feadb214d8d96244e8fc72b4b062057f4232da789f5ea3bb16cb49f3",
+    "Q2_K": "34956126b97232e4e0c7494a16d7ce79c90258edb6cb27f80ca2c6ecc76eecda",
+    "Q6_K": "e946b222c608dd43c77b6b858b0d158ea3e05eddbce5b505c89ea5e37e4cc5a3",
+    "Q5_K_S": "a2444fea9bb83030790579171710cd5831ab92b2460158799d2f1b1bee633c31",
+    "Q4_0": "c6c33c081b23bed3547f361d695df5c67dbd8eade6dc6eddf67dd92aea10e0a0",
+    "Q8_0": "1b483030d5203ba61fb09d0fd36c0d74002e32a5327ad580cdc271988349506c",
+}
+
+
+@pytest.mark.parametrize("qtype", list(GOLDEN_FILE_SHA256))
+def test_file_matches_llama_cpp_golden(tiny, tmp_path: Path, qtype: str) -> None:
+    assert quantize_checkpoint(tiny, tmp_path / "q.gguf", qtype).sha256 == GOLDEN_FILE_SHA256[qtype]
 
 
 def test_metadata_kept_with_types_and_file_type_set(tiny, tmp_path: Path) -> None:
