@@ -190,6 +190,8 @@ def test_requantizing_needs_the_flag(smollm2_path: Path, tmp_path: Path) -> None
         quantize_checkpoint(smollm2_path, tmp_path / "q.gguf", "Q7_K")
     with pytest.raises(UnsupportedError, match="SafeTensors"):
         quantize_checkpoint(tmp_path, tmp_path / "q.gguf", "Q4_0")
+    with pytest.raises(RequestError, match="no such folder"):
+        quantize_checkpoint(smollm2_path, tmp_path / "missing" / "q.gguf", "Q4_0")
 
 
 def test_failures_leave_no_output(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -189,6 +189,8 @@ def quantize_checkpoint(
         )
     if src_p.resolve() == dst_p.resolve():
         raise RequestError(f"output {dst_p} is the input file", "dst")
+    if not dst_p.parent.is_dir() or dst_p.is_dir():
+        raise RequestError(f"cannot write {dst_p}: no such folder, or it is a folder", "dst")
     opts = MixOptions(pure, output_tensor_type, token_embedding_type, tuple(tensor_types))
     with _open(src_p) as ckpt:
         entries = [TensorEntry(i.name, i.shape, i.ggml_type) for i in ckpt.tensors.values()]
