@@ -135,12 +135,16 @@ def _q3_screen(
     slx = sx - wx * L
     sl2 = s2 - w * L * L
     new_l = np.clip(nearest_int(_safe_div(x * sl2, slx)), -nmax, nmax - 1)
-    cand = (slx > 0) & (new_l != L)
-    slx += wx * new_l
-    sl2 += w * new_l * new_l
+    rows, cols = np.nonzero((slx > 0) & (new_l != L))  # candidates are a small minority
+    nl, wxc, wc = new_l[rows, cols], wx[rows, cols], w[rows, cols]
+    slx_n = slx[rows, cols] + wxc * nl
+    sl2_n = sl2[rows, cols] + wc * nl * nl
+    sxc, s2c = sx[cols], s2[cols]
     with np.errstate(invalid="ignore", over="ignore"):
-        ok = cand & (sl2 > 0) & (slx * slx * s2 > sx * sx * sl2)
-    return ok.any(axis=0)
+        ok = (sl2_n > 0) & (slx_n * slx_n * s2c > sxc * sxc * sl2_n)
+    moving = np.zeros(x.shape[1], bool)
+    moving[cols[ok]] = True
+    return moving
 
 
 def _q3_pass(
