@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 
 import warmload.pull as pull_mod
-from warmload.pull import (
-    DownloadError,
-    HashMismatchError,
-    lookup_verified,
-    pull,
-    verify,
-)
+from warmload.errors import DownloadError, HashMismatchError
+from warmload.pull import lookup_verified, pull, verify
 
 CONTENT = os.urandom(3 * (1 << 20) + 12345)
 SHA = hashlib.sha256(CONTENT).hexdigest()

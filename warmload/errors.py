@@ -38,6 +38,14 @@ class ContextOverflowError(RequestError):
     """A prompt (or prompt + reserved tokens) longer than the context window."""
 
 
+class HashMismatchError(CheckpointError):
+    """A file's SHA-256 is not the expected one."""
+
+
+class DownloadError(WarmloadError):
+    """A transfer failed (HTTP status, network, disk); the message says what was kept."""
+
+
 class ModelLoadError(WarmloadError):
     """Wraps a load failure at the server boundary with the model id."""
 

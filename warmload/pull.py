@@ -29,21 +29,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from warmload.config import cache_dir
-from warmload.errors import CheckpointError, RequestError, WarmloadError
+from warmload.errors import DownloadError, HashMismatchError, RequestError
 from warmload.formats.gguf_write import atomic_output
 
 ByteProgress = Callable[[int, "int | None"], None]  # (bytes done, bytes total or None)
 _CHUNK = 1 << 20
 _USER_AGENT = "warmload/0.1 (+urllib)"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class DownloadError(WarmloadError):
-    """The transfer failed (HTTP status, network, disk); the message says what was kept."""
-
-
-class HashMismatchError(CheckpointError):
-    """A file's SHA-256 is not the expected one."""
 
 
 @dataclass(frozen=True, slots=True)

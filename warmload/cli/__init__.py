@@ -15,10 +15,10 @@ import traceback
 from collections.abc import Sequence
 
 from warmload import __version__
-from warmload.cli import bench, generate, inspect, serve
+from warmload.cli import bench, files, generate, inspect, serve
 from warmload.errors import WarmloadError
 
-SUBCOMMANDS = (generate, inspect, bench, serve)
+SUBCOMMANDS = (generate, inspect, bench, serve, files)
 
 
 def build_parser() -> argparse.ArgumentParser:
