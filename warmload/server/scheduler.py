@@ -61,6 +61,7 @@ class Scheduler:
     def __init__(self, engine: Any, config: ServerConfig) -> None:
         self.engine = engine
         self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.current: Job | None = None
         self.thread = threading.Thread(target=self._run, name="warmload-scheduler", daemon=True)
         self.thread.start()
 
@@ -73,6 +74,7 @@ class Scheduler:
 
     def _run(self) -> None:
         while (job := self.jobs.get()) is not None:
+            self.current = job
             if job.cancelled.is_set():
                 job.put(_DONE)
                 continue
@@ -89,4 +91,8 @@ class Scheduler:
             job.put(_DONE)
 
     def close(self) -> None:
+        """Stops after the current token; waits for the worker so no thread outlives it."""
+        if self.current is not None:
+            self.current.cancelled.set()
         self.jobs.put(None)
+        self.thread.join(timeout=30)
