@@ -36,6 +36,9 @@ bench-peers: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_open.py
 	$(PY) benchmarks/bench_dequant.py
+	$(PY) benchmarks/bench_tokenizer.py
+	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_quantize.py --model smollm2 --runs 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info
