@@ -8,7 +8,10 @@ prepare (tie embeddings, rope tables on the device) -> verify (nothing left on m
 
 from __future__ import annotations
 
+import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -34,7 +37,7 @@ def load_model(
     stats = LoadStats()
     started = time.perf_counter()
     device = torch.device(cfg.device)
-    with torch.no_grad():
+    with torch.no_grad(), gc_paused():
         with stats.timed("config"):
             arch, config = read_model_config(checkpoint)
         with stats.timed("build"):
@@ -52,6 +55,19 @@ def load_model(
             verify_loaded(model, str(checkpoint.path))
     stats.wall_seconds = time.perf_counter() - started
     return model, stats
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic GC during a load: building modules triggers full collections that walk the
+    tokenizer's huge metadata lists (measured ~90 ms each); a load makes no garbage cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def plan_for(checkpoint: Checkpoint, arch: str, model: nn.Module) -> LoadPlan:
