@@ -278,6 +278,7 @@ def test_load_stats_are_measured(tmp_path: Path):
     assert "transform" in stats.summary() and "21 tensors" in stats.summary()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["smollm2", "gemma3-270m"])
 def test_real_model_matches_transformers_golden(model_name: str, request):
     """Top-1 at every position equals transformers' float32 run of the same GGUF; the top-5

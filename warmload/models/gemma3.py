@@ -169,6 +169,7 @@ class Gemma3ForCausalLM(nn.Module):
         assert self.rope_local is not None, "call prepare() after attaching the weights"
         B, T = tokens.shape
         cache.check(start_pos, T, B)
+        tokens = tokens.to(self.embed_scale.device)  # ids may come from the CPU
         x = self.model.embed_tokens(tokens) * self.embed_scale  # (B, T, hidden)
         window = self.config.sliding_window
         local_start = key_start(start_pos, window)

@@ -134,6 +134,7 @@ class LlamaForCausalLM(nn.Module):
         assert self.rope is not None, "call prepare() after attaching the weights"
         B, T = tokens.shape
         cache.check(start_pos, T, B)
+        tokens = tokens.to(self.model.embed_tokens.weight.device)  # ids may come from the CPU
         x = self.model.embed_tokens(tokens)  # (B, T, hidden)
         rope = self.rope.window(start_pos, T)
         mask = attention_mask(start_pos, T, 0, None, x.device)
