@@ -28,6 +28,8 @@ MODELS = {"smollm2": "smollm2_path", "gemma3-270m": "gemma3_path"}
 MIN_AGREEMENT = {"transformers": 0.95, "llama.cpp": 0.90}
 MAX_FIRST_LOGIT_DIFF = 1.0
 
+pytestmark = pytest.mark.slow  # ~12 s on 2 cores: loads both real models
+
 
 class Model:
     """One loaded engine, its golden file, and what warmload predicts on each golden sequence."""
