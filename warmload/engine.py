@@ -285,6 +285,12 @@ class Engine:
             raise RequestError("no token ids given", "prompt")
         return ids
 
+    def residency(self) -> float:
+        """Fraction (0..1) of the model file's bytes now resident in the page cache."""
+        from warmload.loader.warm import residency
+
+        return residency(self.checkpoint)
+
     def close(self) -> None:
         self._cache = None
         self.checkpoint.close()

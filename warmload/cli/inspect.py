@@ -15,6 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tensors", action="store_true", help="list every tensor")
     p.add_argument("--metadata", action="store_true", help="print every metadata key")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--residency", action="store_true", help="how much of the file is in the page cache"
+    )
     p.set_defaults(handler=run_inspect)
 
 
@@ -26,6 +29,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model or args.path)
     with open_checkpoint(path) as checkpoint:
         summary = summarize(checkpoint)
+        if args.residency:
+            from warmload.loader.warm import residency
+
+            summary["residency"] = residency(checkpoint)
         if args.json:
             if args.metadata:
                 summary["metadata"] = metadata_for_json(checkpoint.metadata)
@@ -63,6 +70,8 @@ def print_summary(s: dict) -> None:
         ("chat template", "yes" if s.get("has_chat_template") else "no"),
         ("tensors", s.get("tensor_count")),
     ]
+    if "residency" in s:
+        lines.append(("page cache", f"{s['residency'] * 100:.1f}% resident"))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key:<{width}}  {value}")

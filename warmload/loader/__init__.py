@@ -9,8 +9,9 @@ prepare (tie embeddings, rope tables on the device) -> verify (nothing left on m
 from __future__ import annotations
 
 import gc
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,15 +25,22 @@ from warmload.loader.hparams import read_model_config
 from warmload.loader.plan import LoadPlan, TensorLoad, make_load_plan
 from warmload.loader.stats import LoadStats
 from warmload.loader.transform import transform_tensor
+from warmload.loader.warm import lock, warm_in_background
+from warmload.loader.warm import warm as warm_pages
 from warmload.models import ARCHITECTURES
+
+log = logging.getLogger(__name__)
 
 ACTIVATION_DTYPE = torch.float32  # CPU for now; bf16 with packed kernels comes later
 
 
 def load_model(
-    checkpoint: Checkpoint, cfg: LoadConfig | None = None
+    checkpoint: Checkpoint,
+    cfg: LoadConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, LoadStats]:
-    """Build the checkpoint's model with its weights on cfg.device; see the module docstring."""
+    """Build the checkpoint's model with its weights on cfg.device; see the module docstring.
+    `progress(done_bytes, total_bytes)` is called after each tensor."""
     cfg = cfg or LoadConfig()
     stats = LoadStats()
     started = time.perf_counter()
@@ -44,17 +52,35 @@ def load_model(
             model = ARCHITECTURES[arch].build_model(config)
         with stats.timed("plan"):
             plan = plan_for(checkpoint, arch, model)
+        warm_before(checkpoint, cfg, stats)
+        done, total = 0, sum(load.nbytes for load in plan.tensors)
         for load in plan.tensors:
             tensor = read_tensor(checkpoint, load, device, stats)
             with stats.timed("assign"):
                 assign_parameter(model, load.target, tensor)
+            done += load.nbytes
+            if progress is not None:
+                progress(done, total)
         with stats.timed("prepare"):
             factors = plan.rope_freq_factors
             model.prepare(read_tensor(checkpoint, factors, device, stats) if factors else None)
         with stats.timed("verify"):
             verify_loaded(model, str(checkpoint.path))
     stats.wall_seconds = time.perf_counter() - started
+    log.info("%s: %s", checkpoint.path, stats.summary())
+    if cfg.warmup != "none" and not cfg.warmup_sync:
+        warm_in_background(checkpoint, cfg.warmup, lambda s, n: stats.add("warm", s, n))
     return model, stats
+
+
+def warm_before(checkpoint: Checkpoint, cfg: LoadConfig, stats: LoadStats) -> None:
+    """mlock and the synchronous warm-up (cfg.warmup_sync), before any tensor is read."""
+    if cfg.mlock:
+        with stats.timed("mlock"):
+            locked = lock(checkpoint)
+        stats.stages["mlock"].nbytes += locked
+    if cfg.warmup != "none" and cfg.warmup_sync:
+        stats.add("warm", *warm_pages(checkpoint, cfg.warmup))
 
 
 @contextmanager
