@@ -100,7 +100,7 @@ class Gemma3DecoderLayer(nn.Module):
         x: torch.Tensor,
         cache: KVCache,
         layer: int,
-        start_pos: int,
+        start_pos: int | torch.Tensor,
         rope: RopeSlice,
         mask: torch.Tensor | None,
         first_key: int,
@@ -164,22 +164,27 @@ class Gemma3ForCausalLM(nn.Module):
             w.device,
         )
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache, start_pos: int) -> torch.Tensor:
-        """tokens (B, T) at positions start_pos.. -> final-normed hidden states (B, T, hidden)."""
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache, start_pos: int | torch.Tensor
+    ) -> torch.Tensor:
+        """tokens (B, T) at positions start_pos.. -> final-normed hidden states (B, T, hidden).
+        start_pos may be a LongTensor (B,) of per-row positions when T == 1 (batched decode)."""
         assert self.rope_local is not None, "call prepare() after attaching the weights"
         B, T = tokens.shape
         cache.check(start_pos, T, B)
         tokens = tokens.to(self.embed_scale.device)  # ids may come from the CPU
         x = self.model.embed_tokens(tokens) * self.embed_scale  # (B, T, hidden)
-        window = self.config.sliding_window
+        if isinstance(start_pos, torch.Tensor):
+            start_pos = start_pos.to(x.device)
+        window, end = self.config.sliding_window, cache.end
         local_start = key_start(start_pos, window)
         ropes = {
             SLIDING: self.rope_local.window(start_pos, T),
             FULL: self.rope_global.window(start_pos, T),
         }
         masks = {
-            SLIDING: attention_mask(start_pos, T, local_start, window, x.device),
-            FULL: attention_mask(start_pos, T, 0, None, x.device),
+            SLIDING: attention_mask(start_pos, T, local_start, window, x.device, end),
+            FULL: attention_mask(start_pos, T, 0, None, x.device, end),
         }
         starts = {SLIDING: local_start, FULL: 0}
         for i, (layer, kind) in enumerate(zip(self.model.layers, self.config.layer_types)):

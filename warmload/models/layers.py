@@ -118,8 +118,14 @@ class RotaryTables:
         )
         self.length = length
 
-    def window(self, start_pos: int, n: int) -> RopeSlice:
-        """Tables for positions start_pos..start_pos+n-1, shaped (n, 1, ...) for (B, T, H, D)."""
+    def window(self, start_pos: int | torch.Tensor, n: int) -> RopeSlice:
+        """Tables for positions start_pos..start_pos+n-1, shaped (n, 1, ...) for (B, T, H, D).
+
+        start_pos may be a LongTensor (B,) of per-row positions (n must be 1): the tables are
+        gathered per row, shaped (B, 1, 1, ...); they must already cover them (ensure()).
+        """
+        if isinstance(start_pos, torch.Tensor):
+            return (self.style, *(t[start_pos][:, None, None] for t in self.tables))
         if start_pos + n > self.length:
             self.ensure(start_pos + n)
         return (self.style, *(t[start_pos : start_pos + n, None] for t in self.tables))
@@ -149,13 +155,28 @@ def apply_rope(x: torch.Tensor, rope: RopeSlice) -> torch.Tensor:
 
 
 def attention_mask(
-    start_pos: int, n: int, key_start: int, window: int | None, device: torch.device
+    start_pos: int | torch.Tensor,
+    n: int,
+    key_start: int,
+    window: int | None,
+    device: torch.device,
+    end: int | None = None,
 ) -> torch.Tensor | None:
     """Boolean (n, L) mask of queries start_pos.. over keys key_start..start_pos+n-1.
 
     True = attend: causal, and for sliding-window layers query p sees key k iff p - k < window.
     None when every key is visible (a single query whose keys were already cut to the window).
+    With per-row positions (LongTensor (B,), n == 1) the mask is (B, 1, 1, L) over keys
+    key_start..end-1 (end = max position + 1): each row sees only its own past.
     """
+    if isinstance(start_pos, torch.Tensor):
+        assert n == 1 and end is not None, "per-row positions decode one token per row"
+        k_pos = torch.arange(key_start, end, device=device)[None, :]
+        q_pos = start_pos.to(device)[:, None]
+        mask = k_pos <= q_pos
+        if window is not None:
+            mask &= q_pos - k_pos < window
+        return mask[:, None, None, :]
     end = start_pos + n
     if n == 1 and (window is None or end - key_start <= window):
         return None
@@ -167,16 +188,22 @@ def attention_mask(
     return mask
 
 
-def key_start(start_pos: int, window: int | None) -> int:
-    """First key position any query from start_pos on can see (0 without a window)."""
-    return 0 if window is None else max(0, start_pos - window + 1)
+def key_start(start_pos: int | torch.Tensor, window: int | None) -> int:
+    """First key position any query from start_pos on can see (0 without a window); with
+    per-row positions, the first any row can see."""
+    if window is None:
+        return 0
+    if isinstance(start_pos, torch.Tensor):
+        start_pos = int(start_pos.min())
+    return max(0, start_pos - window + 1)
 
 
 class KVCache:
     """Preallocated keys and values per layer, (batch, n_kv_heads, max_ctx, head_dim) each.
 
     Written in place by slice assignment; attention reads views of positions 0..end-1, so
-    decoding allocates nothing per token here. Unwritten slots are never read.
+    decoding allocates nothing per token here. Unwritten slots are never read, except by a
+    per-row (batched) decode, whose mask hides them; rows() views a range of rows.
     """
 
     def __init__(
@@ -194,9 +221,34 @@ class KVCache:
         self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_ctx = max_ctx
         self.batch_size = batch_size
+        self.end = 0  # per-row decode: max position + 1 of the current step (set by check)
 
-    def check(self, start_pos: int, n: int, batch_size: int) -> None:
-        """Raise if positions start_pos..start_pos+n-1 do not fit (before any layer runs)."""
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows start..stop-1 sharing this one's memory (no copy)."""
+        view = object.__new__(KVCache)
+        view.k = [t[start:stop] for t in self.k]
+        view.v = [t[start:stop] for t in self.v]
+        view.max_ctx, view.batch_size, view.end = self.max_ctx, stop - start, 0
+        return view
+
+    def clear(self, row: int, start: int, stop: int) -> None:
+        """Zero positions start..stop-1 of one row: a per-row decode reads keys up to the
+        batch's longest row, masked but multiplied in, so they must hold finite numbers."""
+        for t in (*self.k, *self.v):
+            t[row, :, start:stop] = 0
+
+    def check(self, start_pos: int | torch.Tensor, n: int, batch_size: int) -> None:
+        """Raise if positions start_pos..start_pos+n-1 do not fit (before any layer runs).
+        Per-row positions (LongTensor (B,)) also record the step's key end in self.end."""
+        if isinstance(start_pos, torch.Tensor):
+            if n != 1 or start_pos.shape != (batch_size,):
+                raise RequestError(
+                    f"per-row positions need one token per row: positions "
+                    f"{tuple(start_pos.shape)} for tokens ({batch_size}, {n})"
+                )
+            low, high = int(start_pos.min()), int(start_pos.max())
+            self.end = high + 1
+            start_pos, n = low, high - low + 1
         if start_pos < 0 or start_pos + n > self.max_ctx:
             raise ContextOverflowError(
                 f"positions {start_pos}..{start_pos + n - 1} do not fit the KV cache of "
@@ -208,9 +260,22 @@ class KVCache:
             )
 
     def update(
-        self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor, key_start: int = 0
+        self,
+        layer: int,
+        start_pos: int | torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_start: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, KV, T, D) at start_pos; return views of key_start..start_pos+T-1."""
+        """Store k, v (B, KV, T, D) at start_pos; return views of key_start..start_pos+T-1.
+        Per-row positions (B,) store row b's single token at start_pos[b] and return views of
+        key_start..self.end-1 (see check)."""
+        if isinstance(start_pos, torch.Tensor):
+            rows = torch.arange(k.shape[0], device=k.device)
+            self.k[layer][rows, :, start_pos] = k[:, :, 0]
+            self.v[layer][rows, :, start_pos] = v[:, :, 0]
+            end = self.end
+            return self.k[layer][:, :, key_start:end], self.v[layer][:, :, key_start:end]
         end = start_pos + k.shape[2]
         self.k[layer][:, :, start_pos:end] = k
         self.v[layer][:, :, start_pos:end] = v
@@ -248,11 +313,12 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cache: KVCache,
         layer: int,
-        start_pos: int,
+        start_pos: int | torch.Tensor,
         rope: RopeSlice,
         mask: torch.Tensor | None,
         first_key: int = 0,
     ) -> torch.Tensor:
+        """start_pos: first position of every row, or per-row positions (B,) with T == 1."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)

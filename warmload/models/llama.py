@@ -71,7 +71,7 @@ class LlamaDecoderLayer(nn.Module):
         x: torch.Tensor,
         cache: KVCache,
         layer: int,
-        start_pos: int,
+        start_pos: int | torch.Tensor,
         rope: RopeSlice,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
@@ -129,15 +129,20 @@ class LlamaForCausalLM(nn.Module):
             w.device,
         )
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache, start_pos: int) -> torch.Tensor:
-        """tokens (B, T) at positions start_pos.. -> final-normed hidden states (B, T, hidden)."""
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache, start_pos: int | torch.Tensor
+    ) -> torch.Tensor:
+        """tokens (B, T) at positions start_pos.. -> final-normed hidden states (B, T, hidden).
+        start_pos may be a LongTensor (B,) of per-row positions when T == 1 (batched decode)."""
         assert self.rope is not None, "call prepare() after attaching the weights"
         B, T = tokens.shape
         cache.check(start_pos, T, B)
         tokens = tokens.to(self.model.embed_tokens.weight.device)  # ids may come from the CPU
         x = self.model.embed_tokens(tokens)  # (B, T, hidden)
+        if isinstance(start_pos, torch.Tensor):
+            start_pos = start_pos.to(x.device)
         rope = self.rope.window(start_pos, T)
-        mask = attention_mask(start_pos, T, 0, None, x.device)
+        mask = attention_mask(start_pos, T, 0, None, x.device, cache.end)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cache, i, start_pos, rope, mask)
         return self.model.norm(x)
