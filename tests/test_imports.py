@@ -26,11 +26,12 @@ LAYERS = {
     "loader": 5,
     "sampling": 6,
     "engine": 7,
-    "server": 8,
-    "cli": 8,
-    "quantizer": 8,
-    "pull": 8,
-    "bench": 8,
+    "batch": 8,
+    "server": 9,
+    "cli": 9,
+    "quantizer": 9,
+    "pull": 9,
+    "bench": 9,
 }
 TORCH_FREE = {"errors", "config", "catalog", "memstats", "stopping", "formats", "tokenizer", "chat"}
 

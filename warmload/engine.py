@@ -303,12 +303,13 @@ def load_engine(path: Any = None, **load_options: Any) -> Engine:
     from warmload.loader import load_model
 
     started = time.perf_counter()
+    progress = load_options.pop("progress", None)  # callback(done_bytes, total_bytes)
     cfg = LoadConfig.from_options(**load_options)
     torch.set_num_threads(cfg.threads or default_threads())
     model_path = resolve_model_path(path)
     checkpoint = open_checkpoint(model_path, load_mode=cfg.load_mode)
     try:
-        model, stats = load_model(checkpoint, cfg)
+        model, stats = load_model(checkpoint, cfg, progress=progress)
         tokenizer = build_tokenizer(checkpoint.metadata)
         template = ChatTemplate.from_metadata(checkpoint.metadata, tokenizer)
     except BaseException:
