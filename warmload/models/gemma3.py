@@ -153,16 +153,7 @@ class Gemma3ForCausalLM(nn.Module):
         assert self.rope_local is not None, "call prepare() after attaching the weights"
         self.rope_local.ensure(max_ctx)
         self.rope_global.ensure(max_ctx)
-        c, w = self.config, self.model.embed_tokens.weight
-        return KVCache(
-            c.num_hidden_layers,
-            batch_size,
-            c.num_key_value_heads,
-            max_ctx,
-            c.head_dim,
-            w.dtype,
-            w.device,
-        )
+        return KVCache.for_config(self.config, max_ctx, batch_size, self.model.embed_tokens.weight)
 
     def forward(
         self, tokens: torch.Tensor, cache: KVCache, start_pos: int | torch.Tensor

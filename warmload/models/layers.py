@@ -237,6 +237,19 @@ class KVCache:
         for t in (*self.k, *self.v):
             t[row, :, start:stop] = 0
 
+    @classmethod
+    def for_config(cls, config: Any, max_ctx: int, batch_size: int, like: torch.Tensor) -> KVCache:
+        """A cache shaped for a decoder config (HF field names), in `like`'s dtype and device."""
+        return cls(
+            config.num_hidden_layers,
+            batch_size,
+            config.num_key_value_heads,
+            max_ctx,
+            config.head_dim,
+            like.dtype,
+            like.device,
+        )
+
     def check(self, start_pos: int | torch.Tensor, n: int, batch_size: int) -> None:
         """Raise if positions start_pos..start_pos+n-1 do not fit (before any layer runs).
         Per-row positions (LongTensor (B,)) also record the step's key end in self.end."""

@@ -118,16 +118,7 @@ class LlamaForCausalLM(nn.Module):
         """An empty KV cache for max_ctx positions; rope tables grow to cover them."""
         assert self.rope is not None, "call prepare() after attaching the weights"
         self.rope.ensure(max_ctx)
-        c, w = self.config, self.model.embed_tokens.weight
-        return KVCache(
-            c.num_hidden_layers,
-            batch_size,
-            c.num_key_value_heads,
-            max_ctx,
-            c.head_dim,
-            w.dtype,
-            w.device,
-        )
+        return KVCache.for_config(self.config, max_ctx, batch_size, self.model.embed_tokens.weight)
 
     def forward(
         self, tokens: torch.Tensor, cache: KVCache, start_pos: int | torch.Tensor
