@@ -19,6 +19,8 @@ class LoadConfig:
 
     load_mode: "mmap" maps the file (zero-copy, default); "memory" reads the whole file into one
     buffer; "read" preads each tensor into its own buffer.
+    packed: on the CPU, keep quantized (and F16/BF16) matrices in their GGML blocks and multiply
+    them with the packed kernels (default); False dequantizes them to float32 at load.
     """
 
     load_mode: str = "mmap"
@@ -31,6 +33,7 @@ class LoadConfig:
     warmup_sync: bool = False
     lazy: bool = False
     use_cache: bool = True
+    packed: bool = True
 
     def __post_init__(self) -> None:
         if self.load_mode not in LOAD_MODES:

@@ -133,13 +133,23 @@ class Engine:
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
-        """float32 next-token logits at every position: shape (len(token_ids), vocab)."""
+    def logits(self, token_ids: Sequence[int], decode_from: int | None = None) -> torch.Tensor:
+        """float32 next-token logits at every position: shape (len(token_ids), vocab).
+
+        Positions before `decode_from` go through the model in prompt-sized chunks; from
+        `decode_from` on, one token per forward pass, exactly as generation computes them
+        (decode-sized products run on the 8-bit-activation kernels, prompt-sized ones on
+        dequantized float32 GEMMs, so the two can differ in the last digits)."""
         ids = self._check_ids(token_ids)
+        decode_from = len(ids) if decode_from is None else max(1, min(decode_from, len(ids)))
         cache = self.model.new_cache(len(ids), batch_size=1)
+        spans = [
+            (s, min(s + PREFILL_CHUNK, decode_from)) for s in range(0, decode_from, PREFILL_CHUNK)
+        ]
+        spans += [(s, s + 1) for s in range(decode_from, len(ids))]
         rows = []
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            chunk = torch.tensor([ids[start : start + PREFILL_CHUNK]], dtype=torch.long)
+        for start, stop in spans:
+            chunk = torch.tensor([ids[start:stop]], dtype=torch.long)
             hidden = self.model(chunk, cache, start)
             rows.append(self.model.compute_logits(hidden)[0].float())
         return torch.cat(rows, dim=0)

@@ -9,7 +9,7 @@ UnsupportedError (a quant type we cannot dequantize) before a single tensor byte
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ class TensorLoad:
     ggml_type: str
     shape: tuple[int, ...]
     nbytes: int
-    transform: str = "dequantize"
+    transform: str = "dequantize"  # or "pack": keep the GGML blocks for quantized kernels
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +61,14 @@ def make_load_plan(
     n_layers: int,
     expected: Mapping[str, tuple[int, ...]],
     tied: Mapping[str, str],
+    packable: Callable[[str, str], bool] = lambda target, ggml_type: False,
 ) -> LoadPlan:
     """Plan the load of `tensors` into parameters of the shapes in `expected`.
 
     `tied` maps parameters that share another's tensor (lm_head -> embed_tokens); they need no
-    checkpoint tensor. Raises before any byte is read if names, shapes or types disagree.
+    checkpoint tensor. `packable(target, ggml_type)` says whether a tensor stays in its GGML
+    blocks (transform "pack") instead of being dequantized. Raises before any byte is read if
+    names, shapes or types disagree.
     """
     names = expand_names(name_table, n_layers)
     reverse = {dst: src for src, dst in names.items()}
@@ -85,8 +88,10 @@ def make_load_plan(
         if tuple(info.shape) != tuple(wanted[target]):
             misshaped.append(f"{info.name} {tuple(info.shape)} != {tuple(wanted[target])}")
         else:
+            transform = "pack" if packable(target, info.ggml_type) else "dequantize"
+            shape = tuple(info.shape)
             loads.append(
-                TensorLoad(info.name, target, info.ggml_type, tuple(info.shape), info.nbytes)
+                TensorLoad(info.name, target, info.ggml_type, shape, info.nbytes, transform)
             )
     missing = sorted(reverse.get(n, n) for n in wanted if n not in seen)
     _check_names(path, missing, sorted(unexpected), sorted(misshaped))

@@ -1,7 +1,8 @@
 """Pure per-tensor steps between raw checkpoint bytes and a parameter tensor: one table.
 
-Today every tensor is dequantized (or cast, for F32/F16/BF16) to the activation dtype with
-warmload.quant.dequant; later steps (repack for quantized kernels) get their own entries.
+"dequantize" turns GGML blocks (or F32/F16/BF16) into an activation-dtype tensor with
+warmload.quant.dequant; "pack" keeps a matrix's blocks as they are on disk, viewed as
+(rows, row_nbytes) uint8 without a copy, for the quantized kernels of warmload.quant.matmul.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 import torch
 
 from warmload.loader.plan import TensorLoad
-from warmload.quant.dequant import dequantize
+from warmload.quant.dequant import dequantize, row_nbytes
+from warmload.quant.raw import as_byte_tensor
 
 Transform = Callable[[Any, TensorLoad, torch.dtype], torch.Tensor]
 
@@ -22,8 +24,18 @@ def dequantize_tensor(raw: Any, load: TensorLoad, dtype: torch.dtype) -> torch.T
     return dequantize(raw, load.ggml_type, load.shape, dtype=dtype)
 
 
+def pack_tensor(raw: Any, load: TensorLoad, dtype: torch.dtype) -> torch.Tensor:
+    """Raw GGML bytes of a matrix -> (rows, row_nbytes) uint8 over the same memory."""
+    blocks = as_byte_tensor(raw)
+    rows = 1
+    for d in load.shape[:-1]:
+        rows *= d
+    return blocks.view(rows, row_nbytes(load.ggml_type, load.shape[-1]))
+
+
 TRANSFORMS: dict[str, Transform] = {
     "dequantize": dequantize_tensor,
+    "pack": pack_tensor,
 }
 
 

@@ -36,6 +36,7 @@ from warmload.models.layers import (
     embedding,
     key_start,
     rope_inv_freq,
+    tied_output,
 )
 
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -140,8 +141,8 @@ class Gemma3ForCausalLM(nn.Module):
     def prepare(self, rope_freq_factors: torch.Tensor | None = None) -> None:
         """After weights are attached: tie embeddings, make rope tables on the weights' device."""
         if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-        c, w = self.config, self.model.embed_tokens.weight
+            self.lm_head = tied_output(self.model.embed_tokens)
+        c, w = self.config, self.model.norm.weight  # embeddings may stay packed
         local = rope_inv_freq(c.head_dim, c.rope_local_base_freq)
         full = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, rope_freq_factors)
         self.rope_local = RotaryTables(local, "neox", w.dtype, w.device)
@@ -153,7 +154,7 @@ class Gemma3ForCausalLM(nn.Module):
         assert self.rope_local is not None, "call prepare() after attaching the weights"
         self.rope_local.ensure(max_ctx)
         self.rope_global.ensure(max_ctx)
-        return KVCache.for_config(self.config, max_ctx, batch_size, self.model.embed_tokens.weight)
+        return KVCache.for_config(self.config, max_ctx, batch_size, self.model.norm.weight)
 
     def forward(
         self, tokens: torch.Tensor, cache: KVCache, start_pos: int | torch.Tensor

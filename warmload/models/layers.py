@@ -359,6 +359,18 @@ def embedding(vocab_size: int, hidden_size: int) -> nn.Embedding:
     return nn.Embedding(vocab_size, hidden_size, _weight=weight, _freeze=True)
 
 
+def tied_output(embed: nn.Module) -> nn.Module:
+    """The output layer sharing the token embeddings' weight: a Linear over the same tensor, or
+    the packed embedding's own linear view (warmload.quant.matmul.QuantEmbedding.as_linear)."""
+    if hasattr(embed, "as_linear"):
+        return embed.as_linear()
+    vocab_size, hidden_size = embed.weight.shape
+    with torch.device("meta"):
+        head = nn.Linear(hidden_size, vocab_size, bias=False)
+    head.weight = embed.weight
+    return head
+
+
 class GatedMLP(nn.Module):
     """down_proj(act(gate_proj(x)) * up_proj(x)): SwiGLU (llama) or GeGLU-tanh (gemma)."""
 

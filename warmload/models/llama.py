@@ -25,6 +25,7 @@ from warmload.models.layers import (
     attention_mask,
     embedding,
     rope_inv_freq,
+    tied_output,
 )
 
 
@@ -108,8 +109,8 @@ class LlamaForCausalLM(nn.Module):
     def prepare(self, rope_freq_factors: torch.Tensor | None = None) -> None:
         """After weights are attached: tie embeddings, make rope tables on the weights' device."""
         if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-        w = self.model.embed_tokens.weight
+            self.lm_head = tied_output(self.model.embed_tokens)
+        w = self.model.norm.weight  # embeddings may stay packed
         c = self.config
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, rope_freq_factors)
         self.rope = RotaryTables(inv_freq, c.rope_style, w.dtype, w.device)
@@ -118,7 +119,7 @@ class LlamaForCausalLM(nn.Module):
         """An empty KV cache for max_ctx positions; rope tables grow to cover them."""
         assert self.rope is not None, "call prepare() after attaching the weights"
         self.rope.ensure(max_ctx)
-        return KVCache.for_config(self.config, max_ctx, batch_size, self.model.embed_tokens.weight)
+        return KVCache.for_config(self.config, max_ctx, batch_size, self.model.norm.weight)
 
     def forward(
         self, tokens: torch.Tensor, cache: KVCache, start_pos: int | torch.Tensor
@@ -128,7 +129,7 @@ class LlamaForCausalLM(nn.Module):
         assert self.rope is not None, "call prepare() after attaching the weights"
         B, T = tokens.shape
         cache.check(start_pos, T, B)
-        tokens = tokens.to(self.model.embed_tokens.weight.device)  # ids may come from the CPU
+        tokens = tokens.to(self.model.norm.weight.device)  # ids may come from the CPU
         x = self.model.embed_tokens(tokens)  # (B, T, hidden)
         if isinstance(start_pos, torch.Tensor):
             start_pos = start_pos.to(x.device)

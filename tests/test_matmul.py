@@ -1,0 +1,113 @@
+"""Packed quantized kernels (warmload.quant.matmul, _qmatmul.c) against exact references.
+
+Integer-path types quantize each activation row to 8-bit blocks of 32 (d = max|x| / 127,
+q = round(x * (1 / d))) as llama.cpp does; the reference does the same in torch and multiplies
+by the weights dequantized with warmload.quant.dequant (bit-identical to gguf-py), so the
+kernel must match it to float rounding. Float-path types and prompt-sized batches must match
+the plain float product.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from warmload.quant import matmul
+from warmload.quant.dequant import dequantize
+from warmload.quant.matmul import PREFILL_TOKENS, QuantEmbedding, QuantLinear
+from warmload.quant.quantize import QUANTIZERS
+
+INT8_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+FLOAT_TYPES = ["Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS", "F16", "BF16"]
+N, K = 72, 512
+
+
+def test_the_extension_is_built():
+    """make install compiles it (setup.py); without it every product would run dequantized."""
+    assert matmul._qmatmul is not None, "warmload/quant/_qmatmul.c was not built: make install"
+    assert set(matmul.kernel_types()) == set(INT8_TYPES + FLOAT_TYPES)
+    assert {t for t, kind in matmul.kernel_types().items() if kind == "int8"} == set(INT8_TYPES)
+
+
+def random_blocks(ggml_type: str, seed: int) -> torch.Tensor:
+    """(N, row_nbytes) blocks: quantized Gaussian weights, or for IQ4 types random bytes with
+    valid fp16 scales (our quantizer does not write IQ4)."""
+    rng = np.random.default_rng(seed)
+    if ggml_type in QUANTIZERS:
+        w = rng.standard_normal((N, K)).astype(np.float32)
+        width = 256 if ggml_type.endswith("_K") else 32 if ggml_type.startswith("Q") else 1
+        raw = np.asarray(QUANTIZERS[ggml_type](w.reshape(-1, width))).reshape(-1).view(np.uint8)
+        return torch.from_numpy(raw.copy()).view(N, -1)
+    block, size = {"IQ4_NL": (32, 18), "IQ4_XS": (256, 136)}[ggml_type]
+    raw = rng.integers(0, 256, (N * K // block, size), dtype=np.uint8)
+    raw[:, :2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    return torch.from_numpy(raw).view(N, -1)
+
+
+def quantized_activations(x: torch.Tensor) -> torch.Tensor:
+    blocks = x.reshape(x.shape[0], -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    inverse = torch.where(d > 0, 1 / torch.where(d > 0, d, 1), 0)
+    return (torch.round(blocks * inverse) * d).reshape(x.shape)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("n_tokens", [1, 3, PREFILL_TOKENS - 1])
+@pytest.mark.parametrize("ggml_type", INT8_TYPES + FLOAT_TYPES)
+def test_product_matches_the_dequantized_reference(ggml_type: str, n_tokens: int):
+    blocks = random_blocks(ggml_type, seed=len(ggml_type) + n_tokens)
+    weight = dequantize(blocks, ggml_type, (N, K))
+    x = torch.randn(n_tokens, K, generator=torch.Generator().manual_seed(n_tokens))
+    x[:, 7] *= 50.0  # an outlier channel, as real hidden states have
+    got = QuantLinear(blocks, ggml_type, K)(x)
+    x_seen = quantized_activations(x) if ggml_type in INT8_TYPES else x
+    assert got.shape == (n_tokens, N)
+    assert relative_error(got, x_seen @ weight.T) < 1e-5
+
+
+@pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "F16"])
+def test_prompt_sized_batches_use_the_float_product(ggml_type: str):
+    blocks = random_blocks(ggml_type, seed=3)
+    x = torch.randn(2, PREFILL_TOKENS, K)
+    got = QuantLinear(blocks, ggml_type, K)(x)
+    want = x @ dequantize(blocks, ggml_type, (N, K)).T
+    assert got.shape == (2, PREFILL_TOKENS, N)
+    assert relative_error(got, want) < 1e-6
+
+
+def test_threads_do_not_change_results():
+    blocks = random_blocks("Q4_K", seed=5)
+    layer = QuantLinear(blocks, "Q4_K", K)
+    x = torch.randn(4, K)
+    try:
+        matmul.set_threads(1)
+        one = layer(x)
+        matmul.set_threads(3)
+        three = layer(x)
+    finally:
+        matmul.set_threads(torch.get_num_threads())
+    assert torch.equal(one, three)
+
+
+def test_embedding_dequantizes_only_gathered_rows_and_ties_to_the_output():
+    blocks = random_blocks("Q8_0", seed=9)
+    embedding = QuantEmbedding(blocks, "Q8_0", K)
+    ids = torch.tensor([[3, 0, 71], [5, 5, 2]])
+    table = dequantize(blocks, "Q8_0", (N, K))
+    assert torch.equal(embedding(ids), table[ids])
+    head = embedding.as_linear()
+    assert head.blocks is embedding.blocks and head.out_features == N
+
+
+def test_bad_layers_are_refused():
+    blocks = random_blocks("Q4_0", seed=1)
+    with pytest.raises(ValueError, match="no packed kernel"):
+        QuantLinear(blocks, "IQ1_S", K)
+    with pytest.raises(ValueError, match="take 288 bytes"):
+        QuantLinear(blocks[:, :-18].contiguous(), "Q4_0", K)
+    with pytest.raises(ValueError, match="contiguous"):
+        QuantLinear(blocks.float(), "Q4_0", K)
