@@ -1,4 +1,4 @@
-"""Builds the optional C kernels for quantized matrix products (warmload/quant/_qmatmul.c).
+"""Builds the optional C kernels for quantized matrix products (warmload/kernels/_cpu.c).
 
 Everything else lives in pyproject.toml. The extension is compiled for the machine that installs
 it (-march=native, as llama.cpp's GGML_NATIVE); if it cannot be built, warmload still runs on
@@ -10,8 +10,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "warmload.quant._qmatmul",
-            ["warmload/quant/_qmatmul.c"],
+            "warmload.kernels._cpu",
+            ["warmload/kernels/_cpu.c"],
             extra_compile_args=[
                 "-O3",
                 "-march=native",

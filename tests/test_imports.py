@@ -19,6 +19,7 @@ LAYERS = {
     "memstats": 2,
     "stopping": 2,
     "formats": 3,
+    "kernels": 3.5,  # C kernels on torch tensors: needs the ggml type table of formats
     "tokenizer": 4,
     "chat": 4,
     "quant": 4,

@@ -1,4 +1,4 @@
-"""Packed quantized kernels (warmload.quant.matmul, _qmatmul.c) against exact references.
+"""Packed quantized kernels (warmload.quant.matmul, kernels/_cpu.c) against exact references.
 
 Integer-path types quantize each activation row to 8-bit blocks of 32 (d = max|x| / 127,
 q = round(x * (1 / d))) as llama.cpp does; the reference does the same in torch and multiplies
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from warmload.quant import matmul
+from warmload import kernels
 from warmload.quant.dequant import dequantize
 from warmload.quant.matmul import PREFILL_TOKENS, QuantEmbedding, QuantLinear
 from warmload.quant.quantize import QUANTIZERS
@@ -25,9 +25,9 @@ N, K = 72, 512
 
 def test_the_extension_is_built():
     """make install compiles it (setup.py); without it every product would run dequantized."""
-    assert matmul._qmatmul is not None, "warmload/quant/_qmatmul.c was not built: make install"
-    assert set(matmul.kernel_types()) == set(INT8_TYPES + FLOAT_TYPES)
-    assert {t for t, kind in matmul.kernel_types().items() if kind == "int8"} == set(INT8_TYPES)
+    assert kernels.AVAILABLE, "warmload/kernels/_cpu.c was not built: make install"
+    assert set(kernels.KERNEL_TYPES) == set(INT8_TYPES + FLOAT_TYPES)
+    assert {t for t, kind in kernels.KERNEL_TYPES.items() if kind == "int8"} == set(INT8_TYPES)
 
 
 def random_blocks(ggml_type: str, seed: int) -> torch.Tensor:
@@ -84,12 +84,12 @@ def test_threads_do_not_change_results():
     layer = QuantLinear(blocks, "Q4_K", K)
     x = torch.randn(4, K)
     try:
-        matmul.set_threads(1)
+        kernels.set_threads(1)
         one = layer(x)
-        matmul.set_threads(3)
+        kernels.set_threads(3)
         three = layer(x)
     finally:
-        matmul.set_threads(torch.get_num_threads())
+        kernels.set_threads(torch.get_num_threads())
     assert torch.equal(one, three)
 
 
@@ -101,6 +101,14 @@ def test_embedding_dequantizes_only_gathered_rows_and_ties_to_the_output():
     assert torch.equal(embedding(ids), table[ids])
     head = embedding.as_linear()
     assert head.blocks is embedding.blocks and head.out_features == N
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+def test_rms_norm_matches_torch(offset: float):
+    x = torch.randn(3, 5, 576) * 7
+    w = torch.randn(576)
+    want = torch.nn.functional.rms_norm(x, (576,), w + offset, 1e-6)
+    assert torch.allclose(kernels.rms_norm(x, w, 1e-6, offset), want, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_layers_are_refused():

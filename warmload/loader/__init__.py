@@ -25,6 +25,7 @@ from torch import nn
 from warmload.config import LoadConfig
 from warmload.errors import WeightMismatchError
 from warmload.formats.checkpoint import Checkpoint
+from warmload.kernels import set_threads as set_kernel_threads
 from warmload.loader.hparams import read_model_config
 from warmload.loader.plan import LoadPlan, TensorLoad, make_load_plan
 from warmload.loader.stats import LoadStats
@@ -33,7 +34,6 @@ from warmload.loader.warm import lock, warm_in_background
 from warmload.loader.warm import warm as warm_pages
 from warmload.models import ARCHITECTURES
 from warmload.quant.matmul import PREFILL_TOKENS, QuantEmbedding, QuantLinear, has_kernel
-from warmload.quant.matmul import set_threads as set_kernel_threads
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from warmload import kernels
 from warmload.errors import ContextOverflowError, RequestError, UnsupportedError
 
 ROPE_STYLES = ("neox", "interleaved")
@@ -35,6 +36,8 @@ class RMSNorm(nn.Module):
         self.offset = offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.AVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32:
+            return kernels.rms_norm(x, self.weight, self.eps, self.offset)
         w = self.weight + self.offset if self.offset else self.weight
         return F.rms_norm(x, w.shape, w, self.eps)
 
@@ -333,9 +336,10 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """start_pos: first position of every row, or per-row positions (B,) with T == 1."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = project(x, (self.q_proj, self.k_proj, self.v_proj))
+        q = q.view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q, rope).transpose(1, 2)  # (B, H, T, D)
@@ -357,6 +361,15 @@ def embedding(vocab_size: int, hidden_size: int) -> nn.Embedding:
     (over a second), and the loader replaces the weight anyway."""
     weight = torch.empty(vocab_size, hidden_size)
     return nn.Embedding(vocab_size, hidden_size, _weight=weight, _freeze=True)
+
+
+def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor]:
+    """[layer(x) for layer in layers]; layers of one type that offer a `project_group` hook
+    (warmload.quant.matmul.QuantLinear) compute all of them in one call on one input."""
+    group = getattr(type(layers[0]), "project_group", None)
+    if group is not None and all(type(m) is type(layers[0]) for m in layers):
+        return group(x, layers)
+    return [m(x) for m in layers]
 
 
 def tied_output(embed: nn.Module) -> nn.Module:
@@ -386,4 +399,5 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = project(x, (self.gate_proj, self.up_proj))
+        return self.down_proj(self.act(gate) * up)

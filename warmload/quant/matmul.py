@@ -2,7 +2,7 @@
 
 QuantLinear holds a weight matrix as its raw GGML bytes, (out_features, row_nbytes) uint8, which
 on a mapped GGUF file is a view of the page cache (zero copy, zero conversion at load). Its
-product runs in the C kernels of _qmatmul.c: activations quantized to 8-bit blocks and integer
+product runs in the C kernels of warmload.kernels: activations quantized to 8-bit blocks and integer
 dot products per weight block for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (as
 llama.cpp's CPU backend computes), block-wise dequantization and float dots for Q2_K, Q3_K,
 IQ4_NL, IQ4_XS, F16 and BF16. Prompt-sized batches (PREFILL_TOKENS or more rows) instead
@@ -16,47 +16,22 @@ over the same bytes. Reference for the layouts: llama.cpp ggml/src/ggml-common.h
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from warmload.formats.ggml_types import GGML_TYPES
+from warmload import kernels
 from warmload.quant.dequant import dequantize, dequantize_rows, row_nbytes
-
-try:  # built by setup.py; absent when no C compiler was available at install time
-    from warmload.quant import _qmatmul
-except ImportError:  # pragma: no cover - exercised only on machines without the extension
-    _qmatmul = None
 
 PREFILL_TOKENS = 32  # rows of x from which a dequantized GEMM beats the integer kernel
 
-_KERNEL_TYPES: dict[str, str] = (
-    {}
-    if _qmatmul is None
-    else {
-        t.name: kind
-        for type_id, kind in _qmatmul.types().items()
-        for t in GGML_TYPES.values()
-        if t.id == type_id
-    }
-)
 _scratch = threading.local()
 
 
 def has_kernel(ggml_type: str) -> bool:
     """Whether products on `ggml_type` weights run on packed blocks here."""
-    return ggml_type in _KERNEL_TYPES
-
-
-def kernel_types() -> dict[str, str]:
-    """{type name: "int8" | "float"}: the kernel path of every packed type (empty without C)."""
-    return dict(_KERNEL_TYPES)
-
-
-def set_threads(n: int) -> None:
-    """Threads the kernels split each product over (like torch.set_num_threads)."""
-    if _qmatmul is not None and _qmatmul.get_threads() != n:
-        _qmatmul.set_threads(n)
+    return ggml_type in kernels.KERNEL_TYPES
 
 
 def _dequantized(blocks: torch.Tensor, ggml_type: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -85,7 +60,6 @@ class QuantLinear(nn.Module):
             )
         self.register_buffer("blocks", blocks, persistent=False)
         self.ggml_type = ggml_type
-        self.type_id = GGML_TYPES[ggml_type].id
         self.in_features, self.out_features = in_features, out_features
 
     def extra_repr(self) -> str:
@@ -96,26 +70,29 @@ class QuantLinear(nn.Module):
         return self.blocks.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != torch.float32 or not x2.is_contiguous():
-            x2 = x2.float().contiguous()
-        n_tokens = x2.shape[0]
-        if n_tokens >= PREFILL_TOKENS:
-            shape = (self.out_features, self.in_features)
-            return (x2 @ _dequantized(self.blocks, self.ggml_type, shape).T).view(*lead, -1)
-        y = torch.empty((n_tokens, self.out_features), dtype=torch.float32)
-        if n_tokens:
-            _qmatmul.matmul(
-                self.type_id,
-                self.blocks.data_ptr(),
-                self.out_features,
-                self.in_features,
-                x2.data_ptr(),
-                n_tokens,
-                y.data_ptr(),
-            )
-        return y.view(*lead, self.out_features)
+        return project_packed(x, (self,))[0]
+
+    @staticmethod
+    def project_group(x: torch.Tensor, layers: Sequence[QuantLinear]) -> list[torch.Tensor]:
+        """The grouping hook of models.layers.project."""
+        return project_packed(x, layers)
+
+
+def project_packed(x: torch.Tensor, layers: Sequence[QuantLinear]) -> list[torch.Tensor]:
+    """[layer(x) for layer in layers] for layers of one input size, in one kernel call when x
+    is decode-sized (x is quantized once and one thread team runs all rows)."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, layers[0].in_features)
+    if x2.dtype != torch.float32 or not x2.is_contiguous():
+        x2 = x2.float().contiguous()
+    if x2.shape[0] >= PREFILL_TOKENS:
+        outs = [
+            x2 @ _dequantized(m.blocks, m.ggml_type, (m.out_features, m.in_features)).T
+            for m in layers
+        ]
+    else:
+        outs = kernels.quantized_matmul(x2, [(m.blocks, m.ggml_type) for m in layers])
+    return [y.view(*lead, y.shape[-1]) for y in outs]
 
 
 class QuantEmbedding(nn.Module):

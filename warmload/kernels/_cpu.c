@@ -1,4 +1,5 @@
-/* Quantized matrix products on packed GGML weights, as llama.cpp's CPU backend computes them.
+/* CPU kernels for the decode hot path: quantized matrix products on packed GGML weights, as
+   llama.cpp's CPU backend computes them, and RMSNorm in one pass.
 
    y[t, n] = sum_k W[n, k] * x[t, k] where W stays in its GGML block format (zero copy from the
    mapped file) and x is float32. For the common types the activations are first quantized to
@@ -555,13 +556,24 @@ static void quantize_x(const float *x, xblock *out, int nb) {
    waits for a thread that has not started, only for chunks that were claimed. The job's fields
    stay valid while any chunk of it is unfinished, which is all a claimer relies on. */
 
+#define MAX_PARTS 4
+
+/* One weight matrix of a product: y_part[t, n] = W[n] . x[t]. */
 typedef struct {
     const qtype *type;
     const uint8_t *w;
-    int64_t n_rows, k, n_tokens, row_bytes, chunk;
+    int64_t n_rows, row_bytes, chunk, first_chunk;
+    float *y;
+} part_t;
+
+/* A product of one x with 1..MAX_PARTS matrices (q, k and v; gate and up), whose chunks of
+   rows are numbered one after the other. */
+typedef struct {
+    part_t parts[MAX_PARTS];
+    int n_parts;
+    int64_t k, n_tokens;
     const float *x;
     const xblock *xq;
-    float *y;
     atomic_ullong claim;
     atomic_llong done;  /* chunks finished */
 } job_t;
@@ -586,23 +598,23 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static void run_rows(const job_t *j, int64_t r0, int64_t r1, float *row) {
+static void run_rows(const job_t *j, const part_t *p, int64_t r0, int64_t r1, float *row) {
     int64_t nb32 = j->k / QK;
     float buf[QK_K];
     for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t *w = j->w + r * j->row_bytes;
-        if (j->type->dot) {
+        const uint8_t *w = p->w + r * p->row_bytes;
+        if (p->type->dot) {
             for (int64_t t = 0; t < j->n_tokens; ++t)
-                j->y[t * j->n_rows + r] = j->type->dot(w, j->xq + t * nb32, (int)nb32);
+                p->y[t * p->n_rows + r] = p->type->dot(w, j->xq + t * nb32, (int)nb32);
             continue;
         }
-        int64_t blocks = j->k / j->type->block;
+        int64_t blocks = j->k / p->type->block;
         for (int64_t b = 0; b < blocks; ++b) {
-            j->type->deq(w + b * j->type->type_size, buf);
-            memcpy(row + b * j->type->block, buf, sizeof(float) * j->type->block);
+            p->type->deq(w + b * p->type->type_size, buf);
+            memcpy(row + b * p->type->block, buf, sizeof(float) * p->type->block);
         }
         for (int64_t t = 0; t < j->n_tokens; ++t)
-            j->y[t * j->n_rows + r] = dot_f32(row, j->x + t * j->k, (int)j->k);
+            p->y[t * p->n_rows + r] = dot_f32(row, j->x + t * j->k, (int)j->k);
     }
 }
 
@@ -627,9 +639,12 @@ static void work_on(job_t *j, unsigned gen, int slot) {
         unsigned long long idx = c & 0xFFFFF, n = (c >> 20) & 0xFFFFF;
         if ((c >> 40) != (gen & 0xFFFFFF) || idx >= n) return;
         if (!atomic_compare_exchange_weak(&j->claim, &c, c + 1)) continue;
-        if (!j->type->dot && !row && !(row = row_scratch(slot, j->k))) abort();
-        int64_t r0 = (int64_t)idx * j->chunk, r1 = r0 + j->chunk;
-        run_rows(j, r0, r1 < j->n_rows ? r1 : j->n_rows, row);
+        const part_t *p = &j->parts[0];
+        for (int i = 1; i < j->n_parts && (int64_t)idx >= j->parts[i].first_chunk; ++i)
+            p = &j->parts[i];
+        if (!p->type->dot && !row && !(row = row_scratch(slot, j->k))) abort();
+        int64_t r0 = ((int64_t)idx - p->first_chunk) * p->chunk, r1 = r0 + p->chunk;
+        run_rows(j, p, r0, r1 < p->n_rows ? r1 : p->n_rows, row);
         atomic_fetch_add(&j->done, 1);
         c = atomic_load(&j->claim);
     }
@@ -700,53 +715,112 @@ static void run_parallel(int64_t n_chunks) {
 static xblock *g_xq;
 static size_t g_xq_cap;
 
+/* Fills part p from a (type_id, w_ptr, n_rows, y_ptr) tuple; 0 on success. */
+static int parse_part(PyObject *item, long long k, part_t *p) {
+    int type_id;
+    unsigned long long w, y;
+    long long n_rows;
+    if (!PyArg_ParseTuple(item, "iKLK", &type_id, &w, &n_rows, &y)) return -1;
+    p->type = find_type(type_id);
+    if (!p->type) {
+        PyErr_Format(PyExc_ValueError, "ggml type %d has no kernel", type_id);
+        return -1;
+    }
+    if (n_rows <= 0 || k % p->type->block) {
+        PyErr_Format(PyExc_ValueError, "bad shape: %lld rows of %lld", n_rows, k);
+        return -1;
+    }
+    p->w = (const uint8_t *)(uintptr_t)w;
+    p->y = (float *)(uintptr_t)y;
+    p->n_rows = n_rows;
+    p->row_bytes = k / p->type->block * p->type->type_size;
+    return 0;
+}
+
+/* Splits every part's rows into chunks (a few per thread, capped so rows stay in cache). */
+static int64_t plan_chunks(job_t *j) {
+    int64_t threads = g_n_workers + 1, first = 0;
+    for (int i = 0; i < j->n_parts; ++i) {
+        part_t *p = &j->parts[i];
+        int64_t chunk = p->n_rows / (threads * 8);
+        chunk = chunk < 1 ? 1 : chunk > 64 ? 64 : chunk;
+        if (j->n_tokens > 1 && chunk > 16) chunk = 16;
+        p->chunk = chunk;
+        p->first_chunk = first;
+        first += (p->n_rows + chunk - 1) / chunk;
+    }
+    return first;
+}
+
 static PyObject *py_matmul(PyObject *self, PyObject *args) {
     (void)self;
-    int type_id;
-    unsigned long long w, x, y;
-    long long n_rows, k, n_tokens;
-    if (!PyArg_ParseTuple(args, "iKLLKLK", &type_id, &w, &n_rows, &k, &x, &n_tokens, &y))
-        return NULL;
-    const qtype *type = find_type(type_id);
-    if (!type) return PyErr_Format(PyExc_ValueError, "ggml type %d has no kernel", type_id);
-    if (n_rows <= 0 || n_tokens <= 0 || k <= 0 || k % type->block || k % QK)
-        return PyErr_Format(PyExc_ValueError, "bad shape: %lld rows, k=%lld, %lld tokens",
-                            n_rows, k, n_tokens);
+    unsigned long long x;
+    long long k, n_tokens;
+    PyObject *parts;
+    if (!PyArg_ParseTuple(args, "LKLO!", &k, &x, &n_tokens, &PyTuple_Type, &parts)) return NULL;
+    Py_ssize_t n_parts = PyTuple_GET_SIZE(parts);
+    if (n_parts < 1 || n_parts > MAX_PARTS || n_tokens <= 0 || k <= 0 || k % QK)
+        return PyErr_Format(PyExc_ValueError, "bad product: %zd parts, k=%lld, %lld tokens",
+                            n_parts, k, n_tokens);
+    part_t staged[MAX_PARTS];
+    int any_int8 = 0, any_float = 0;
+    for (Py_ssize_t i = 0; i < n_parts; ++i) {
+        if (parse_part(PyTuple_GET_ITEM(parts, i), k, &staged[i]) < 0) return NULL;
+        if (staged[i].type->dot) any_int8 = 1; else any_float = 1;
+    }
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&g_submit_mu);
     size_t need = (size_t)(n_tokens * (k / QK));
-    if (type->dot && need > g_xq_cap) {
+    if (any_int8 && need > g_xq_cap) {
         free(g_xq);
         g_xq = malloc(need * sizeof(xblock));
         g_xq_cap = g_xq ? need : 0;
     }
-    if ((type->dot && !g_xq) || (!type->dot && !row_scratch(0, k))) failed = 1;
+    if ((any_int8 && !g_xq) || (any_float && !row_scratch(0, k))) failed = 1;
     else {
         job_t *j = &g_job;
-        if (type->dot)
+        if (any_int8)
             for (long long t = 0; t < n_tokens; ++t)
                 quantize_x((const float *)(uintptr_t)x + t * k, g_xq + t * (k / QK), (int)(k / QK));
-        j->type = type;
-        j->w = (const uint8_t *)(uintptr_t)w;
-        j->n_rows = n_rows;
+        memcpy(j->parts, staged, sizeof(part_t) * (size_t)n_parts);
+        j->n_parts = (int)n_parts;
         j->k = k;
         j->n_tokens = n_tokens;
         j->x = (const float *)(uintptr_t)x;
         j->xq = g_xq;
-        j->y = (float *)(uintptr_t)y;
-        j->row_bytes = k / type->block * type->type_size;
-        int64_t threads = g_n_workers + 1;
-        int64_t chunk = n_rows / (threads * 8);
-        chunk = chunk < 1 ? 1 : chunk > 64 ? 64 : chunk;
-        if (n_tokens > 1 && chunk > 16) chunk = 16;
-        if ((n_rows + chunk - 1) / chunk > MAX_CHUNKS) chunk = (n_rows + MAX_CHUNKS - 1) / MAX_CHUNKS;
-        j->chunk = chunk;
-        run_parallel((n_rows + chunk - 1) / chunk);
+        int64_t n_chunks = plan_chunks(j);
+        if (n_chunks > MAX_CHUNKS) failed = 2;
+        else run_parallel(n_chunks);
     }
     pthread_mutex_unlock(&g_submit_mu);
     Py_END_ALLOW_THREADS
+    if (failed == 2) return PyErr_Format(PyExc_ValueError, "product too large for one call");
     if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* y = x / sqrt(mean(x^2) + eps) * (offset + w), row by row, in float32 as torch's rms_norm
+   (the sum of squares in double: one rounding less, same result to the last bit or two). */
+static PyObject *py_rms_norm(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long x, w, y;
+    long long n_rows, dim;
+    double eps, offset;
+    if (!PyArg_ParseTuple(args, "KKLLddK", &x, &w, &n_rows, &dim, &eps, &offset, &y)) return NULL;
+    if (n_rows < 0 || dim <= 0) return PyErr_Format(PyExc_ValueError, "bad shape");
+    const float *xs = (const float *)(uintptr_t)x, *ws = (const float *)(uintptr_t)w;
+    float *ys = (float *)(uintptr_t)y;
+    float off = (float)offset;
+    for (long long r = 0; r < n_rows; ++r, xs += dim, ys += dim) {
+        double ss = 0.0;
+        for (long long j = 0; j < dim; ++j) ss += (double)xs[j] * xs[j];
+        float scale = 1.0f / sqrtf((float)(ss / (double)dim) + (float)eps);
+        if (off != 0.0f)
+            for (long long j = 0; j < dim; ++j) ys[j] = xs[j] * scale * (off + ws[j]);
+        else
+            for (long long j = 0; j < dim; ++j) ys[j] = xs[j] * scale * ws[j];
+    }
     Py_RETURN_NONE;
 }
 
@@ -792,15 +866,18 @@ static PyObject *py_types(PyObject *self, PyObject *args) {
 
 static PyMethodDef METHODS[] = {
     {"matmul", py_matmul, METH_VARARGS,
-     "matmul(ggml_type, w_ptr, n_rows, k, x_ptr, n_tokens, y_ptr): y[t, n] = W[n] . x[t]"},
+     "matmul(k, x_ptr, n_tokens, ((ggml_type, w_ptr, n_rows, y_ptr), ...)): for each part,\n"
+     "y[t, n] = W[n] . x[t] (x float32 (n_tokens, k); W GGML rows; y float32 (n_tokens, n_rows))"},
+    {"rms_norm", py_rms_norm, METH_VARARGS,
+     "rms_norm(x_ptr, w_ptr, n_rows, dim, eps, offset, y_ptr): float32 RMSNorm of each row"},
     {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads per product"},
     {"get_threads", py_get_threads, METH_NOARGS, "threads per product"},
     {"types", py_types, METH_NOARGS, "{ggml type id: 'int8' | 'float'} of the kernels"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_qmatmul", NULL, -1, METHODS};
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_cpu", NULL, -1, METHODS};
 
-PyMODINIT_FUNC PyInit__qmatmul(void) {
+PyMODINIT_FUNC PyInit__cpu(void) {
     return PyModule_Create(&MODULE);
 }
