@@ -170,13 +170,15 @@ def test_gemma3_matches_reference_beyond_the_window(offset: float):
     assert (full_logits(wide, TOKENS)[-1] - got[-1]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "llama-interleaved", "gemma3"])
 @pytest.mark.parametrize("chunks", [[len(TOKENS)], [5] + [1] * 9, [1, 6, 3, 4], [4, 4, 4, 2]])
 @torch.inference_mode()
 def test_cache_chunks_match_full_forward(kind: str, chunks: list[int]):
-    """Prefill in chunks then decode one by one == one full forward (window 4 crossed)."""
-    if kind == "llama":
-        model = randomize(llama.build_model(LLAMA), 3, 1.0)
+    """Prefill in chunks then decode one by one == one full forward (window 4 crossed). Single
+    tokens take the fused decode kernel (rope + cache write + attention in C), chunks torch."""
+    if kind.startswith("llama"):
+        style = "interleaved" if kind == "llama-interleaved" else "neox"
+        model = randomize(llama.build_model(replace(LLAMA, rope_style=style)), 3, 1.0)
     else:
         model = randomize(gemma3.build_model(GEMMA), 3, 0.0)
     full = full_logits(model, TOKENS)

@@ -55,6 +55,54 @@ def quantized_matmul(
     return outs
 
 
+def decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    positions: torch.Tensor | int,
+    window: int | None,
+    scale: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    interleaved: bool,
+) -> torch.Tensor:
+    """One decode step of attention: q (B, H, D), k and v (B, KV, D) float32 contiguous; the
+    caches (B, KV, max_ctx, D) receive the rotated k and v at each row's position (an int for
+    every row, or an int64 tensor (B,)); returns (B, H, D). cos and sin are float32 views
+    (rows, ..., D/2) of the rope angles: one row for all, or one per row; any stride along the
+    angles (complex tables are read through view_as_real)."""
+    B, H, D = q.shape
+    KV, max_ctx = cache_k.shape[1], cache_k.shape[2]
+    out = torch.empty_like(q)
+    row = cos.stride(0) if cos.shape[0] == B and B > 1 else 0
+    per_row = isinstance(positions, torch.Tensor)
+    _cpu.decode_attention(
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        cache_k.data_ptr(),
+        cache_v.data_ptr(),
+        B,
+        H,
+        KV,
+        D,
+        max_ctx,
+        positions.data_ptr() if per_row else 0,
+        0 if per_row else positions,
+        window or 0,
+        scale,
+        cos.data_ptr(),
+        sin.data_ptr(),
+        row,
+        cos.stride(-1),
+        int(interleaved),
+        out.data_ptr(),
+    )
+    return out
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float) -> torch.Tensor:
     """x / rms(x) * (offset + weight) over the last dimension; x and weight CPU float32."""
     x = x.contiguous()

@@ -824,6 +824,92 @@ static PyObject *py_rms_norm(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* -------------------------------------------------------------- decode-step attention */
+
+/* Rotates the pairs of one head in place: "neox" pairs (j, j + D/2), "interleaved" (2j, 2j+1);
+   angle j's cosine and sine sit at cos[j * step], sin[j * step]. */
+static void rope_head(float *x, int d, const float *cos, const float *sin, int64_t step,
+                      int interleaved) {
+    int half = d / 2;
+    for (int j = 0; j < half; ++j) {
+        int a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + half;
+        float x0 = x[a], x1 = x[b], c = cos[j * step], s = sin[j * step];
+        x[a] = x0 * c - x1 * s;
+        x[b] = x1 * c + x0 * s;
+    }
+}
+
+/* One decode step of attention for B rows, each at its own position (B, 1 token each):
+   rotate q and the new k, store k and v in the cache row at the position, then softmax over
+   the row's keys [pos - window + 1, pos] (all of 0..pos without a window) with GQA. Layouts:
+   q, out (B, H, D); k, v (B, KV, D); caches (B, KV, max_ctx, D), float32 contiguous; positions
+   int64 (B,), or none (0) for every row at pos0; row b's rope angles at cos + b * rope_row,
+   sin + b * rope_row, every rope_step floats (so views of torch's rope tables serve). */
+static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long q_p, k_p, v_p, ck_p, cv_p, pos_p, cos_p, sin_p, out_p;
+    long long B, H, KV, D, max_ctx, pos0, window, rope_row, rope_step;
+    double scale;
+    int interleaved;
+    if (!PyArg_ParseTuple(args, "KKKKKLLLLLKLLdKKLLiK", &q_p, &k_p, &v_p, &ck_p, &cv_p, &B, &H,
+                          &KV, &D, &max_ctx, &pos_p, &pos0, &window, &scale, &cos_p, &sin_p,
+                          &rope_row, &rope_step, &interleaved, &out_p))
+        return NULL;
+    if (B <= 0 || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > 1024 || max_ctx <= 0)
+        return PyErr_Format(PyExc_ValueError, "bad attention shape");
+    const int64_t *positions = (const int64_t *)(uintptr_t)pos_p;
+    for (long long b = 0; b < B; ++b) {
+        long long pos = positions ? positions[b] : pos0;
+        if (pos < 0 || pos >= max_ctx)
+            return PyErr_Format(PyExc_ValueError, "position %lld outside the cache of %lld", pos,
+                                max_ctx);
+    }
+    float *scores = malloc(sizeof(float) * (size_t)max_ctx);
+    if (!scores) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    const float *cos_t = (const float *)(uintptr_t)cos_p, *sin_t = (const float *)(uintptr_t)sin_p;
+    float *ck = (float *)(uintptr_t)ck_p, *cv = (float *)(uintptr_t)cv_p;
+    float qh[1024], acc[1024];
+    for (long long b = 0; b < B; ++b) {
+        int64_t pos = positions ? positions[b] : pos0;
+        const float *cs = cos_t + b * rope_row, *sn = sin_t + b * rope_row;
+        for (long long g = 0; g < KV; ++g) {
+            float *kdst = ck + ((b * KV + g) * max_ctx + pos) * D;
+            memcpy(kdst, (const float *)(uintptr_t)k_p + (b * KV + g) * D, sizeof(float) * D);
+            rope_head(kdst, (int)D, cs, sn, rope_step, interleaved);
+            memcpy(cv + ((b * KV + g) * max_ctx + pos) * D,
+                   (const float *)(uintptr_t)v_p + (b * KV + g) * D, sizeof(float) * D);
+        }
+        int64_t lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+        for (long long h = 0; h < H; ++h) {
+            long long g = h / (H / KV);
+            memcpy(qh, (const float *)(uintptr_t)q_p + (b * H + h) * D, sizeof(float) * D);
+            rope_head(qh, (int)D, cs, sn, rope_step, interleaved);
+            const float *keys = ck + (b * KV + g) * max_ctx * D;
+            const float *vals = cv + (b * KV + g) * max_ctx * D;
+            float mx = -INFINITY;
+            for (int64_t l = lo; l <= pos; ++l) {
+                float sc = (float)scale * dot_f32(qh, keys + l * D, (int)D);
+                scores[l] = sc;
+                mx = sc > mx ? sc : mx;
+            }
+            float sum = 0.0f;
+            for (int64_t l = lo; l <= pos; ++l) sum += (scores[l] = expf(scores[l] - mx));
+            for (long long j = 0; j < D; ++j) acc[j] = 0.0f;
+            for (int64_t l = lo; l <= pos; ++l) {
+                const float *vl = vals + l * D;
+                float p = scores[l];
+                for (long long j = 0; j < D; ++j) acc[j] += p * vl[j];
+            }
+            float *o = (float *)(uintptr_t)out_p + (b * H + h) * D;
+            for (long long j = 0; j < D; ++j) o[j] = acc[j] / sum;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(scores);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_set_threads(PyObject *self, PyObject *args) {
     (void)self;
     int n;
@@ -870,6 +956,10 @@ static PyMethodDef METHODS[] = {
      "y[t, n] = W[n] . x[t] (x float32 (n_tokens, k); W GGML rows; y float32 (n_tokens, n_rows))"},
     {"rms_norm", py_rms_norm, METH_VARARGS,
      "rms_norm(x_ptr, w_ptr, n_rows, dim, eps, offset, y_ptr): float32 RMSNorm of each row"},
+    {"decode_attention", py_decode_attention, METH_VARARGS,
+     "decode_attention(q, k, v, cache_k, cache_v, B, H, KV, D, max_ctx, positions, pos0,\n"
+     "window, scale, cos, sin, rope_row, rope_step, interleaved, out): rope, cache write and\n"
+     "attention of one decode step"},
     {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads per product"},
     {"get_threads", py_get_threads, METH_NOARGS, "threads per product"},
     {"types", py_types, METH_NOARGS, "{ggml type id: 'int8' | 'float'} of the kernels"},

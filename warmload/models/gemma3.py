@@ -89,6 +89,7 @@ class Gemma3DecoderLayer(nn.Module):
             scale=c.query_pre_attn_scalar**-0.5,
             qk_norm_eps=c.rms_norm_eps,
             norm_offset=off,
+            window=self.window,
         )
         self.mlp = GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_activation)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, off)

@@ -298,8 +298,28 @@ class KVCache:
         return self.k[layer][:, :, key_start:end], self.v[layer][:, :, key_start:end]
 
 
+def decode_rope_angles(rope: RopeSlice) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+    """(cos, sin, interleaved) float32 views of a one-token RopeSlice for the fused decode
+    kernel, or None for tables it does not read (other dtypes)."""
+    style, *tables = rope
+    if style == "neox":
+        cos2, sin2 = tables  # (cos|cos), (-sin|sin)
+        if cos2.dtype != torch.float32:
+            return None
+        half = cos2.shape[-1] // 2
+        return cos2[..., :half], sin2[..., half:], False
+    if len(tables) == 1 and tables[0].dtype == torch.complex64:
+        pairs = torch.view_as_real(tables[0])  # (..., D/2, 2): cos, sin
+        return pairs[..., 0], pairs[..., 1], True
+    return None
+
+
 class Attention(nn.Module):
-    """Multi-head attention with GQA, rope, optional per-head q/k RMSNorm (gemma3)."""
+    """Multi-head attention with GQA, rope, optional per-head q/k RMSNorm (gemma3).
+
+    A decode step (one token per row) on the CPU runs rope, the cache write and the attention
+    in one C call (warmload.kernels.decode_attention) instead of ~20 torch ops; `window` is the
+    sliding window of a local layer (None: global)."""
 
     def __init__(
         self,
@@ -310,10 +330,12 @@ class Attention(nn.Module):
         scale: float,
         qk_norm_eps: float | None = None,
         norm_offset: float = 0.0,
+        window: int | None = None,
     ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale = scale
+        self.window = window
         self.q_proj = nn.Linear(hidden_size, n_heads * head_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, n_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, n_kv_heads * head_dim, bias=False)
@@ -342,6 +364,10 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if T == 1 and kernels.AVAILABLE and q.device.type == "cpu":
+            out = self._fused_decode(q, k, v, cache, layer, start_pos, rope)
+            if out is not None:
+                return self.o_proj(out.view(B, 1, self.n_heads * self.head_dim))
         q = apply_rope(q, rope).transpose(1, 2)  # (B, H, T, D)
         k = apply_rope(k, rope).transpose(1, 2)  # (B, KV, T, D)
         keys, values = cache.update(layer, start_pos, k, v.transpose(1, 2), first_key)
@@ -354,6 +380,28 @@ class Attention(nn.Module):
             enable_gqa=self.n_heads != self.n_kv_heads,
         )  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _fused_decode(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        start_pos: int | torch.Tensor,
+        rope: RopeSlice,
+    ) -> torch.Tensor | None:
+        """(B, H, D) attention output of one decode step, or None where the kernel does not
+        apply (float64 or bfloat16 activations, rope tables it cannot read)."""
+        angles = decode_rope_angles(rope)
+        keys, values = cache.k[layer], cache.v[layer]
+        if angles is None or keys.dtype != torch.float32 or q.dtype != torch.float32:
+            return None
+        B = q.shape[0]
+        q, k, v = (t.reshape(B, -1, self.head_dim).contiguous() for t in (q, k, v))
+        return kernels.decode_attention(
+            q, k, v, keys, values, start_pos, self.window, self.scale, *angles
+        )
 
 
 def embedding(vocab_size: int, hidden_size: int) -> nn.Embedding:
