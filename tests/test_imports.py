@@ -18,6 +18,8 @@ LAYERS = {
     "catalog": 2,
     "memstats": 2,
     "stopping": 2,
+    "threads": 2,
+    "caches": 2,
     "formats": 3,
     "kernels": 3.5,  # C kernels on torch tensors: needs the ggml type table of formats
     "tokenizer": 4,
@@ -34,7 +36,10 @@ LAYERS = {
     "pull": 9,
     "bench": 9,
 }
-TORCH_FREE = {"errors", "config", "catalog", "memstats", "stopping", "formats", "tokenizer", "chat"}
+TORCH_FREE = {
+    "errors", "config", "catalog", "memstats", "stopping", "threads", "caches", "formats",
+    "tokenizer", "chat",
+}  # fmt: skip
 
 
 def module_imports(path: Path) -> list[str]:

@@ -7,11 +7,10 @@ llama.cpp's server reuses its slot's prompt cache.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from warmload.config import GenerationConfig, LoadConfig
 from warmload.errors import ContextOverflowError, RequestError
 from warmload.sampling import make_generator, sample_token
 from warmload.stopping import StopStrings
+from warmload.threads import default_threads
 from warmload.tokenizer import Tokenizer, build_tokenizer
 
 DEFAULT_MAX_CTX = 4096  # KV cache cap when neither -c nor the model asks for less
@@ -87,11 +87,6 @@ def token_logprobs(
         values, ids = torch.topk(logp, top)
         alternatives = list(zip(ids.tolist(), values.tolist()))
     return float(logp[token]), alternatives
-
-
-def default_threads() -> int:
-    """Cores this process may run on (llama.cpp defaults to the physical cores)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
 def generation_config(options: dict[str, Any]) -> GenerationConfig:
@@ -306,6 +301,13 @@ class Engine:
         self.checkpoint.close()
 
 
+def model_nbytes(path: Path) -> int:
+    """Bytes of a model file, or of the files of a model folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return path.stat().st_size
+
+
 def load_engine(path: Any = None, **load_options: Any) -> Engine:
     """Resolve, open, load and wrap a model; `load_options` are LoadConfig fields."""
     from warmload.catalog import resolve_model_path
@@ -315,8 +317,10 @@ def load_engine(path: Any = None, **load_options: Any) -> Engine:
     started = time.perf_counter()
     progress = load_options.pop("progress", None)  # callback(done_bytes, total_bytes)
     cfg = LoadConfig.from_options(**load_options)
-    torch.set_num_threads(cfg.threads or default_threads())
     model_path = resolve_model_path(path)
+    if cfg.threads is None:  # tuned for this machine and model size, else physical cores
+        cfg = replace(cfg, threads=default_threads(model_nbytes(model_path)))
+    torch.set_num_threads(cfg.threads)
     checkpoint = open_checkpoint(model_path, load_mode=cfg.load_mode)
     try:
         model, stats = load_model(checkpoint, cfg, progress=progress)

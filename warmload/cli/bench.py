@@ -19,9 +19,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", action="append", default=None, help="repeatable")
     p.add_argument("-p", "--n-prompt", type=int, default=512)
     p.add_argument("-n", "--n-gen", type=int, default=128)
-    p.add_argument("-t", "--threads", type=int_list, default=[2], help="e.g. 1,2")
+    p.add_argument(
+        "-t", "--threads", type=int_list, default=None, help="e.g. 1,2 (default: physical cores)"
+    )
     p.add_argument("-r", "--repetitions", type=int, default=5)
     p.add_argument("--load", action="store_true", help="time the load in every load mode")
+    p.add_argument(
+        "--tune-threads",
+        action="store_true",
+        help="measure decode speed at 1..N threads (or -t), store the fastest for this machine "
+        "and model size; later runs without -t use it",
+    )
     p.add_argument("-o", "--output", choices=("md", "json", "jsonl"), default="md")
     p.add_argument(
         "--compare", default="", help="comma-separated peers: " + ", ".join(sorted(PEERS))
@@ -33,8 +41,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from warmload.bench import run_bench
     from warmload.catalog import resolve_model_path
     from warmload.errors import RequestError
+    from warmload.threads import physical_cores
 
     models = [resolve_model_path(m) for m in (args.model or [None])]
+    if args.tune_threads:
+        return tune_threads(args, models)
+    threads = args.threads or [physical_cores()]
     backends = ["warmload"]
     for peer in filter(None, args.compare.split(",")):
         if peer not in PEERS:
@@ -47,7 +59,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             print(json.dumps(row.as_dict()), flush=True)
 
     rows = run_bench(
-        models, backends, args.threads, args.n_prompt, args.n_gen, args.repetitions, modes, on_row
+        models, backends, threads, args.n_prompt, args.n_gen, args.repetitions, modes, on_row
     )
     if args.output == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
@@ -69,4 +81,19 @@ def run_bench_command(args: argparse.Namespace) -> int:
                 for r in rows
             ],
         )
+    return 0
+
+
+def tune_threads(args: argparse.Namespace, models: list) -> int:
+    """Decode tokens/s of warmload at each thread count; the fastest is stored per model size."""
+    from warmload.bench import run_bench
+    from warmload.threads import record_tuned_threads, tuning_file, usable_cpus
+
+    counts = args.threads or list(range(1, len(usable_cpus()) + 1))
+    for model in models:
+        rows = run_bench([model], ["warmload"], counts, 16, args.n_gen, args.repetitions)
+        speeds = {r.threads: r.mean for r in rows if r.test.startswith("tg")}
+        best = record_tuned_threads(model.stat().st_size, speeds)
+        measured = ", ".join(f"{n}: {v:.1f} t/s" for n, v in sorted(speeds.items()))
+        print(f"{model.name}: decode {measured} -> {best} threads (stored in {tuning_file()})")
     return 0
