@@ -1,10 +1,10 @@
 """Packed quantized kernels (warmload.quant.matmul, kernels/_cpu.c) against exact references.
 
-Integer-path types quantize each activation row to 8-bit blocks of 32 (d = max|x| / 127,
-q = round(x * (1 / d))) as llama.cpp does; the reference does the same in torch and multiplies
-by the weights dequantized with warmload.quant.dequant (bit-identical to gguf-py), so the
-kernel must match it to float rounding. Float-path types and prompt-sized batches must match
-the plain float product.
+Integer-path types quantize each activation row of a decode-sized x to 8-bit blocks of 32
+(d = max|x| / 127, q = round(x * (1 / d))) as llama.cpp does; the reference does the same in
+torch and multiplies by the weights dequantized with warmload.quant.dequant (bit-identical to
+gguf-py), so the kernel must match it to float rounding. Float-path types, larger x (rows
+dequantized in C) and prompt-sized batches (torch GEMM) must match the plain float product.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from warmload import kernels
+from warmload.kernels import INT8_MAX_TOKENS
+from warmload.quant import matmul as quant_matmul
 from warmload.quant.dequant import dequantize
 from warmload.quant.matmul import PREFILL_TOKENS, QuantEmbedding, QuantLinear
 from warmload.quant.quantize import QUANTIZERS
@@ -56,7 +58,9 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
 
-@pytest.mark.parametrize("n_tokens", [1, 3, PREFILL_TOKENS - 1])
+@pytest.mark.parametrize(
+    "n_tokens", [1, 3, INT8_MAX_TOKENS, INT8_MAX_TOKENS + 1, PREFILL_TOKENS - 1]
+)
 @pytest.mark.parametrize("ggml_type", INT8_TYPES + FLOAT_TYPES)
 def test_product_matches_the_dequantized_reference(ggml_type: str, n_tokens: int):
     blocks = random_blocks(ggml_type, seed=len(ggml_type) + n_tokens)
@@ -64,13 +68,17 @@ def test_product_matches_the_dequantized_reference(ggml_type: str, n_tokens: int
     x = torch.randn(n_tokens, K, generator=torch.Generator().manual_seed(n_tokens))
     x[:, 7] *= 50.0  # an outlier channel, as real hidden states have
     got = QuantLinear(blocks, ggml_type, K)(x)
-    x_seen = quantized_activations(x) if ggml_type in INT8_TYPES else x
+    int8 = ggml_type in INT8_TYPES and n_tokens <= INT8_MAX_TOKENS
+    x_seen = quantized_activations(x) if int8 else x
     assert got.shape == (n_tokens, N)
     assert relative_error(got, x_seen @ weight.T) < 1e-5
 
 
+@pytest.mark.parametrize("slice_rows", [None, 10])
 @pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "F16"])
-def test_prompt_sized_batches_use_the_float_product(ggml_type: str):
+def test_prompt_sized_batches_use_the_float_product(ggml_type: str, slice_rows, monkeypatch):
+    if slice_rows:  # the weight is dequantized 10 rows at a time
+        monkeypatch.setattr(quant_matmul, "SCRATCH_FLOATS", slice_rows * K)
     blocks = random_blocks(ggml_type, seed=3)
     x = torch.randn(2, PREFILL_TOKENS, K)
     got = QuantLinear(blocks, ggml_type, K)(x)

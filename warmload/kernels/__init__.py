@@ -39,16 +39,22 @@ def set_threads(n: int) -> None:
         _cpu.set_threads(n)
 
 
+INT8_MAX_TOKENS = 8  # rows of x up to which integer dots beat dequantizing weight rows
+
+
 def quantized_matmul(
     x: torch.Tensor, weights: Sequence[tuple[torch.Tensor, str]]
 ) -> list[torch.Tensor]:
     """x (T, K) float32 contiguous times each weight: [x @ W.T (T, N_i) float32, ...] for the
-    (blocks (N_i, row_nbytes) uint8, ggml type) pairs, in one call (x quantized once)."""
+    (blocks (N_i, row_nbytes) uint8, ggml type) pairs, in one call. Up to INT8_MAX_TOKENS rows,
+    x is quantized to 8 bits once and dotted in integers; beyond, each weight row is
+    dequantized once and dotted in float32 with every row of x."""
     n_tokens, k = x.shape
+    int8 = n_tokens <= INT8_MAX_TOKENS
     outs = [torch.empty((n_tokens, blocks.shape[0]), dtype=torch.float32) for blocks, _ in weights]
     if n_tokens:
         parts = tuple(
-            (_TYPE_IDS[ggml_type], blocks.data_ptr(), blocks.shape[0], y.data_ptr())
+            (_TYPE_IDS[ggml_type], blocks.data_ptr(), blocks.shape[0], y.data_ptr(), int8)
             for (blocks, ggml_type), y in zip(weights, outs)
         )
         _cpu.matmul(k, x.data_ptr(), n_tokens, parts)

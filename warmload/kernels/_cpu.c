@@ -150,6 +150,88 @@ static void deq_iq4_xs(const uint8_t *b, float *y) {
     }
 }
 
+static void deq_q4_0(const uint8_t *b, float *y) {
+    float d = rdf16(b);
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * ((b[2 + j] & 0xF) - 8);
+        y[j + 16] = d * ((b[2 + j] >> 4) - 8);
+    }
+}
+
+static void deq_q4_1(const uint8_t *b, float *y) {
+    float d = rdf16(b), m = rdf16(b + 2);
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * (b[4 + j] & 0xF) + m;
+        y[j + 16] = d * (b[4 + j] >> 4) + m;
+    }
+}
+
+static void deq_q5(const uint8_t *qh_p, const uint8_t *qs, float d, float m, int offset,
+                   float *y) {
+    uint32_t qh;
+    memcpy(&qh, qh_p, 4);
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * ((int)((qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - offset) + m;
+        y[j + 16] = d * ((int)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - offset) + m;
+    }
+}
+
+static void deq_q5_0(const uint8_t *b, float *y) { deq_q5(b + 2, b + 6, rdf16(b), 0.0f, 16, y); }
+
+static void deq_q5_1(const uint8_t *b, float *y) {
+    deq_q5(b + 4, b + 8, rdf16(b), rdf16(b + 2), 0, y);
+}
+
+static void deq_q8_0(const uint8_t *b, float *y) {
+    float d = rdf16(b);
+    for (int j = 0; j < 32; ++j) y[j] = d * (int8_t)b[2 + j];
+}
+
+static void deq_q4_k(const uint8_t *b, float *y) {
+    float d = rdf16(b), dmin = rdf16(b + 2);
+    const uint8_t *q = b + 16;
+    for (int j = 0; j < 4; ++j, q += 32, y += 64) {
+        int sc1, m1, sc2, m2;
+        scale_min_k4(2 * j, b + 4, &sc1, &m1);
+        scale_min_k4(2 * j + 1, b + 4, &sc2, &m2);
+        float d1 = d * sc1, n1 = dmin * m1, d2 = d * sc2, n2 = dmin * m2;
+        for (int l = 0; l < 32; ++l) {
+            y[l] = d1 * (q[l] & 0xF) - n1;
+            y[l + 32] = d2 * (q[l] >> 4) - n2;
+        }
+    }
+}
+
+static void deq_q5_k(const uint8_t *b, float *y) {
+    float d = rdf16(b), dmin = rdf16(b + 2);
+    const uint8_t *qh = b + 16, *q = b + 48;
+    for (int j = 0; j < 4; ++j, q += 32, y += 64) {
+        int sc1, m1, sc2, m2;
+        scale_min_k4(2 * j, b + 4, &sc1, &m1);
+        scale_min_k4(2 * j + 1, b + 4, &sc2, &m2);
+        float d1 = d * sc1, n1 = dmin * m1, d2 = d * sc2, n2 = dmin * m2;
+        for (int l = 0; l < 32; ++l) {
+            y[l] = d1 * ((q[l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4)) - n1;
+            y[l + 32] = d2 * ((q[l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4)) - n2;
+        }
+    }
+}
+
+static void deq_q6_k(const uint8_t *b, float *y) {
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = rdf16(b + 208);
+    for (int half = 0; half < 2; ++half, ql += 64, qh += 32, sc += 8, y += 128) {
+        for (int l = 0; l < 32; ++l) {
+            int is = l / 16;
+            y[l] = d * sc[is] * ((int)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+            y[l + 32] = d * sc[is + 2] * ((int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            y[l + 64] = d * sc[is + 4] * ((int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            y[l + 96] = d * sc[is + 6] * ((int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
+}
+
 static void deq_f16(const uint8_t *b, float *y) {
     for (int j = 0; j < QK; ++j) y[j] = rdf16(b + 2 * j);
 }
@@ -496,14 +578,14 @@ typedef struct {
     int block;      /* elements per weight block */
     int type_size;  /* bytes per weight block */
     dot_fn dot;     /* integer path (x quantized), or NULL */
-    deq_fn deq;     /* generic path: one block -> floats */
+    deq_fn deq;     /* float path: one block -> floats */
 } qtype;
 
 static const qtype QTYPES[] = {
-    {T_Q4_0, 32, 18, dot_q4_0, NULL},     {T_Q4_1, 32, 20, dot_q4_1, NULL},
-    {T_Q5_0, 32, 22, dot_q5_0, NULL},     {T_Q5_1, 32, 24, dot_q5_1, NULL},
-    {T_Q8_0, 32, 34, dot_q8_0, NULL},     {T_Q4_K, 256, 144, dot_q4_k, NULL},
-    {T_Q5_K, 256, 176, dot_q5_k, NULL},   {T_Q6_K, 256, 210, dot_q6_k, NULL},
+    {T_Q4_0, 32, 18, dot_q4_0, deq_q4_0},     {T_Q4_1, 32, 20, dot_q4_1, deq_q4_1},
+    {T_Q5_0, 32, 22, dot_q5_0, deq_q5_0},     {T_Q5_1, 32, 24, dot_q5_1, deq_q5_1},
+    {T_Q8_0, 32, 34, dot_q8_0, deq_q8_0},     {T_Q4_K, 256, 144, dot_q4_k, deq_q4_k},
+    {T_Q5_K, 256, 176, dot_q5_k, deq_q5_k},   {T_Q6_K, 256, 210, dot_q6_k, deq_q6_k},
     {T_Q2_K, 256, 84, NULL, deq_q2_k},    {T_Q3_K, 256, 110, NULL, deq_q3_k},
     {T_IQ4_NL, 32, 18, NULL, deq_iq4_nl}, {T_IQ4_XS, 256, 136, NULL, deq_iq4_xs},
     {T_F16, 32, 64, NULL, deq_f16},       {T_BF16, 32, 64, NULL, deq_bf16},
@@ -564,6 +646,7 @@ typedef struct {
     const uint8_t *w;
     int64_t n_rows, row_bytes, chunk, first_chunk;
     float *y;
+    int int8; /* integer dots on the quantized x, else dequantized rows . float x */
 } part_t;
 
 /* A product of one x with 1..MAX_PARTS matrices (q, k and v; gate and up), whose chunks of
@@ -603,7 +686,7 @@ static void run_rows(const job_t *j, const part_t *p, int64_t r0, int64_t r1, fl
     float buf[QK_K];
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t *w = p->w + r * p->row_bytes;
-        if (p->type->dot) {
+        if (p->int8) {
             for (int64_t t = 0; t < j->n_tokens; ++t)
                 p->y[t * p->n_rows + r] = p->type->dot(w, j->xq + t * nb32, (int)nb32);
             continue;
@@ -642,7 +725,7 @@ static void work_on(job_t *j, unsigned gen, int slot) {
         const part_t *p = &j->parts[0];
         for (int i = 1; i < j->n_parts && (int64_t)idx >= j->parts[i].first_chunk; ++i)
             p = &j->parts[i];
-        if (!p->type->dot && !row && !(row = row_scratch(slot, j->k))) abort();
+        if (!p->int8 && !row && !(row = row_scratch(slot, j->k))) abort();
         int64_t r0 = ((int64_t)idx - p->first_chunk) * p->chunk, r1 = r0 + p->chunk;
         run_rows(j, p, r0, r1 < p->n_rows ? r1 : p->n_rows, row);
         atomic_fetch_add(&j->done, 1);
@@ -715,12 +798,13 @@ static void run_parallel(int64_t n_chunks) {
 static xblock *g_xq;
 static size_t g_xq_cap;
 
-/* Fills part p from a (type_id, w_ptr, n_rows, y_ptr) tuple; 0 on success. */
+/* Fills part p from a (type_id, w_ptr, n_rows, y_ptr, int8) tuple; 0 on success. int8 asks
+   for the integer path where the type has one (decode-sized x: no row dequantization). */
 static int parse_part(PyObject *item, long long k, part_t *p) {
-    int type_id;
+    int type_id, int8;
     unsigned long long w, y;
     long long n_rows;
-    if (!PyArg_ParseTuple(item, "iKLK", &type_id, &w, &n_rows, &y)) return -1;
+    if (!PyArg_ParseTuple(item, "iKLKp", &type_id, &w, &n_rows, &y, &int8)) return -1;
     p->type = find_type(type_id);
     if (!p->type) {
         PyErr_Format(PyExc_ValueError, "ggml type %d has no kernel", type_id);
@@ -734,6 +818,7 @@ static int parse_part(PyObject *item, long long k, part_t *p) {
     p->y = (float *)(uintptr_t)y;
     p->n_rows = n_rows;
     p->row_bytes = k / p->type->block * p->type->type_size;
+    p->int8 = int8 && p->type->dot;
     return 0;
 }
 
@@ -766,7 +851,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     int any_int8 = 0, any_float = 0;
     for (Py_ssize_t i = 0; i < n_parts; ++i) {
         if (parse_part(PyTuple_GET_ITEM(parts, i), k, &staged[i]) < 0) return NULL;
-        if (staged[i].type->dot) any_int8 = 1; else any_float = 1;
+        if (staged[i].int8) any_int8 = 1; else any_float = 1;
     }
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -952,7 +1037,7 @@ static PyObject *py_types(PyObject *self, PyObject *args) {
 
 static PyMethodDef METHODS[] = {
     {"matmul", py_matmul, METH_VARARGS,
-     "matmul(k, x_ptr, n_tokens, ((ggml_type, w_ptr, n_rows, y_ptr), ...)): for each part,\n"
+     "matmul(k, x_ptr, n_tokens, ((ggml_type, w_ptr, n_rows, y_ptr, int8), ...)): per part,\n"
      "y[t, n] = W[n] . x[t] (x float32 (n_tokens, k); W GGML rows; y float32 (n_tokens, n_rows))"},
     {"rms_norm", py_rms_norm, METH_VARARGS,
      "rms_norm(x_ptr, w_ptr, n_rows, dim, eps, offset, y_ptr): float32 RMSNorm of each row"},

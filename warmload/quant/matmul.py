@@ -5,9 +5,10 @@ on a mapped GGUF file is a view of the page cache (zero copy, zero conversion at
 product runs in the C kernels of warmload.kernels: activations quantized to 8-bit blocks and integer
 dot products per weight block for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (as
 llama.cpp's CPU backend computes), block-wise dequantization and float dots for Q2_K, Q3_K,
-IQ4_NL, IQ4_XS, F16 and BF16. Prompt-sized batches (PREFILL_TOKENS or more rows) instead
-dequantize the weight into a float32 scratch matrix and use torch's GEMM, which is faster once
-the dequantization is shared by many tokens and keeps prompt logits float32-exact.
+IQ4_NL, IQ4_XS, F16 and BF16; a few rows of x at once (see kernels.INT8_MAX_TOKENS) dequantize
+each weight row once in C and dot it in float32 with every row. Prompt-sized batches
+(PREFILL_TOKENS or more rows) use torch's GEMM on weight slices dequantized into a bounded
+scratch buffer. Both keep prompt logits float32-exact.
 
 QuantEmbedding dequantizes only the rows it gathers; `as_linear()` gives the tied output layer
 over the same bytes. Reference for the layouts: llama.cpp ggml/src/ggml-common.h.
@@ -34,13 +35,28 @@ def has_kernel(ggml_type: str) -> bool:
     return ggml_type in kernels.KERNEL_TYPES
 
 
-def _dequantized(blocks: torch.Tensor, ggml_type: str, shape: tuple[int, int]) -> torch.Tensor:
-    """The weight as float32 in a per-thread scratch buffer reused across products."""
-    need = shape[0] * shape[1]
+SCRATCH_FLOATS = 1 << 22  # 16 MiB: weight rows dequantized at a time for a GEMM
+
+
+def gemm(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+    """x (T, K) @ W.T by torch's GEMM over W's rows dequantized a slice at a time into a
+    per-thread scratch buffer (bounded: a 262k-row output layer never becomes 671 MB)."""
+    rows_per_slice = max(1, SCRATCH_FLOATS // layer.in_features)
+    need = min(rows_per_slice, layer.out_features) * layer.in_features
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.numel() < need:
         buf = _scratch.buf = torch.empty(need)
-    return dequantize(blocks, ggml_type, shape, out=buf[:need].view(shape))
+    y = torch.empty((x.shape[0], layer.out_features))
+    for r0 in range(0, layer.out_features, rows_per_slice):
+        r1 = min(r0 + rows_per_slice, layer.out_features)
+        shape = (r1 - r0, layer.in_features)
+        w = buf[: shape[0] * shape[1]].view(shape)
+        dequantize(layer.blocks[r0:r1], layer.ggml_type, shape, out=w)
+        if r1 - r0 == layer.out_features:
+            torch.matmul(x, w.T, out=y)
+        else:
+            y[:, r0:r1] = x @ w.T
+    return y
 
 
 class QuantLinear(nn.Module):
@@ -86,10 +102,7 @@ def project_packed(x: torch.Tensor, layers: Sequence[QuantLinear]) -> list[torch
     if x2.dtype != torch.float32 or not x2.is_contiguous():
         x2 = x2.float().contiguous()
     if x2.shape[0] >= PREFILL_TOKENS:
-        outs = [
-            x2 @ _dequantized(m.blocks, m.ggml_type, (m.out_features, m.in_features)).T
-            for m in layers
-        ]
+        outs = [gemm(x2, m) for m in layers]
     else:
         outs = kernels.quantized_matmul(x2, [(m.blocks, m.ggml_type) for m in layers])
     return [y.view(*lead, y.shape[-1]) for y in outs]
