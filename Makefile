@@ -10,7 +10,7 @@ PROMPT ?= Explain in two sentences why the sky is blue.
 
 .PHONY: install run test lint bench bench-peers clean
 
-$(STAMP): pyproject.toml setup.py warmload/kernels/_cpu.c Makefile
+$(STAMP): pyproject.toml setup.py $(wildcard warmload/kernels/*.c warmload/kernels/*.h) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check --upgrade pip
 	$(PIP) install -q --disable-pip-version-check -e '.[test]'

@@ -33,6 +33,23 @@ KERNEL_TYPES: dict[str, str] = (
 )
 
 
+def type_id(ggml_type: str) -> int:
+    return _TYPE_IDS[ggml_type]
+
+
+def plan_new(dims: tuple, layers: tuple) -> object:
+    """A decode plan (see warmload/models/fused.py and kernels/decode.c); ValueError if the
+    dimensions or a matrix do not fit the kernels."""
+    return _cpu.plan_new(dims, layers)
+
+
+def plan_step(plan: object, x: torch.Tensor, position: int) -> None:
+    """x (hidden,) float32 contiguous through the plan's layers at `position`, in place."""
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        raise ValueError("plan_step needs a contiguous float32 hidden state")
+    _cpu.plan_step(plan, x.data_ptr(), position)
+
+
 def set_threads(n: int) -> None:
     """Threads each quantized product is split over (like torch.set_num_threads)."""
     if _cpu is not None and _cpu.get_threads() != n:

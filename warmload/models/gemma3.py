@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from warmload.models.fused import decode_plan
 from warmload.models.layers import (
     Attention,
     GatedMLP,
@@ -150,6 +151,11 @@ class Gemma3ForCausalLM(nn.Module):
         self.rope_global = RotaryTables(full, "neox", w.dtype, w.device)
         self.embed_scale = torch.tensor(c.hidden_size**0.5, dtype=w.dtype, device=w.device)
 
+    def rope_tables(self, layer: int) -> RotaryTables:
+        """Local layers rotate with the local base, global ones with rope_theta (+ scaling)."""
+        assert self.rope_local is not None, "call prepare() after attaching the weights"
+        return self.rope_local if self.config.layer_types[layer] == SLIDING else self.rope_global
+
     def new_cache(self, max_ctx: int, batch_size: int = 1) -> KVCache:
         """An empty KV cache for max_ctx positions; rope tables grow to cover them."""
         assert self.rope_local is not None, "call prepare() after attaching the weights"
@@ -167,6 +173,10 @@ class Gemma3ForCausalLM(nn.Module):
         cache.check(start_pos, T, B)
         tokens = tokens.to(self.embed_scale.device)  # ids may come from the CPU
         x = self.model.embed_tokens(tokens) * self.embed_scale  # (B, T, hidden)
+        if B == T == 1 and isinstance(start_pos, int):
+            plan = decode_plan(self, cache)  # every layer in one C call, when all are packed
+            if plan is not None:
+                return self.model.norm(plan.step(x.contiguous(), start_pos))
         if isinstance(start_pos, torch.Tensor):
             start_pos = start_pos.to(x.device)
         window, end = self.config.sliding_window, cache.end

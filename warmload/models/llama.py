@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from warmload.models.fused import decode_plan
 from warmload.models.layers import (
     Attention,
     GatedMLP,
@@ -115,6 +116,11 @@ class LlamaForCausalLM(nn.Module):
         inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, rope_freq_factors)
         self.rope = RotaryTables(inv_freq, c.rope_style, w.dtype, w.device)
 
+    def rope_tables(self, layer: int) -> RotaryTables:
+        """The rotary tables layer `layer` uses (one set for all)."""
+        assert self.rope is not None, "call prepare() after attaching the weights"
+        return self.rope
+
     def new_cache(self, max_ctx: int, batch_size: int = 1) -> KVCache:
         """An empty KV cache for max_ctx positions; rope tables grow to cover them."""
         assert self.rope is not None, "call prepare() after attaching the weights"
@@ -131,6 +137,10 @@ class LlamaForCausalLM(nn.Module):
         cache.check(start_pos, T, B)
         tokens = tokens.to(self.model.norm.weight.device)  # ids may come from the CPU
         x = self.model.embed_tokens(tokens)  # (B, T, hidden)
+        if B == T == 1 and isinstance(start_pos, int):
+            plan = decode_plan(self, cache)  # every layer in one C call, when all are packed
+            if plan is not None:
+                return self.model.norm(plan.step(x.contiguous(), start_pos))
         if isinstance(start_pos, torch.Tensor):
             start_pos = start_pos.to(x.device)
         rope = self.rope.window(start_pos, T)

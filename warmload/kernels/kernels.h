@@ -1,0 +1,216 @@
+/* Shared declarations of warmload's CPU kernels (the extension warmload.kernels._cpu).
+
+   quants.c     GGML block formats: row dots against 8-bit activations, block dequantizers
+   pool.c       the thread team and `product`: x times one or more packed weight matrices
+   attention.c  one decode step of attention (rope, cache write, softmax over the window)
+   decode.c     a whole decoder layer stack for one token, on preplanned buffers
+   module.c     the Python bindings
+
+   Block layouts: llama.cpp ggml/src/ggml-common.h. */
+
+#ifndef WARMLOAD_KERNELS_H
+#define WARMLOAD_KERNELS_H
+
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#define HAVE_AVX2 1
+#else
+#define HAVE_AVX2 0
+/* ------------------------------------------------------------------------ decode.c */
+
+typedef struct {
+    part_t q, k, v, o, gate, up, down; /* outputs point into the plan's buffers */
+    const float *w_in, *w_attn_out, *w_ffn_in, *w_ffn_out, *w_q_norm, *w_k_norm; /* or NULL */
+    float *cache_k, *cache_v;           /* (KV, max_ctx, D) of the single row */
+    const float *cos, *sin;             /* angle j of position p at [p * pos_stride + j * step] */
+    int64_t rope_pos_stride, rope_step;
+    int interleaved;
+    int64_t window; /* <= 0: global */
+    float scale;
+} layer_plan_t;
+
+typedef struct {
+    int64_t n_layers, hidden, H, KV, D, inter, max_ctx;
+    float eps, offset;
+    int act; /* 0 silu, 1 gelu (tanh) */
+    layer_plan_t *layers;
+    float *buffer, *h, *q, *k, *v, *att, *o, *g, *u, *scores;
+} plan_t;
+
+plan_t *plan_alloc(int64_t n_layers, int64_t hidden, int64_t H, int64_t KV, int64_t D,
+                   int64_t inter, int64_t max_ctx);
+void plan_free(plan_t *P);
+/* x (hidden,) through every layer at position pos, in place; 0 or a product() error, -3 for
+   a position outside the cache. The caller holds kernels_lock(). */
+int plan_run(const plan_t *P, float *x, int64_t pos);
+
+#endif
+
+/* ---------------------------------------------------------------- types and block layouts */
+
+enum {
+    T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
+    T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_IQ4_NL = 20,
+    T_IQ4_XS = 23, T_BF16 = 30,
+};
+
+#define QK 32   /* activation block */
+#define QK_K 256
+
+typedef struct { float d; float s; int8_t q[QK]; } xblock; /* s = d * sum(q) */
+
+static inline float fp16_to_f32(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) { bits = sign; }
+        else { float f = ldexpf((float)man, -24); memcpy(&bits, &f, 4); bits |= sign; }
+    } else if (exp == 31) { bits = sign | 0x7f800000 | (man << 13); }
+    else { bits = sign | ((exp + 112) << 23) | (man << 13); }
+    float out; memcpy(&out, &bits, 4); return out;
+/* ------------------------------------------------------------------------ decode.c */
+
+typedef struct {
+    part_t q, k, v, o, gate, up, down; /* outputs point into the plan's buffers */
+    const float *w_in, *w_attn_out, *w_ffn_in, *w_ffn_out, *w_q_norm, *w_k_norm; /* or NULL */
+    float *cache_k, *cache_v;           /* (KV, max_ctx, D) of the single row */
+    const float *cos, *sin;             /* angle j of position p at [p * pos_stride + j * step] */
+    int64_t rope_pos_stride, rope_step;
+    int interleaved;
+    int64_t window; /* <= 0: global */
+    float scale;
+} layer_plan_t;
+
+typedef struct {
+    int64_t n_layers, hidden, H, KV, D, inter, max_ctx;
+    float eps, offset;
+    int act; /* 0 silu, 1 gelu (tanh) */
+    layer_plan_t *layers;
+    float *buffer, *h, *q, *k, *v, *att, *o, *g, *u, *scores;
+} plan_t;
+
+plan_t *plan_alloc(int64_t n_layers, int64_t hidden, int64_t H, int64_t KV, int64_t D,
+                   int64_t inter, int64_t max_ctx);
+void plan_free(plan_t *P);
+/* x (hidden,) through every layer at position pos, in place; 0 or a product() error, -3 for
+   a position outside the cache. The caller holds kernels_lock(). */
+int plan_run(const plan_t *P, float *x, int64_t pos);
+
+#endif
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16; float out; memcpy(&out, &bits, 4); return out;
+}
+
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline float rdf16(const uint8_t *p) { return fp16_to_f32(rd16(p)); }
+
+static inline void scale_min_k4(int j, const uint8_t *q, int *d, int *m) {
+    if (j < 4) { *d = q[j] & 63; *m = q[j + 4] & 63; }
+    else {
+        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+
+/* ------------------------------------------------------------------------ quants.c */
+
+typedef float (*dot_fn)(const uint8_t *, const xblock *, int);
+typedef void (*deq_fn)(const uint8_t *, float *);
+
+typedef struct {
+    int id;
+    int block;      /* elements per weight block */
+    int type_size;  /* bytes per weight block */
+    dot_fn dot;     /* integer path (x quantized), or NULL */
+    deq_fn deq;     /* float path: one block -> floats */
+} qtype;
+
+extern const qtype QTYPES[];
+extern const int N_QTYPES;
+const qtype *find_type(int id);
+float dot_f32(const float *a, const float *b, int n);
+void quantize_x(const float *x, xblock *out, int nb);
+
+/* -------------------------------------------------------------------------- pool.c */
+
+#define MAX_PARTS 4
+#define MAX_THREADS 64
+
+/* One weight matrix of a product: y[t, n] = W[n] . x[t] for n < n_rows. */
+typedef struct {
+    const qtype *type;
+    const uint8_t *w;
+    int64_t n_rows, row_bytes, chunk, first_chunk;
+    float *y;
+    int int8; /* integer dots on the quantized x, else dequantized rows . float x */
+} part_t;
+
+/* part p of a product: type, weights, rows, output and path (int8 only where the type has it) */
+void make_part(part_t *p, const qtype *type, const void *w, int64_t n_rows, int64_t k, float *y,
+               int int8);
+/* The kernels run one product at a time: callers hold this lock around `product`. */
+void kernels_lock(void);
+void kernels_unlock(void);
+/* x (n_tokens, k) times 1..MAX_PARTS matrices; 0, or -1 (no memory) / -2 (too large). */
+int product(part_t *parts, int n_parts, const float *x, int64_t k, int64_t n_tokens);
+int set_thread_count(int n); /* 0, or -1 if threads could not start */
+int thread_count(void);
+
+/* --------------------------------------------------------------------- attention.c */
+
+void rope_head(float *x, int d, const float *cos, const float *sin, int64_t step,
+               int interleaved);
+/* One query head over keys lo..pos of a cache (KV head's keys and values (max_ctx, D)). */
+void attend_head(const float *q, const float *keys, const float *values, int64_t lo,
+                 int64_t pos, int64_t d, float scale, float *scores, float *out);
+#define MAX_HEAD_DIM 1024
+void attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
+                 int64_t B, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
+                 const int64_t *positions, int64_t pos0, int64_t window, float scale,
+                 const float *cos, const float *sin, int64_t rope_row, int64_t rope_step,
+                 int interleaved, float *scores, float *out);
+void rms_norm_rows(const float *x, const float *w, int64_t n_rows, int64_t dim, float eps,
+                   float offset, float *y);
+
+/* ------------------------------------------------------------------------ decode.c */
+
+typedef struct {
+    part_t q, k, v, o, gate, up, down; /* outputs point into the plan's buffers */
+    const float *w_in, *w_attn_out, *w_ffn_in, *w_ffn_out, *w_q_norm, *w_k_norm; /* or NULL */
+    float *cache_k, *cache_v;           /* (KV, max_ctx, D) of the single row */
+    const float *cos, *sin;             /* angle j of position p at [p * pos_stride + j * step] */
+    int64_t rope_pos_stride, rope_step;
+    int interleaved;
+    int64_t window; /* <= 0: global */
+    float scale;
+} layer_plan_t;
+
+typedef struct {
+    int64_t n_layers, hidden, H, KV, D, inter, max_ctx;
+    float eps, offset;
+    int act; /* 0 silu, 1 gelu (tanh) */
+    layer_plan_t *layers;
+    float *buffer, *h, *q, *k, *v, *att, *o, *g, *u, *scores;
+} plan_t;
+
+plan_t *plan_alloc(int64_t n_layers, int64_t hidden, int64_t H, int64_t KV, int64_t D,
+                   int64_t inter, int64_t max_ctx);
+void plan_free(plan_t *P);
+/* x (hidden,) through every layer at position pos, in place; 0 or a product() error, -3 for
+   a position outside the cache. The caller holds kernels_lock(). */
+int plan_run(const plan_t *P, float *x, int64_t pos);
+
+#endif

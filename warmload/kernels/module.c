@@ -1,0 +1,263 @@
+/* Python bindings of warmload.kernels._cpu. Tensors arrive as data pointers (ints) with their
+   shapes, checked by the Python wrappers in warmload/kernels/__init__.py; every call releases
+   the GIL while it computes. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "kernels.h"
+
+#define PTR(type, v) ((type *)(uintptr_t)(v))
+
+/* A (type_id, w_ptr, n_rows, y_ptr, int8) tuple -> part; 0, or -1 with a Python error set. */
+static int parse_part(PyObject *item, long long k, part_t *p) {
+    int type_id, int8;
+    unsigned long long w, y;
+    long long n_rows;
+    if (!PyArg_ParseTuple(item, "iKLKp", &type_id, &w, &n_rows, &y, &int8)) return -1;
+    const qtype *type = find_type(type_id);
+    if (!type) {
+        PyErr_Format(PyExc_ValueError, "ggml type %d has no kernel", type_id);
+        return -1;
+    }
+    if (n_rows <= 0 || k % type->block) {
+        PyErr_Format(PyExc_ValueError, "bad shape: %lld rows of %lld", n_rows, k);
+        return -1;
+    }
+    make_part(p, type, PTR(void, w), n_rows, k, PTR(float, y), int8);
+    return 0;
+}
+
+static PyObject *product_error(int rc) {
+    if (rc == -2) return PyErr_Format(PyExc_ValueError, "product too large for one call");
+    if (rc == -3) return PyErr_Format(PyExc_ValueError, "position outside the KV cache");
+    return PyErr_NoMemory();
+}
+
+static PyObject *py_matmul(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long x;
+    long long k, n_tokens;
+    PyObject *parts;
+    if (!PyArg_ParseTuple(args, "LKLO!", &k, &x, &n_tokens, &PyTuple_Type, &parts)) return NULL;
+    Py_ssize_t n_parts = PyTuple_GET_SIZE(parts);
+    if (n_parts < 1 || n_parts > MAX_PARTS || n_tokens <= 0 || k <= 0 || k % QK)
+        return PyErr_Format(PyExc_ValueError, "bad product: %zd parts, k=%lld, %lld tokens",
+                            n_parts, k, n_tokens);
+    part_t staged[MAX_PARTS];
+    for (Py_ssize_t i = 0; i < n_parts; ++i)
+        if (parse_part(PyTuple_GET_ITEM(parts, i), k, &staged[i]) < 0) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    kernels_lock();
+    rc = product(staged, (int)n_parts, PTR(const float, x), k, n_tokens);
+    kernels_unlock();
+    Py_END_ALLOW_THREADS
+    if (rc) return product_error(rc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_rms_norm(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long x, w, y;
+    long long n_rows, dim;
+    double eps, offset;
+    if (!PyArg_ParseTuple(args, "KKLLddK", &x, &w, &n_rows, &dim, &eps, &offset, &y)) return NULL;
+    if (n_rows < 0 || dim <= 0) return PyErr_Format(PyExc_ValueError, "bad shape");
+    rms_norm_rows(PTR(const float, x), PTR(const float, w), n_rows, dim, (float)eps,
+                  (float)offset, PTR(float, y));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long q, k, v, ck, cv, pos_p, cos, sin, out;
+    long long B, H, KV, D, max_ctx, pos0, window, rope_row, rope_step;
+    double scale;
+    int interleaved;
+    if (!PyArg_ParseTuple(args, "KKKKKLLLLLKLLdKKLLiK", &q, &k, &v, &ck, &cv, &B, &H, &KV, &D,
+                          &max_ctx, &pos_p, &pos0, &window, &scale, &cos, &sin, &rope_row,
+                          &rope_step, &interleaved, &out))
+        return NULL;
+    if (B <= 0 || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > MAX_HEAD_DIM ||
+        max_ctx <= 0)
+        return PyErr_Format(PyExc_ValueError, "bad attention shape");
+    const int64_t *positions = PTR(const int64_t, pos_p);
+    for (long long b = 0; b < B; ++b) {
+        long long pos = positions ? positions[b] : pos0;
+        if (pos < 0 || pos >= max_ctx)
+            return PyErr_Format(PyExc_ValueError, "position %lld outside the cache of %lld", pos,
+                                max_ctx);
+    }
+    float *scores = malloc(sizeof(float) * (size_t)max_ctx);
+    if (!scores) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    attend_step(PTR(const float, q), PTR(const float, k), PTR(const float, v), PTR(float, ck),
+                PTR(float, cv), B, H, KV, D, max_ctx, positions, pos0, window, (float)scale,
+                PTR(const float, cos), PTR(const float, sin), rope_row, rope_step, interleaved,
+                scores, PTR(float, out));
+    Py_END_ALLOW_THREADS
+    free(scores);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------ decode plans */
+
+static void plan_capsule_free(PyObject *capsule) {
+    plan_free(PyCapsule_GetPointer(capsule, "warmload.plan"));
+}
+
+static int parse_matrix(PyObject *item, long long k, float *y, part_t *p) {
+    int type_id;
+    unsigned long long w;
+    long long n_rows;
+    if (!PyArg_ParseTuple(item, "iKL", &type_id, &w, &n_rows)) return -1;
+    const qtype *type = find_type(type_id);
+    if (!type || !type->dot || k % type->block || n_rows <= 0) {
+        PyErr_Format(PyExc_ValueError, "matrix of type %d, %lld x %lld: no integer kernel",
+                     type_id, n_rows, k);
+        return -1;
+    }
+    make_part(p, type, PTR(void, w), n_rows, k, y, 1);
+    return 0;
+}
+
+/* One layer's tuple: 7 matrices (q k v o gate up down as (type, ptr, rows)), 6 norm weight
+   pointers (0: absent), cache_k, cache_v, cos, sin, rope_pos_stride, rope_step, interleaved,
+   window, scale. */
+static int parse_layer(PyObject *item, plan_t *P, layer_plan_t *L) {
+    PyObject *m[7];
+    unsigned long long w[6], ck, cv, cos, sin;
+    long long pos_stride, step, window;
+    int interleaved;
+    double scale;
+    if (!PyArg_ParseTuple(item, "(OOOOOOO)(KKKKKK)KKKKLLiLd", &m[0], &m[1], &m[2], &m[3], &m[4],
+                          &m[5], &m[6], &w[0], &w[1], &w[2], &w[3], &w[4], &w[5], &ck, &cv, &cos,
+                          &sin, &pos_stride, &step, &interleaved, &window, &scale))
+        return -1;
+    int64_t hd = P->H * P->D, kvd = P->KV * P->D;
+    if (parse_matrix(m[0], P->hidden, P->q, &L->q) || parse_matrix(m[1], P->hidden, P->k, &L->k) ||
+        parse_matrix(m[2], P->hidden, P->v, &L->v) || parse_matrix(m[3], hd, P->o, &L->o) ||
+        parse_matrix(m[4], P->hidden, P->g, &L->gate) ||
+        parse_matrix(m[5], P->hidden, P->u, &L->up) || parse_matrix(m[6], P->inter, P->o, &L->down))
+        return -1;
+    if (L->q.n_rows != hd || L->k.n_rows != kvd || L->v.n_rows != kvd ||
+        L->o.n_rows != P->hidden || L->gate.n_rows != P->inter || L->up.n_rows != P->inter ||
+        L->down.n_rows != P->hidden) {
+        PyErr_SetString(PyExc_ValueError, "layer matrices disagree with the plan's dimensions");
+        return -1;
+    }
+    const float **norms[6] = {&L->w_in, &L->w_attn_out, &L->w_ffn_in, &L->w_ffn_out,
+                              &L->w_q_norm, &L->w_k_norm};
+    for (int i = 0; i < 6; ++i) *norms[i] = PTR(const float, w[i]);
+    L->cache_k = PTR(float, ck), L->cache_v = PTR(float, cv);
+    L->cos = PTR(const float, cos), L->sin = PTR(const float, sin);
+    L->rope_pos_stride = pos_stride, L->rope_step = step, L->interleaved = interleaved;
+    L->window = window, L->scale = (float)scale;
+    return 0;
+}
+
+static PyObject *py_plan_new(PyObject *self, PyObject *args) {
+    (void)self;
+    long long hidden, H, KV, D, inter, max_ctx;
+    double eps, offset;
+    int act;
+    PyObject *layers;
+    if (!PyArg_ParseTuple(args, "(LLLLLLddi)O!", &hidden, &H, &KV, &D, &inter, &max_ctx, &eps,
+                          &offset, &act, &PyTuple_Type, &layers))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(layers);
+    if (n < 1 || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > MAX_HEAD_DIM ||
+        hidden % QK || (H * D) % QK || inter % QK || max_ctx <= 0 || (act != 0 && act != 1))
+        return PyErr_Format(PyExc_ValueError, "unsupported decode plan dimensions");
+    plan_t *P = plan_alloc(n, hidden, H, KV, D, inter, max_ctx);
+    if (!P) return PyErr_NoMemory();
+    P->eps = (float)eps, P->offset = (float)offset, P->act = act;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        if (parse_layer(PyTuple_GET_ITEM(layers, i), P, &P->layers[i]) < 0) {
+            plan_free(P);
+            return NULL;
+        }
+    }
+    PyObject *capsule = PyCapsule_New(P, "warmload.plan", plan_capsule_free);
+    if (!capsule) plan_free(P);
+    return capsule;
+}
+
+static PyObject *py_plan_step(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *capsule;
+    unsigned long long x;
+    long long pos;
+    if (!PyArg_ParseTuple(args, "OKL", &capsule, &x, &pos)) return NULL;
+    plan_t *P = PyCapsule_GetPointer(capsule, "warmload.plan");
+    if (!P) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    kernels_lock();
+    rc = plan_run(P, PTR(float, x), pos);
+    kernels_unlock();
+    Py_END_ALLOW_THREADS
+    if (rc) return product_error(rc);
+    Py_RETURN_NONE;
+}
+
+/* ----------------------------------------------------------------------------- threads */
+
+static PyObject *py_set_threads(PyObject *self, PyObject *args) {
+    (void)self;
+    int n, rc;
+    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    if (n < 1 || n > MAX_THREADS)
+        return PyErr_Format(PyExc_ValueError, "threads must be in 1..%d, not %d", MAX_THREADS, n);
+    Py_BEGIN_ALLOW_THREADS
+    kernels_lock();
+    rc = set_thread_count(n);
+    kernels_unlock();
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_Format(PyExc_OSError, "could not start %d kernel threads", n - 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_threads(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    return PyLong_FromLong(thread_count());
+}
+
+static PyObject *py_types(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    PyObject *out = PyDict_New();
+    for (int i = 0; out && i < N_QTYPES; ++i) {
+        PyObject *key = PyLong_FromLong(QTYPES[i].id);
+        PyObject *val = PyUnicode_FromString(QTYPES[i].dot ? "int8" : "float");
+        int failed = !key || !val || PyDict_SetItem(out, key, val) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(val);
+        if (failed) Py_CLEAR(out);
+    }
+    return out;
+}
+
+static PyMethodDef METHODS[] = {
+    {"matmul", py_matmul, METH_VARARGS,
+     "matmul(k, x_ptr, n_tokens, ((ggml_type, w_ptr, n_rows, y_ptr, int8), ...)): per part,\n"
+     "y[t, n] = W[n] . x[t] (x float32 (n_tokens, k); W GGML rows; y float32 (n_tokens, n_rows))"},
+    {"rms_norm", py_rms_norm, METH_VARARGS,
+     "rms_norm(x_ptr, w_ptr, n_rows, dim, eps, offset, y_ptr): float32 RMSNorm of each row"},
+    {"decode_attention", py_decode_attention, METH_VARARGS,
+     "decode_attention(q, k, v, cache_k, cache_v, B, H, KV, D, max_ctx, positions, pos0,\n"
+     "window, scale, cos, sin, rope_row, rope_step, interleaved, out): rope, cache write and\n"
+     "attention of one decode step"},
+    {"plan_new", py_plan_new, METH_VARARGS,
+     "plan_new((hidden, H, KV, D, inter, max_ctx, eps, offset, act), layers): a decode plan"},
+    {"plan_step", py_plan_step, METH_VARARGS,
+     "plan_step(plan, x_ptr, pos): one token's hidden state through every layer, in place"},
+    {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads per product"},
+    {"get_threads", py_get_threads, METH_NOARGS, "threads per product"},
+    {"types", py_types, METH_NOARGS, "{ggml type id: 'int8' | 'float'} of the kernels"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_cpu", NULL, -1, METHODS};
+
+PyMODINIT_FUNC PyInit__cpu(void) { return PyModule_Create(&MODULE); }

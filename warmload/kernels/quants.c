@@ -1,0 +1,554 @@
+/* GGML block formats for the products: each type's row dot against 8-bit activation blocks
+   (AVX2 maddubs or AVX-VNNI dpbusd, as ggml-cpu's vec_dot_*_q8_*), and its block dequantizer
+   for the float path. References: llama.cpp ggml/src/ggml-common.h (layouts), ggml-quants.c
+   (dequantize_row_*), ggml-cpu/arch/x86/quants.c (integer dots). */
+
+#include "kernels.h"
+
+static const int8_t IQ4NL_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                        1,    13,   25,  38,  53,  69,  89,  113};
+
+/* ------------------------------------------------- block dequantizers (generic float path) */
+
+static void deq_q2_k(const uint8_t *b, float *y) {
+    const uint8_t *scales = b, *q = b + 16;
+    float d = rdf16(b + 80), dmin = rdf16(b + 82);
+    int is = 0;
+    for (int n = 0; n < QK_K; n += 128) {
+        int shift = 0;
+        for (int j = 0; j < 4; ++j) {
+            for (int half = 0; half < 2; ++half) {
+                int sc = scales[is++];
+                float dl = d * (sc & 0xF), ml = dmin * (sc >> 4);
+                for (int l = 0; l < 16; ++l) *y++ = dl * ((q[l + 16 * half] >> shift) & 3) - ml;
+            }
+            shift += 2;
+        }
+        q += 32;
+    }
+}
+
+static void deq_q3_k(const uint8_t *b, float *y) {
+    const uint8_t *hm = b, *q = b + 32;
+    uint32_t aux[4];
+    memcpy(aux, b + 96, 12);
+    float d_all = rdf16(b + 108);
+    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f, tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+    const int8_t *scales = (const int8_t *)aux;
+    int is = 0;
+    uint8_t m = 1;
+    for (int n = 0; n < QK_K; n += 128) {
+        int shift = 0;
+        for (int j = 0; j < 4; ++j) {
+            for (int half = 0; half < 2; ++half) {
+                float dl = d_all * (scales[is++] - 32);
+                for (int l = 16 * half; l < 16 * half + 16; ++l)
+                    *y++ = dl * ((int)((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
+            }
+            shift += 2;
+            m <<= 1;
+        }
+        q += 32;
+    }
+}
+
+static void deq_iq4_nl(const uint8_t *b, float *y) {
+    float d = rdf16(b);
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * IQ4NL_VALUES[b[2 + j] & 0xF];
+        y[j + 16] = d * IQ4NL_VALUES[b[2 + j] >> 4];
+    }
+}
+
+static void deq_iq4_xs(const uint8_t *b, float *y) {
+    float d = rdf16(b);
+    uint16_t scales_h = rd16(b + 2);
+    const uint8_t *scales_l = b + 4, *qs = b + 8;
+    for (int ib = 0; ib < 8; ++ib) {
+        int ls = ((scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((scales_h >> 2 * ib) & 3) << 4);
+        float dl = d * (ls - 32);
+        for (int j = 0; j < 16; ++j) {
+            y[j] = dl * IQ4NL_VALUES[qs[j] & 0xF];
+            y[j + 16] = dl * IQ4NL_VALUES[qs[j] >> 4];
+        }
+        y += 32;
+        qs += 16;
+    }
+}
+
+static void deq_q4_0(const uint8_t *b, float *y) {
+    float d = rdf16(b);
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * ((b[2 + j] & 0xF) - 8);
+        y[j + 16] = d * ((b[2 + j] >> 4) - 8);
+    }
+}
+
+static void deq_q4_1(const uint8_t *b, float *y) {
+    float d = rdf16(b), m = rdf16(b + 2);
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * (b[4 + j] & 0xF) + m;
+        y[j + 16] = d * (b[4 + j] >> 4) + m;
+    }
+}
+
+static void deq_q5(const uint8_t *qh_p, const uint8_t *qs, float d, float m, int offset,
+                   float *y) {
+    uint32_t qh;
+    memcpy(&qh, qh_p, 4);
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * ((int)((qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - offset) + m;
+        y[j + 16] = d * ((int)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - offset) + m;
+    }
+}
+
+static void deq_q5_0(const uint8_t *b, float *y) { deq_q5(b + 2, b + 6, rdf16(b), 0.0f, 16, y); }
+
+static void deq_q5_1(const uint8_t *b, float *y) {
+    deq_q5(b + 4, b + 8, rdf16(b), rdf16(b + 2), 0, y);
+}
+
+static void deq_q8_0(const uint8_t *b, float *y) {
+    float d = rdf16(b);
+    for (int j = 0; j < 32; ++j) y[j] = d * (int8_t)b[2 + j];
+}
+
+static void deq_q4_k(const uint8_t *b, float *y) {
+    float d = rdf16(b), dmin = rdf16(b + 2);
+    const uint8_t *q = b + 16;
+    for (int j = 0; j < 4; ++j, q += 32, y += 64) {
+        int sc1, m1, sc2, m2;
+        scale_min_k4(2 * j, b + 4, &sc1, &m1);
+        scale_min_k4(2 * j + 1, b + 4, &sc2, &m2);
+        float d1 = d * sc1, n1 = dmin * m1, d2 = d * sc2, n2 = dmin * m2;
+        for (int l = 0; l < 32; ++l) {
+            y[l] = d1 * (q[l] & 0xF) - n1;
+            y[l + 32] = d2 * (q[l] >> 4) - n2;
+        }
+    }
+}
+
+static void deq_q5_k(const uint8_t *b, float *y) {
+    float d = rdf16(b), dmin = rdf16(b + 2);
+    const uint8_t *qh = b + 16, *q = b + 48;
+    for (int j = 0; j < 4; ++j, q += 32, y += 64) {
+        int sc1, m1, sc2, m2;
+        scale_min_k4(2 * j, b + 4, &sc1, &m1);
+        scale_min_k4(2 * j + 1, b + 4, &sc2, &m2);
+        float d1 = d * sc1, n1 = dmin * m1, d2 = d * sc2, n2 = dmin * m2;
+        for (int l = 0; l < 32; ++l) {
+            y[l] = d1 * ((q[l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4)) - n1;
+            y[l + 32] = d2 * ((q[l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4)) - n2;
+        }
+    }
+}
+
+static void deq_q6_k(const uint8_t *b, float *y) {
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = rdf16(b + 208);
+    for (int half = 0; half < 2; ++half, ql += 64, qh += 32, sc += 8, y += 128) {
+        for (int l = 0; l < 32; ++l) {
+            int is = l / 16;
+            y[l] = d * sc[is] * ((int)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+            y[l + 32] = d * sc[is + 2] * ((int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            y[l + 64] = d * sc[is + 4] * ((int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            y[l + 96] = d * sc[is + 6] * ((int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
+}
+
+static void deq_f16(const uint8_t *b, float *y) {
+    for (int j = 0; j < QK; ++j) y[j] = rdf16(b + 2 * j);
+}
+
+static void deq_bf16(const uint8_t *b, float *y) {
+    for (int j = 0; j < QK; ++j) y[j] = bf16_to_f32(rd16(b + 2 * j));
+}
+
+/* --------------------------------------------------------------- AVX2 building blocks */
+
+#if HAVE_AVX2
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 16 bytes of nibbles -> 32 bytes: the 16 low nibbles, then the 16 high nibbles. */
+static inline __m256i nibbles32(const uint8_t *p) {
+    __m128i t = _mm_loadu_si128((const __m128i *)p);
+    __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+/* 32 bits -> 32 bytes, 0xFF where the bit is set. */
+static inline __m256i bits32(const uint8_t *p) {
+    uint32_t x;
+    memcpy(&x, p, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                           0x0101010101010101, 0x0000000000000000);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
+    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1));
+}
+
+/* Unsigned bytes a times signed bytes b, summed in pairs of pairs: 8 int32. */
+static inline __m256i dot_u8s8(__m256i a, __m256i b) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
+}
+
+/* Signed bytes a times signed bytes b: 8 int32. */
+static inline __m256i dot_s8s8(__m256i a, __m256i b) {
+    return dot_u8s8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+}
+
+static inline __m256 dot_u8_f(const uint8_t *unused, __m256i a, const xblock *x) {
+    (void)unused;
+    return _mm256_cvtepi32_ps(dot_u8s8(a, _mm256_loadu_si256((const __m256i *)x->q)));
+}
+#endif
+
+/* ------------------------------------------------------- row dots, 32-element block types */
+/* Each returns sum_k W[row, k] * x[k] for one row of nb 32-blocks (nb = K / 32). */
+
+static float dot_q4_0(const uint8_t *w, const xblock *x, int nb) {
+#if HAVE_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0.0f;
+    for (int i = 0; i < nb; ++i, w += 18) {
+        float d = rdf16(w);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x[i].d), dot_u8_f(w, nibbles32(w + 2), &x[i]),
+                              acc);
+        off += d * x[i].s;
+    }
+    return hsum_ps(acc) - 8.0f * off;
+#else
+    float sum = 0.0f;
+    for (int i = 0; i < nb; ++i, w += 18) {
+        int acc = 0;
+        for (int j = 0; j < 16; ++j)
+            acc += ((w[2 + j] & 0xF) - 8) * x[i].q[j] + ((w[2 + j] >> 4) - 8) * x[i].q[j + 16];
+        sum += rdf16(w) * x[i].d * acc;
+    }
+    return sum;
+#endif
+}
+
+static float dot_q4_1(const uint8_t *w, const xblock *x, int nb) {
+#if HAVE_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0.0f;
+    for (int i = 0; i < nb; ++i, w += 20) {
+        float d = rdf16(w);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x[i].d), dot_u8_f(w, nibbles32(w + 4), &x[i]),
+                              acc);
+        off += rdf16(w + 2) * x[i].s;
+    }
+    return hsum_ps(acc) + off;
+#else
+    float sum = 0.0f;
+    for (int i = 0; i < nb; ++i, w += 20) {
+        int acc = 0;
+        for (int j = 0; j < 16; ++j)
+            acc += (w[4 + j] & 0xF) * x[i].q[j] + (w[4 + j] >> 4) * x[i].q[j + 16];
+        sum += rdf16(w) * x[i].d * acc + rdf16(w + 2) * x[i].s;
+    }
+    return sum;
+#endif
+}
+
+static float dot_q5_0(const uint8_t *w, const xblock *x, int nb) {
+#if HAVE_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0.0f;
+    const __m256i bit4 = _mm256_set1_epi8(0x10);
+    for (int i = 0; i < nb; ++i, w += 22) {
+        float d = rdf16(w);
+        __m256i q = _mm256_or_si256(nibbles32(w + 6), _mm256_and_si256(bits32(w + 2), bit4));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x[i].d), dot_u8_f(w, q, &x[i]), acc);
+        off += d * x[i].s;
+    }
+    return hsum_ps(acc) - 16.0f * off;
+#else
+    float sum = 0.0f;
+    for (int i = 0; i < nb; ++i, w += 22) {
+        uint32_t qh; memcpy(&qh, w + 2, 4);
+        int acc = 0;
+        for (int j = 0; j < 16; ++j) {
+            int lo = (w[6 + j] & 0xF) | (((qh >> j) & 1) << 4);
+            int hi = (w[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+            acc += (lo - 16) * x[i].q[j] + (hi - 16) * x[i].q[j + 16];
+        }
+        sum += rdf16(w) * x[i].d * acc;
+    }
+    return sum;
+#endif
+}
+
+static float dot_q5_1(const uint8_t *w, const xblock *x, int nb) {
+#if HAVE_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0.0f;
+    const __m256i bit4 = _mm256_set1_epi8(0x10);
+    for (int i = 0; i < nb; ++i, w += 24) {
+        __m256i q = _mm256_or_si256(nibbles32(w + 8), _mm256_and_si256(bits32(w + 4), bit4));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(rdf16(w) * x[i].d), dot_u8_f(w, q, &x[i]), acc);
+        off += rdf16(w + 2) * x[i].s;
+    }
+    return hsum_ps(acc) + off;
+#else
+    float sum = 0.0f;
+    for (int i = 0; i < nb; ++i, w += 24) {
+        uint32_t qh; memcpy(&qh, w + 4, 4);
+        int acc = 0;
+        for (int j = 0; j < 16; ++j) {
+            int lo = (w[8 + j] & 0xF) | (((qh >> j) & 1) << 4);
+            int hi = (w[8 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+            acc += lo * x[i].q[j] + hi * x[i].q[j + 16];
+        }
+        sum += rdf16(w) * x[i].d * acc + rdf16(w + 2) * x[i].s;
+    }
+    return sum;
+#endif
+}
+
+static float dot_q8_0(const uint8_t *w, const xblock *x, int nb) {
+#if HAVE_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < nb; ++i, w += 34) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(w + 2));
+        __m256i p = dot_s8s8(q, _mm256_loadu_si256((const __m256i *)x[i].q));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(rdf16(w) * x[i].d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum_ps(acc);
+#else
+    float sum = 0.0f;
+    for (int i = 0; i < nb; ++i, w += 34) {
+        int acc = 0;
+        for (int j = 0; j < 32; ++j) acc += (int8_t)w[2 + j] * x[i].q[j];
+        sum += rdf16(w) * x[i].d * acc;
+    }
+    return sum;
+#endif
+}
+
+/* ---------------------------------------------------------- row dots, K-quants (256 blocks) */
+
+static float dot_q4_k(const uint8_t *w, const xblock *x, int nb) {
+    int nsuper = nb / 8;
+    float sum = 0.0f;
+    for (int i = 0; i < nsuper; ++i, w += 144, x += 8) {
+        float d = rdf16(w), dmin = rdf16(w + 2);
+        const uint8_t *scales = w + 4, *qs = w + 16;
+        int sc[8], mn[8];
+        for (int j = 0; j < 8; ++j) scale_min_k4(j, scales, &sc[j], &mn[j]);
+        float off = 0.0f;
+        for (int j = 0; j < 8; ++j) off += mn[j] * x[j].s;
+#if HAVE_AVX2
+        __m256 acc = _mm256_setzero_ps();
+        for (int j = 0; j < 4; ++j) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            __m256i lo = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j] * x[2 * j].d),
+                                  dot_u8_f(NULL, lo, &x[2 * j]), acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j + 1] * x[2 * j + 1].d),
+                                  dot_u8_f(NULL, hi, &x[2 * j + 1]), acc);
+        }
+        sum += d * hsum_ps(acc) - dmin * off;
+#else
+        float acc = 0.0f;
+        for (int j = 0; j < 4; ++j) {
+            int a = 0, b = 0;
+            for (int l = 0; l < 32; ++l) {
+                a += (qs[32 * j + l] & 0xF) * x[2 * j].q[l];
+                b += (qs[32 * j + l] >> 4) * x[2 * j + 1].q[l];
+            }
+            acc += sc[2 * j] * x[2 * j].d * a + sc[2 * j + 1] * x[2 * j + 1].d * b;
+        }
+        sum += d * acc - dmin * off;
+#endif
+    }
+    return sum;
+}
+
+static float dot_q5_k(const uint8_t *w, const xblock *x, int nb) {
+    int nsuper = nb / 8;
+    float sum = 0.0f;
+    for (int i = 0; i < nsuper; ++i, w += 176, x += 8) {
+        float d = rdf16(w), dmin = rdf16(w + 2);
+        const uint8_t *scales = w + 4, *qh = w + 16, *qs = w + 48;
+        int sc[8], mn[8];
+        for (int j = 0; j < 8; ++j) scale_min_k4(j, scales, &sc[j], &mn[j]);
+        float off = 0.0f;
+        for (int j = 0; j < 8; ++j) off += mn[j] * x[j].s;
+#if HAVE_AVX2
+        __m256 acc = _mm256_setzero_ps();
+        const __m256i hbits = _mm256_loadu_si256((const __m256i *)qh);
+        const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+        for (int j = 0; j < 4; ++j) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j)));
+            __m256i u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
+            __m256i h1 = _mm256_and_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1), b4);
+            __m256i h2 = _mm256_and_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2), b4);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), h1);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h2);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j] * x[2 * j].d),
+                                  dot_u8_f(NULL, lo, &x[2 * j]), acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j + 1] * x[2 * j + 1].d),
+                                  dot_u8_f(NULL, hi, &x[2 * j + 1]), acc);
+        }
+        sum += d * hsum_ps(acc) - dmin * off;
+#else
+        float acc = 0.0f;
+        for (int j = 0; j < 4; ++j) {
+            int a = 0, b = 0;
+            for (int l = 0; l < 32; ++l) {
+                int lo = (qs[32 * j + l] & 0xF) | ((qh[l] >> (2 * j)) & 1) << 4;
+                int hi = (qs[32 * j + l] >> 4) | ((qh[l] >> (2 * j + 1)) & 1) << 4;
+                a += lo * x[2 * j].q[l];
+                b += hi * x[2 * j + 1].q[l];
+            }
+            acc += sc[2 * j] * x[2 * j].d * a + sc[2 * j + 1] * x[2 * j + 1].d * b;
+        }
+        sum += d * acc - dmin * off;
+#endif
+    }
+    return sum;
+}
+
+static float dot_q6_k(const uint8_t *w, const xblock *x, int nb) {
+    int nsuper = nb / 8;
+    float sum = 0.0f;
+    for (int i = 0; i < nsuper; ++i, w += 210, x += 8) {
+        const uint8_t *ql = w, *qh = w + 128;
+        const int8_t *sc = (const int8_t *)(w + 192);
+        float d = rdf16(w + 208);
+#if HAVE_AVX2
+        __m256 acc = _mm256_setzero_ps();
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
+        const __m256i m32 = _mm256_set1_epi8(32);
+        for (int half = 0; half < 2; ++half) {
+            const uint8_t *l = ql + 64 * half, *h = qh + 32 * half;
+            const int8_t *s = sc + 8 * half;
+            const xblock *xb = x + 4 * half;
+            __m256i q0 = _mm256_loadu_si256((const __m256i *)l);
+            __m256i q1 = _mm256_loadu_si256((const __m256i *)(l + 32));
+            __m256i hh = _mm256_loadu_si256((const __m256i *)h);
+            __m256i v[4];
+            v[0] = _mm256_or_si256(_mm256_and_si256(q0, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(hh, m2), 4));
+            v[1] = _mm256_or_si256(
+                _mm256_and_si256(q1, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 2), m2), 4));
+            v[2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(q0, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 4), m2), 4));
+            v[3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(q1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 6), m2), 4));
+            for (int g = 0; g < 4; ++g) {
+                __m256i q = _mm256_sub_epi8(v[g], m32); /* -32..31 */
+                __m256i xq = _mm256_loadu_si256((const __m256i *)xb[g].q);
+                __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q),
+                                                   _mm256_sign_epi8(xq, q));
+                /* low 128 bits: sub-block 2g, high: 2g + 1 */
+                __m256i scl = _mm256_set_m128i(_mm_set1_epi16(s[2 * g + 1]),
+                                               _mm_set1_epi16(s[2 * g]));
+                __m256i p32 = _mm256_madd_epi16(p16, scl);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(xb[g].d), _mm256_cvtepi32_ps(p32), acc);
+            }
+        }
+        sum += d * hsum_ps(acc);
+#else
+        float acc = 0.0f;
+        for (int half = 0; half < 2; ++half) {
+            const uint8_t *l = ql + 64 * half, *h = qh + 32 * half;
+            const int8_t *s = sc + 8 * half;
+            const xblock *xb = x + 4 * half;
+            for (int g = 0; g < 4; ++g) {
+                int a = 0, b = 0;
+                for (int k = 0; k < 32; ++k) {
+                    int lo = g & 1 ? l[32 + k] : l[k];
+                    lo = g >= 2 ? lo >> 4 : lo & 0xF;
+                    int q = (lo | (((h[k] >> (2 * g)) & 3) << 4)) - 32;
+                    if (k < 16) a += q * xb[g].q[k]; else b += q * xb[g].q[k];
+                }
+                acc += xb[g].d * (s[2 * g] * a + s[2 * g + 1] * b);
+            }
+        }
+        sum += d * acc;
+#endif
+    }
+    return sum;
+}
+
+/* ------------------------------------------------------------------------- dispatch table */
+
+const qtype QTYPES[] = {
+    {T_Q4_0, 32, 18, dot_q4_0, deq_q4_0},     {T_Q4_1, 32, 20, dot_q4_1, deq_q4_1},
+    {T_Q5_0, 32, 22, dot_q5_0, deq_q5_0},     {T_Q5_1, 32, 24, dot_q5_1, deq_q5_1},
+    {T_Q8_0, 32, 34, dot_q8_0, deq_q8_0},     {T_Q4_K, 256, 144, dot_q4_k, deq_q4_k},
+    {T_Q5_K, 256, 176, dot_q5_k, deq_q5_k},   {T_Q6_K, 256, 210, dot_q6_k, deq_q6_k},
+    {T_Q2_K, 256, 84, NULL, deq_q2_k},    {T_Q3_K, 256, 110, NULL, deq_q3_k},
+    {T_IQ4_NL, 32, 18, NULL, deq_iq4_nl}, {T_IQ4_XS, 256, 136, NULL, deq_iq4_xs},
+    {T_F16, 32, 64, NULL, deq_f16},       {T_BF16, 32, 64, NULL, deq_bf16},
+};
+
+const int N_QTYPES = sizeof QTYPES / sizeof QTYPES[0];
+
+const qtype *find_type(int id) {
+    for (int i = 0; i < N_QTYPES; ++i)
+        if (QTYPES[i].id == id) return &QTYPES[i];
+    return NULL;
+}
+
+float dot_f32(const float *a, const float *b, int n) {
+#if HAVE_AVX2
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= n; k += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+    }
+    float s = hsum_ps(_mm256_add_ps(acc0, acc1));
+#else
+    float s = 0.0f;
+    int k = 0;
+#endif
+    for (; k < n; ++k) s += a[k] * b[k];
+    return s;
+}
+
+/* Activations -> 8-bit blocks: d = max|x| / 127, q = round(x / d) (ggml quantize_row_q8_1). */
+void quantize_x(const float *x, xblock *out, int nb) {
+    for (int i = 0; i < nb; ++i, x += QK) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK; ++j) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        int s = 0;
+        for (int j = 0; j < QK; ++j) {
+            int q = (int)nearbyintf(x[j] * id);
+            out[i].q[j] = (int8_t)q;
+            s += q;
+        }
+        out[i].d = d;
+        out[i].s = d * (float)s;
+    }
+}
+

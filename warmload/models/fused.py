@@ -1,0 +1,153 @@
+"""The decoder stack of one sequence's decode step in one C call (warmload.kernels plan_step).
+
+A decode step through the nn.Modules costs ~300 Python-level operations (module calls, views,
+small allocations): at 30 layers that was a third of SmolLM2's step. When every matrix of
+every layer is packed (warmload.quant.matmul.QuantLinear, found by its `blocks` and `ggml_type`)
+and the activations are float32 on the CPU, `decode_plan(model, cache)` records once the
+pointers of all weights, norms, rope tables and the cache's rows, and `DecodePlan.step` runs
+the layers in C on preallocated buffers (warmload/kernels/decode.c, which follows the modules
+step for step; tests check both give the same logits).
+
+The plan belongs to one KV cache (batch 1) and holds references to it and to the rope tables,
+so the memory its pointers name stays alive; a model keeps the plan of its last cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from warmload import kernels
+from warmload.models.layers import ACTIVATIONS, KVCache, RMSNorm, RotaryTables
+
+_ACT_IDS = {"silu": 0, "gelu_pytorch_tanh": 1}
+_PROJECTIONS = (
+    ("self_attn", "q_proj"),
+    ("self_attn", "k_proj"),
+    ("self_attn", "v_proj"),
+    ("self_attn", "o_proj"),
+    ("mlp", "gate_proj"),
+    ("mlp", "up_proj"),
+    ("mlp", "down_proj"),
+)
+
+
+class DecodePlan:
+    def __init__(self, capsule: Any, cache: KVCache, keep: list[Any]) -> None:
+        self.capsule, self.cache, self._keep = capsule, cache, keep
+
+    def step(self, x: torch.Tensor, position: int) -> torch.Tensor:
+        """x (1, 1, hidden) float32: through every layer at `position`, in place."""
+        kernels.plan_step(self.capsule, x, position)
+        return x
+
+
+def decode_plan(model: nn.Module, cache: KVCache) -> DecodePlan | None:
+    """The model's plan for `cache` (made on first use), or None when a layer is not packed."""
+    cached = getattr(model, "_decode_plan", None)
+    if cached is not None and cached[0] is cache:
+        return cached[1]
+    plan = _build(model, cache) if kernels.AVAILABLE and cache.batch_size == 1 else None
+    model._decode_plan = (cache, plan)
+    return plan
+
+
+def _norm(module: nn.Module | None, eps: float, offset: float) -> int | None:
+    """The weight pointer of an RMSNorm with the plan's eps/offset, 0 for none, None if unfit."""
+    if module is None:
+        return 0
+    w = module.weight
+    if not isinstance(module, RMSNorm) or w.dtype != torch.float32 or not w.is_contiguous():
+        return None
+    return w.data_ptr() if (module.eps, module.offset) == (eps, offset) else None
+
+
+def _rope_pointers(rope: RotaryTables) -> tuple[list[Any], tuple[int, int, int, int, int]]:
+    """(tensors to keep, (cos ptr, sin ptr, floats per position, floats per angle, interleaved))."""
+    if rope.style == "neox":
+        cos2, sin2 = rope.tables  # (L, D): (cos|cos), (-sin|sin)
+        half = cos2.shape[-1] // 2
+        cos, sin = cos2[:, :half], sin2[:, half:]
+        return [cos2, sin2], (cos.data_ptr(), sin.data_ptr(), cos2.stride(0), 1, 0)
+    (table,) = rope.tables  # complex (L, D/2)
+    pairs = torch.view_as_real(table)
+    return [table], (pairs.data_ptr(), pairs[..., 1].data_ptr(), pairs.stride(0), 2, 1)
+
+
+def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
+    layers = model.model.layers
+    first = layers[0]
+    eps, offset = first.input_layernorm.eps, first.input_layernorm.offset
+    act = next((k for k, f in ACTIVATIONS.items() if f is first.mlp.act), None)
+    attn = first.self_attn
+    rows = []
+    keep: list[Any] = [cache]
+    for i, layer in enumerate(layers):
+        row = _layer_row(model, layer, i, cache, eps, offset, keep)
+        if row is None:
+            return None
+        rows.append(row)
+    if act not in _ACT_IDS or cache.k[0].dtype != torch.float32:
+        return None
+    config = model.config
+    dims = (
+        config.hidden_size,
+        attn.n_heads,
+        attn.n_kv_heads,
+        attn.head_dim,
+        config.intermediate_size,
+        cache.max_ctx,
+        eps,
+        offset,
+        _ACT_IDS[act],
+    )
+    try:
+        capsule = kernels.plan_new(dims, tuple(rows))
+    except ValueError:
+        return None
+    return DecodePlan(capsule, cache, keep)
+
+
+def _layer_row(
+    model: nn.Module,
+    layer: nn.Module,
+    index: int,
+    cache: KVCache,
+    eps: float,
+    offset: float,
+    keep: list[Any],
+) -> tuple | None:
+    matrices = []
+    for block, name in _PROJECTIONS:
+        m = getattr(getattr(layer, block), name)
+        if not hasattr(m, "blocks") or kernels.KERNEL_TYPES.get(m.ggml_type) != "int8":
+            return None
+        matrices.append((kernels.type_id(m.ggml_type), m.blocks.data_ptr(), m.out_features))
+    gemma = hasattr(layer, "pre_feedforward_layernorm")
+    attn = layer.self_attn
+    norms = (
+        layer.input_layernorm,
+        layer.post_attention_layernorm if gemma else None,
+        layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm,
+        layer.post_feedforward_layernorm if gemma else None,
+        attn.q_norm,
+        attn.k_norm,
+    )
+    pointers = [_norm(n, eps, offset) for n in norms]
+    keys, values = cache.k[index], cache.v[index]
+    if None in pointers or not (keys.is_contiguous() and values.is_contiguous()):
+        return None
+    tables, rope = _rope_pointers(model.rope_tables(index))
+    keep += tables
+    window = attn.window or 0
+    return (
+        tuple(matrices),
+        tuple(pointers),
+        keys.data_ptr(),
+        values.data_ptr(),
+        *rope,
+        window,
+        attn.scale,
+    )
