@@ -1,4 +1,4 @@
-"""Where one decode step's time goes: quantized products, fused attention, RMSNorm and the rest
+"""Where one decode step's time goes: the layers (one C call), quantized products, attention, RMSNorm, rest
 (Python, module calls and the remaining torch ops), per packaged model.
 
     .venv/bin/python benchmarks/bench_decode_profile.py [--threads 2] [--steps 64] [--runs 5]
@@ -21,7 +21,7 @@ import warmload
 from warmload import kernels
 from warmload.cli.render import print_table
 
-TIMED = ("quantized_matmul", "decode_attention", "rms_norm")
+TIMED = ("plan_step", "quantized_matmul", "decode_attention", "rms_norm")
 
 
 def instrument() -> dict[str, float]:
@@ -81,7 +81,7 @@ def main() -> None:
         result = profile(name, args.threads, args.steps, args.runs, spent)
         print(json.dumps(result), flush=True)
         results.append(result)
-    columns = ("step", "quantized_matmul", "decode_attention", "rms_norm", "rest")
+    columns = ("step", "plan_step", "quantized_matmul", "decode_attention", "rms_norm", "rest")
     print_table(
         ("model", "threads", *(f"{c} ms" for c in columns), "tokens/s"),
         [

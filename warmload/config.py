@@ -32,7 +32,7 @@ class LoadConfig:
     warmup: str = "none"
     warmup_sync: bool = False
     lazy: bool = False
-    use_cache: bool = True
+    use_cache: bool = True  # warmload's caches (tokenizer merges, tuned threads)
     packed: bool = True
 
     def __post_init__(self) -> None:

@@ -319,12 +319,13 @@ def load_engine(path: Any = None, **load_options: Any) -> Engine:
     cfg = LoadConfig.from_options(**load_options)
     model_path = resolve_model_path(path)
     if cfg.threads is None:  # tuned for this machine and model size, else physical cores
-        cfg = replace(cfg, threads=default_threads(model_nbytes(model_path)))
+        tuned_for = model_nbytes(model_path) if cfg.use_cache else None
+        cfg = replace(cfg, threads=default_threads(tuned_for))
     torch.set_num_threads(cfg.threads)
     checkpoint = open_checkpoint(model_path, load_mode=cfg.load_mode)
     try:
         model, stats = load_model(checkpoint, cfg, progress=progress)
-        tokenizer = build_tokenizer(checkpoint.metadata)
+        tokenizer = build_tokenizer(checkpoint.metadata, use_cache=cfg.use_cache)
         template = ChatTemplate.from_metadata(checkpoint.metadata, tokenizer)
     except BaseException:
         checkpoint.close()

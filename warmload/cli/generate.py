@@ -25,11 +25,19 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlock", action="store_true", help="lock the weights in RAM")
     p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="log load stages")
+    p.add_argument(
+        "--no-cache",
+        dest="use_cache",
+        action="store_false",
+        help="neither read nor write warmload's caches (tokenizer merges, tuned threads)",
+    )
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
     mode = args.load_mode or ("memory" if args.mmap is False else "mmap")
     options: dict[str, Any] = {"load_mode": mode, "mlock": args.mlock}
+    if not args.use_cache:
+        options["use_cache"] = False
     if args.ctx is not None:
         options["ctx"] = args.ctx
     if args.threads is not None:

@@ -57,6 +57,17 @@ def set_threads(n: int) -> None:
 
 
 INT8_MAX_TOKENS = 8  # rows of x up to which integer dots beat dequantizing weight rows
+_MODE_FLOAT, _MODE_INT8, _MODE_DEQUANT = 0, 1, 2  # kernels.h
+
+
+def dequantize(blocks: torch.Tensor, ggml_type: str, out: torch.Tensor) -> torch.Tensor:
+    """blocks (N, row_nbytes) uint8 -> out (N, K) float32 contiguous, rows split over the
+    kernel threads."""
+    n_rows, k = out.shape
+    if n_rows:
+        part = (_TYPE_IDS[ggml_type], blocks.data_ptr(), n_rows, out.data_ptr(), _MODE_DEQUANT)
+        _cpu.matmul(k, 0, 1, (part,))
+    return out
 
 
 def quantized_matmul(
@@ -67,11 +78,11 @@ def quantized_matmul(
     x is quantized to 8 bits once and dotted in integers; beyond, each weight row is
     dequantized once and dotted in float32 with every row of x."""
     n_tokens, k = x.shape
-    int8 = n_tokens <= INT8_MAX_TOKENS
+    mode = _MODE_INT8 if n_tokens <= INT8_MAX_TOKENS else _MODE_FLOAT
     outs = [torch.empty((n_tokens, blocks.shape[0]), dtype=torch.float32) for blocks, _ in weights]
     if n_tokens:
         parts = tuple(
-            (_TYPE_IDS[ggml_type], blocks.data_ptr(), blocks.shape[0], y.data_ptr(), int8)
+            (_TYPE_IDS[ggml_type], blocks.data_ptr(), blocks.shape[0], y.data_ptr(), mode)
             for (blocks, ggml_type), y in zip(weights, outs)
         )
         _cpu.matmul(k, x.data_ptr(), n_tokens, parts)

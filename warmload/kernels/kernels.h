@@ -149,18 +149,23 @@ void quantize_x(const float *x, xblock *out, int nb);
 #define MAX_PARTS 4
 #define MAX_THREADS 64
 
+/* How a part is computed: integer dots on the 8-bit x (types with a dot only), dequantized rows
+   dotted with the float x, or no product at all: the dequantized rows written to y (n_rows, k). */
+enum { MODE_FLOAT = 0, MODE_INT8 = 1, MODE_DEQUANT = 2 };
+
 /* One weight matrix of a product: y[t, n] = W[n] . x[t] for n < n_rows. */
 typedef struct {
     const qtype *type;
     const uint8_t *w;
     int64_t n_rows, row_bytes, chunk, first_chunk;
     float *y;
-    int int8; /* integer dots on the quantized x, else dequantized rows . float x */
+    int mode;
 } part_t;
 
-/* part p of a product: type, weights, rows, output and path (int8 only where the type has it) */
+/* part p of a product: type, weights, rows, output and mode (MODE_INT8 falls back to
+   MODE_FLOAT for types without an integer dot) */
 void make_part(part_t *p, const qtype *type, const void *w, int64_t n_rows, int64_t k, float *y,
-               int int8);
+               int mode);
 /* The kernels run one product at a time: callers hold this lock around `product`. */
 void kernels_lock(void);
 void kernels_unlock(void);

@@ -9,12 +9,16 @@
 
 #define PTR(type, v) ((type *)(uintptr_t)(v))
 
-/* A (type_id, w_ptr, n_rows, y_ptr, int8) tuple -> part; 0, or -1 with a Python error set. */
+/* A (type_id, w_ptr, n_rows, y_ptr, mode) tuple -> part; 0, or -1 with a Python error set. */
 static int parse_part(PyObject *item, long long k, part_t *p) {
-    int type_id, int8;
+    int type_id, mode;
     unsigned long long w, y;
     long long n_rows;
-    if (!PyArg_ParseTuple(item, "iKLKp", &type_id, &w, &n_rows, &y, &int8)) return -1;
+    if (!PyArg_ParseTuple(item, "iKLKi", &type_id, &w, &n_rows, &y, &mode)) return -1;
+    if (mode < MODE_FLOAT || mode > MODE_DEQUANT) {
+        PyErr_Format(PyExc_ValueError, "unknown product mode %d", mode);
+        return -1;
+    }
     const qtype *type = find_type(type_id);
     if (!type) {
         PyErr_Format(PyExc_ValueError, "ggml type %d has no kernel", type_id);
@@ -24,7 +28,7 @@ static int parse_part(PyObject *item, long long k, part_t *p) {
         PyErr_Format(PyExc_ValueError, "bad shape: %lld rows of %lld", n_rows, k);
         return -1;
     }
-    make_part(p, type, PTR(void, w), n_rows, k, PTR(float, y), int8);
+    make_part(p, type, PTR(void, w), n_rows, k, PTR(float, y), mode);
     return 0;
 }
 
@@ -118,7 +122,7 @@ static int parse_matrix(PyObject *item, long long k, float *y, part_t *p) {
                      type_id, n_rows, k);
         return -1;
     }
-    make_part(p, type, PTR(void, w), n_rows, k, y, 1);
+    make_part(p, type, PTR(void, w), n_rows, k, y, MODE_INT8);
     return 0;
 }
 
@@ -240,8 +244,9 @@ static PyObject *py_types(PyObject *self, PyObject *args) {
 
 static PyMethodDef METHODS[] = {
     {"matmul", py_matmul, METH_VARARGS,
-     "matmul(k, x_ptr, n_tokens, ((ggml_type, w_ptr, n_rows, y_ptr, int8), ...)): per part,\n"
-     "y[t, n] = W[n] . x[t] (x float32 (n_tokens, k); W GGML rows; y float32 (n_tokens, n_rows))"},
+     "matmul(k, x_ptr, n_tokens, ((ggml_type, w_ptr, n_rows, y_ptr, mode), ...)): per part,\n"
+     "y[t, n] = W[n] . x[t] (x float32 (n_tokens, k); W GGML rows; y float32 (n_tokens, n_rows));\n"
+     "mode 0: float dots, 1: 8-bit x and integer dots, 2: y (n_rows, k) = W dequantized"},
     {"rms_norm", py_rms_norm, METH_VARARGS,
      "rms_norm(x_ptr, w_ptr, n_rows, dim, eps, offset, y_ptr): float32 RMSNorm of each row"},
     {"decode_attention", py_decode_attention, METH_VARARGS,

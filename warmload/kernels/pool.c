@@ -43,22 +43,20 @@ static inline void cpu_relax(void) {
 }
 
 static void run_rows(const job_t *j, const part_t *p, int64_t r0, int64_t r1, float *row) {
-    int64_t nb32 = j->k / QK;
-    float buf[QK_K];
+    int64_t nb32 = j->k / QK, blocks = j->k / p->type->block;
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t *w = p->w + r * p->row_bytes;
-        if (p->int8) {
+        if (p->mode == MODE_INT8) {
             for (int64_t t = 0; t < j->n_tokens; ++t)
                 p->y[t * p->n_rows + r] = p->type->dot(w, j->xq + t * nb32, (int)nb32);
             continue;
         }
-        int64_t blocks = j->k / p->type->block;
-        for (int64_t b = 0; b < blocks; ++b) {
-            p->type->deq(w + b * p->type->type_size, buf);
-            memcpy(row + b * p->type->block, buf, sizeof(float) * p->type->block);
-        }
-        for (int64_t t = 0; t < j->n_tokens; ++t)
-            p->y[t * p->n_rows + r] = dot_f32(row, j->x + t * j->k, (int)j->k);
+        float *dst = p->mode == MODE_DEQUANT ? p->y + r * j->k : row;
+        for (int64_t b = 0; b < blocks; ++b)
+            p->type->deq(w + b * p->type->type_size, dst + b * p->type->block);
+        if (p->mode == MODE_FLOAT)
+            for (int64_t t = 0; t < j->n_tokens; ++t)
+                p->y[t * p->n_rows + r] = dot_f32(row, j->x + t * j->k, (int)j->k);
     }
 }
 
@@ -86,7 +84,7 @@ static void work_on(job_t *j, unsigned gen, int slot) {
         const part_t *p = &j->parts[0];
         for (int i = 1; i < j->n_parts && (int64_t)idx >= j->parts[i].first_chunk; ++i)
             p = &j->parts[i];
-        if (!p->int8 && !row && !(row = row_scratch(slot, j->k))) abort();
+        if (p->mode == MODE_FLOAT && !row && !(row = row_scratch(slot, j->k))) abort();
         int64_t r0 = ((int64_t)idx - p->first_chunk) * p->chunk, r1 = r0 + p->chunk;
         run_rows(j, p, r0, r1 < p->n_rows ? r1 : p->n_rows, row);
         atomic_fetch_add(&j->done, 1);
@@ -174,13 +172,13 @@ static int64_t plan_chunks(job_t *j) {
 }
 
 void make_part(part_t *p, const qtype *type, const void *w, int64_t n_rows, int64_t k, float *y,
-               int int8) {
+               int mode) {
     p->type = type;
     p->w = (const uint8_t *)w;
     p->y = y;
     p->n_rows = n_rows;
     p->row_bytes = k / type->block * type->type_size;
-    p->int8 = int8 && type->dot;
+    p->mode = mode == MODE_INT8 && !type->dot ? MODE_FLOAT : mode;
 }
 
 void kernels_lock(void) { pthread_mutex_lock(&g_submit_mu); }
@@ -189,7 +187,8 @@ void kernels_unlock(void) { pthread_mutex_unlock(&g_submit_mu); }
 int product(part_t *parts, int n_parts, const float *x, int64_t k, int64_t n_tokens) {
     int any_int8 = 0, any_float = 0;
     for (int i = 0; i < n_parts; ++i) {
-        if (parts[i].int8) any_int8 = 1; else any_float = 1;
+        any_int8 |= parts[i].mode == MODE_INT8;
+        any_float |= parts[i].mode == MODE_FLOAT;
     }
     size_t need = (size_t)(n_tokens * (k / QK));
     if (any_int8 && need > g_xq_cap) {

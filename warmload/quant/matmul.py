@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from warmload import kernels
-from warmload.quant.dequant import dequantize, dequantize_rows, row_nbytes
+from warmload.quant.dequant import dequantize_rows, row_nbytes
 
 PREFILL_TOKENS = 32  # rows of x from which a dequantized GEMM beats the integer kernel
 
@@ -50,8 +50,9 @@ def gemm(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
     for r0 in range(0, layer.out_features, rows_per_slice):
         r1 = min(r0 + rows_per_slice, layer.out_features)
         shape = (r1 - r0, layer.in_features)
-        w = buf[: shape[0] * shape[1]].view(shape)
-        dequantize(layer.blocks[r0:r1], layer.ggml_type, shape, out=w)
+        w = kernels.dequantize(
+            layer.blocks[r0:r1], layer.ggml_type, buf[: shape[0] * shape[1]].view(shape)
+        )
         if r1 - r0 == layer.out_features:
             torch.matmul(x, w.T, out=y)
         else:
