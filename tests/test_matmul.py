@@ -1,10 +1,10 @@
 """Packed quantized kernels (warmload.quant.matmul, kernels/_cpu.c) against exact references.
 
-Integer-path types quantize each activation row of a decode-sized x to 8-bit blocks of 32
-(d = max|x| / 127, q = round(x * (1 / d))) as llama.cpp does; the reference does the same in
-torch and multiplies by the weights dequantized with warmload.quant.dequant (bit-identical to
-gguf-py), so the kernel must match it to float rounding. Float-path types, larger x (rows
-dequantized in C) and prompt-sized batches (torch GEMM) must match the plain float product.
+In a decode step (one token per sequence) integer-path types quantize each activation row to
+8-bit blocks of 32 (d = max|x| / 127, q = round(x * (1 / d))) as llama.cpp does; the reference
+does the same in torch and multiplies by the weights dequantized with warmload.quant.dequant
+(bit-identical to gguf-py), so the kernel must match it to float rounding. Float-path types and
+prompt chunks (rows dequantized in C, or torch's GEMM) must match the plain float product.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from warmload import kernels
-from warmload.kernels import INT8_MAX_TOKENS
 from warmload.quant import matmul as quant_matmul
 from warmload.quant.dequant import dequantize
 from warmload.quant.matmul import PREFILL_TOKENS, QuantEmbedding, QuantLinear
@@ -58,20 +57,31 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
 
-@pytest.mark.parametrize(
-    "n_tokens", [1, 3, INT8_MAX_TOKENS, INT8_MAX_TOKENS + 1, PREFILL_TOKENS - 1]
-)
+# (sequences, tokens each): decode steps (one token per sequence) and prompt chunks
+SHAPES = [(1, 1), (3, 1), (8, 1), (1, 3), (1, PREFILL_TOKENS - 1)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("ggml_type", INT8_TYPES + FLOAT_TYPES)
-def test_product_matches_the_dequantized_reference(ggml_type: str, n_tokens: int):
-    blocks = random_blocks(ggml_type, seed=len(ggml_type) + n_tokens)
+def test_product_matches_the_dequantized_reference(ggml_type: str, shape: tuple[int, int]):
+    blocks = random_blocks(ggml_type, seed=len(ggml_type) + sum(shape))
     weight = dequantize(blocks, ggml_type, (N, K))
-    x = torch.randn(n_tokens, K, generator=torch.Generator().manual_seed(n_tokens))
-    x[:, 7] *= 50.0  # an outlier channel, as real hidden states have
+    x = torch.randn(*shape, K, generator=torch.Generator().manual_seed(sum(shape)))
+    x[..., 7] *= 50.0  # an outlier channel, as real hidden states have
     got = QuantLinear(blocks, ggml_type, K)(x)
-    int8 = ggml_type in INT8_TYPES and n_tokens <= INT8_MAX_TOKENS
-    x_seen = quantized_activations(x) if int8 else x
-    assert got.shape == (n_tokens, N)
-    assert relative_error(got, x_seen @ weight.T) < 1e-5
+    decode_step = shape[1] == 1
+    rows = x.reshape(-1, K)
+    x_seen = quantized_activations(rows) if ggml_type in INT8_TYPES and decode_step else rows
+    assert got.shape == (*shape, N)
+    assert relative_error(got.reshape(-1, N), x_seen @ weight.T) < 1e-5
+
+
+def test_a_rows_result_does_not_depend_on_its_batch():
+    blocks = random_blocks("Q4_K", seed=11)
+    layer = QuantLinear(blocks, "Q4_K", K)
+    x = torch.randn(5, 1, K)
+    together = layer(x)
+    assert all(torch.equal(together[i], layer(x[i : i + 1])[0]) for i in range(5))
 
 
 @pytest.mark.parametrize("slice_rows", [None, 10])
@@ -90,7 +100,7 @@ def test_prompt_sized_batches_use_the_float_product(ggml_type: str, slice_rows, 
 def test_threads_do_not_change_results():
     blocks = random_blocks("Q4_K", seed=5)
     layer = QuantLinear(blocks, "Q4_K", K)
-    x = torch.randn(4, K)
+    x = torch.randn(4, 1, K)
     try:
         kernels.set_threads(1)
         one = layer(x)

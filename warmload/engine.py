@@ -89,6 +89,16 @@ def token_logprobs(
     return float(logp[token]), alternatives
 
 
+def prompt_spans(start: int, end: int) -> list[tuple[int, int]]:
+    """The forward passes that evaluate prompt positions start..end-1: chunks of PREFILL_CHUNK,
+    then the last position alone, as a decode step. The position that yields the first
+    generated token is then computed the same way whether or not the rest of the prompt was
+    cached, so a repeated request gets the very same answer (packed kernels round chunks and
+    single steps differently, see warmload.quant.matmul)."""
+    spans = [(s, min(s + PREFILL_CHUNK, end - 1)) for s in range(start, end - 1, PREFILL_CHUNK)]
+    return spans + [(end - 1, end)]
+
+
 def generation_config(options: dict[str, Any]) -> GenerationConfig:
     known = {f.name for f in fields(GenerationConfig)}
     unknown = sorted(set(options) - known)
@@ -132,9 +142,10 @@ class Engine:
         """float32 next-token logits at every position: shape (len(token_ids), vocab).
 
         Positions before `decode_from` go through the model in prompt-sized chunks; from
-        `decode_from` on, one token per forward pass, exactly as generation computes them
-        (decode-sized products run on the 8-bit-activation kernels, prompt-sized ones on
-        dequantized float32 GEMMs, so the two can differ in the last digits)."""
+        `decode_from` on, one token per forward pass. Generation computes a prompt's last
+        token and every generated one as single steps (prompt_spans), so
+        decode_from=len(prompt) - 1 gives exactly the logits generation sees. Single steps run
+        on the 8-bit-activation kernels, chunks in float32: the two differ in the last digits."""
         ids = self._check_ids(token_ids)
         decode_from = len(ids) if decode_from is None else max(1, min(decode_from, len(ids)))
         cache = self.model.new_cache(len(ids), batch_size=1)
@@ -263,10 +274,9 @@ class Engine:
         timings.cached_tokens = reuse
         self._cache_ids = prompt_ids[:reuse]
         logits = None
-        for start in range(reuse, len(prompt_ids), PREFILL_CHUNK):
-            chunk = prompt_ids[start : start + PREFILL_CHUNK]
-            logits = self._forward_last(chunk, start)
-            self._cache_ids = prompt_ids[: start + len(chunk)]
+        for start, stop in prompt_spans(reuse, len(prompt_ids)):
+            logits = self._forward_last(prompt_ids[start:stop], start)
+            self._cache_ids = prompt_ids[:stop]
         assert logits is not None
         return logits
 

@@ -56,7 +56,6 @@ def set_threads(n: int) -> None:
         _cpu.set_threads(n)
 
 
-INT8_MAX_TOKENS = 8  # rows of x up to which integer dots beat dequantizing weight rows
 _MODE_FLOAT, _MODE_INT8, _MODE_DEQUANT = 0, 1, 2  # kernels.h
 
 
@@ -71,14 +70,14 @@ def dequantize(blocks: torch.Tensor, ggml_type: str, out: torch.Tensor) -> torch
 
 
 def quantized_matmul(
-    x: torch.Tensor, weights: Sequence[tuple[torch.Tensor, str]]
+    x: torch.Tensor, weights: Sequence[tuple[torch.Tensor, str]], int8: bool
 ) -> list[torch.Tensor]:
     """x (T, K) float32 contiguous times each weight: [x @ W.T (T, N_i) float32, ...] for the
-    (blocks (N_i, row_nbytes) uint8, ggml type) pairs, in one call. Up to INT8_MAX_TOKENS rows,
-    x is quantized to 8 bits once and dotted in integers; beyond, each weight row is
+    (blocks (N_i, row_nbytes) uint8, ggml type) pairs, in one call. int8: x is quantized to 8
+    bits once and dotted in integers (types with an integer dot); else each weight row is
     dequantized once and dotted in float32 with every row of x."""
     n_tokens, k = x.shape
-    mode = _MODE_INT8 if n_tokens <= INT8_MAX_TOKENS else _MODE_FLOAT
+    mode = _MODE_INT8 if int8 else _MODE_FLOAT
     outs = [torch.empty((n_tokens, blocks.shape[0]), dtype=torch.float32) for blocks, _ in weights]
     if n_tokens:
         parts = tuple(
@@ -133,6 +132,19 @@ def decode_attention(
         cos.stride(-1),
         int(interleaved),
         out.data_ptr(),
+    )
+    return out
+
+
+ACTIVATION_IDS = {"silu": 0, "gelu_pytorch_tanh": 1}  # kernels.h ACT_*
+
+
+def act_mul(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
+    """act(gate) * up for float32 CPU tensors of one shape (contiguous)."""
+    gate, up = gate.contiguous(), up.contiguous()
+    out = torch.empty_like(gate)
+    _cpu.act_mul(
+        gate.data_ptr(), up.data_ptr(), gate.numel(), ACTIVATION_IDS[activation], out.data_ptr()
     )
     return out
 

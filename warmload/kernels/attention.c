@@ -1,6 +1,8 @@
-/* One decode step of attention, and RMSNorm: rope on a head (llama.cpp's "normal" = adjacent
-   pairs, "neox" = halves), the softmax of one query head over its row's cached keys, and the
-   row-wise RMSNorm. References: llama.cpp ggml_rope, HF modeling_llama.py / modeling_gemma3.py. */
+/* The element-wise and per-head steps of a decoder layer: rope on a head (llama.cpp's "normal" =
+   adjacent pairs, "neox" = halves), the softmax of one query head over its row's cached keys,
+   the row-wise RMSNorm and the gated activation. One implementation for the module path and
+   the decode plan, so both compute the same bits. References: llama.cpp ggml_rope, HF
+   modeling_llama.py / modeling_gemma3.py (GELU tanh approximation, SiLU). */
 
 #include "kernels.h"
 
@@ -84,4 +86,14 @@ void attend_step(const float *q, const float *k, const float *v, float *cache_k,
                         out + (b * H + h) * D);
         }
     }
+}
+
+static inline float activate(float x, int act) {
+    if (act == ACT_SILU) return x / (1.0f + expf(-x));
+    const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+}
+
+void act_mul(const float *gate, const float *up, int64_t n, int act, float *out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = activate(gate[i], act) * up[i];
 }

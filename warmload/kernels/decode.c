@@ -8,8 +8,6 @@
 
 #include "kernels.h"
 
-enum { ACT_SILU = 0, ACT_GELU_TANH = 1 };
-
 void plan_free(plan_t *P) {
     if (!P) return;
     free(P->layers);
@@ -41,12 +39,6 @@ plan_t *plan_alloc(int64_t n_layers, int64_t hidden, int64_t H, int64_t KV, int6
     return P;
 }
 
-static inline float activate(float x, int act) {
-    if (act == ACT_SILU) return x / (1.0f + expf(-x));
-    const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
-    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
-}
-
 static void add_into(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
@@ -72,7 +64,7 @@ static int run_layer(const plan_t *P, const layer_plan_t *L, float *x, int64_t p
     rms_norm_rows(x, L->w_ffn_in, 1, hidden, P->eps, P->offset, P->h);
     part_t gate_up[2] = {L->gate, L->up};
     if ((rc = product(gate_up, 2, P->h, hidden, 1))) return rc;
-    for (int64_t i = 0; i < P->inter; ++i) P->g[i] = activate(P->g[i], P->act) * P->u[i];
+    act_mul(P->g, P->u, P->inter, P->act, P->g);
     part_t down = L->down;
     if ((rc = product(&down, 1, P->g, P->inter, 1))) return rc;
     if (L->w_ffn_out) rms_norm_rows(P->o, L->w_ffn_out, 1, hidden, P->eps, P->offset, P->o);

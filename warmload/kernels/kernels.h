@@ -187,6 +187,9 @@ void attend_step(const float *q, const float *k, const float *v, float *cache_k,
                  const int64_t *positions, int64_t pos0, int64_t window, float scale,
                  const float *cos, const float *sin, int64_t rope_row, int64_t rope_step,
                  int interleaved, float *scores, float *out);
+enum { ACT_SILU = 0, ACT_GELU_TANH = 1 };
+/* out = act(gate) * up, element-wise (out may be gate) */
+void act_mul(const float *gate, const float *up, int64_t n, int act, float *out);
 void rms_norm_rows(const float *x, const float *w, int64_t n_rows, int64_t dim, float eps,
                    float offset, float *y);
 

@@ -73,6 +73,18 @@ static PyObject *py_rms_norm(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_act_mul(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long gate, up, out;
+    long long n;
+    int act;
+    if (!PyArg_ParseTuple(args, "KKLiK", &gate, &up, &n, &act, &out)) return NULL;
+    if (n < 0 || (act != ACT_SILU && act != ACT_GELU_TANH))
+        return PyErr_Format(PyExc_ValueError, "bad activation call");
+    act_mul(PTR(const float, gate), PTR(const float, up), n, act, PTR(float, out));
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long q, k, v, ck, cv, pos_p, cos, sin, out;
@@ -249,6 +261,8 @@ static PyMethodDef METHODS[] = {
      "mode 0: float dots, 1: 8-bit x and integer dots, 2: y (n_rows, k) = W dequantized"},
     {"rms_norm", py_rms_norm, METH_VARARGS,
      "rms_norm(x_ptr, w_ptr, n_rows, dim, eps, offset, y_ptr): float32 RMSNorm of each row"},
+    {"act_mul", py_act_mul, METH_VARARGS,
+     "act_mul(gate_ptr, up_ptr, n, act, out_ptr): act(gate) * up, act 0 = SiLU, 1 = GELU tanh"},
     {"decode_attention", py_decode_attention, METH_VARARGS,
      "decode_attention(q, k, v, cache_k, cache_v, B, H, KV, D, max_ctx, positions, pos0,\n"
      "window, scale, cos, sin, rope_row, rope_step, interleaved, out): rope, cache write and\n"

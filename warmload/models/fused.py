@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from warmload import kernels
-from warmload.models.layers import ACTIVATIONS, KVCache, RMSNorm, RotaryTables
+from warmload.models.layers import KVCache, RMSNorm, RotaryTables
 
-_ACT_IDS = {"silu": 0, "gelu_pytorch_tanh": 1}
 _PROJECTIONS = (
     ("self_attn", "q_proj"),
     ("self_attn", "k_proj"),
@@ -80,7 +79,7 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
     layers = model.model.layers
     first = layers[0]
     eps, offset = first.input_layernorm.eps, first.input_layernorm.offset
-    act = next((k for k, f in ACTIVATIONS.items() if f is first.mlp.act), None)
+    act = first.mlp.activation
     attn = first.self_attn
     rows = []
     keep: list[Any] = [cache]
@@ -89,7 +88,7 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
         if row is None:
             return None
         rows.append(row)
-    if act not in _ACT_IDS or cache.k[0].dtype != torch.float32:
+    if act not in kernels.ACTIVATION_IDS or cache.k[0].dtype != torch.float32:
         return None
     config = model.config
     dims = (
@@ -101,7 +100,7 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
         cache.max_ctx,
         eps,
         offset,
-        _ACT_IDS[act],
+        kernels.ACTIVATION_IDS[act],
     )
     try:
         capsule = kernels.plan_new(dims, tuple(rows))

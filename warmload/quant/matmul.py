@@ -5,10 +5,10 @@ on a mapped GGUF file is a view of the page cache (zero copy, zero conversion at
 product runs in the C kernels of warmload.kernels: activations quantized to 8-bit blocks and integer
 dot products per weight block for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (as
 llama.cpp's CPU backend computes), block-wise dequantization and float dots for Q2_K, Q3_K,
-IQ4_NL, IQ4_XS, F16 and BF16; a few rows of x at once (see kernels.INT8_MAX_TOKENS) dequantize
-each weight row once in C and dot it in float32 with every row. Prompt-sized batches
-(PREFILL_TOKENS or more rows) use torch's GEMM on weight slices dequantized into a bounded
-scratch buffer. Both keep prompt logits float32-exact.
+IQ4_NL, IQ4_XS, F16 and BF16. That is for decode steps (one token per sequence); prompt chunks
+stay float32: below PREFILL_TOKENS rows each weight row is dequantized once in C and dotted with
+every row, above it torch's GEMM runs on weight slices dequantized into a bounded scratch
+buffer.
 
 QuantEmbedding dequantizes only the rows it gathers; `as_linear()` gives the tied output layer
 over the same bytes. Reference for the layouts: llama.cpp ggml/src/ggml-common.h.
@@ -96,16 +96,21 @@ class QuantLinear(nn.Module):
 
 
 def project_packed(x: torch.Tensor, layers: Sequence[QuantLinear]) -> list[torch.Tensor]:
-    """[layer(x) for layer in layers] for layers of one input size, in one kernel call when x
-    is decode-sized (x is quantized once and one thread team runs all rows)."""
+    """[layer(x) for layer in layers] for layers of one input size, in one kernel call.
+
+    x (..., T, K): a decode step (T == 1, any number of sequences) runs on 8-bit activations,
+    as llama.cpp's; prompt chunks (T > 1) stay float32, in C below PREFILL_TOKENS rows, else on
+    torch's GEMM. Each row's arithmetic depends only on that rule, never on how many other
+    rows share the call, so batched and single decoding agree bit for bit."""
     lead = x.shape[:-1]
+    decode_step = x.dim() < 2 or x.shape[-2] == 1
     x2 = x.reshape(-1, layers[0].in_features)
     if x2.dtype != torch.float32 or not x2.is_contiguous():
         x2 = x2.float().contiguous()
-    if x2.shape[0] >= PREFILL_TOKENS:
+    if not decode_step and x2.shape[0] >= PREFILL_TOKENS:
         outs = [gemm(x2, m) for m in layers]
     else:
-        outs = kernels.quantized_matmul(x2, [(m.blocks, m.ggml_type) for m in layers])
+        outs = kernels.quantized_matmul(x2, [(m.blocks, m.ggml_type) for m in layers], decode_step)
     return [y.view(*lead, y.shape[-1]) for y in outs]
 
 
