@@ -46,7 +46,8 @@ def coarse_kl(ref: dict[str, Any], ours: torch.Tensor) -> float:
 
 def compare(engine: Any, prompt: list[int], golden: dict[str, Any]) -> dict[str, Any]:
     """warmload against one reference on one prompt."""
-    logits = engine.logits(prompt + golden["continuation_ids"])
+    # as generation computes them: the prompt but its last token in one pass, then single steps
+    logits = engine.logits(prompt + golden["continuation_ids"], decode_from=len(prompt) - 1)
     region = logits[len(prompt) - 1 : len(prompt) - 1 + len(golden["top1"])]
     top1 = region.argmax(dim=-1).tolist()
     top5_ids = torch.tensor(golden["top5_ids"])
