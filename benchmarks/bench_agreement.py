@@ -46,8 +46,8 @@ def coarse_kl(ref: dict[str, Any], ours: torch.Tensor) -> float:
 
 def compare(engine: Any, prompt: list[int], golden: dict[str, Any]) -> dict[str, Any]:
     """warmload against one reference on one prompt."""
-    # as generation computes them: the prompt but its last token in one pass, then single steps
-    logits = engine.logits(prompt + golden["continuation_ids"], decode_from=len(prompt) - 1)
+    # as generation computes them: the prompt in one pass, then single decode steps
+    logits = engine.logits(prompt + golden["continuation_ids"], decode_from=len(prompt))
     region = logits[len(prompt) - 1 : len(prompt) - 1 + len(golden["top1"])]
     top1 = region.argmax(dim=-1).tolist()
     top5_ids = torch.tensor(golden["top5_ids"])

@@ -1,5 +1,5 @@
-"""Where one decode step's time goes: the layers (one C call), quantized products, attention, RMSNorm, rest
-(Python, module calls and the remaining torch ops), per packaged model.
+"""Where one decode step's time goes: the layers (one C call), the output product, attention,
+RMSNorm and the rest (Python, module calls, sampling-free torch ops), per packaged model.
 
     .venv/bin/python benchmarks/bench_decode_profile.py [--threads 2] [--steps 64] [--runs 5]
 

@@ -7,9 +7,9 @@ Greedy texts of two correct engines drift apart after a few dozen tokens (llama.
 activations, transformers float32), so we do not compare texts: warmload reads each reference's
 sequence and its top-1 at each of those positions must match the reference's top-1 there, at
 least 95% of the time for transformers and 90% for llama.cpp, over all prompts of a model.
-warmload reads each sequence the way generation does (the prompt but its last token in one
-pass, then one token per decode step, which runs the 8-bit-activation packed kernels), so the
-decode path is what is checked. The first generated token (top-1 at the last prompt token)
+warmload reads each sequence the way generation does (the prompt in one pass, then one token
+per decode step, which runs the 8-bit-activation packed kernels), so the decode path is what is
+checked. The first generated token (top-1 at the last prompt token)
 must equal both references', and its logits stay within MAX_FIRST_LOGIT_DIFF of transformers'
 over transformers' top-50 tokens.
 (i.i.d. noise of 0.3 on warmload's logits already drops agreement below both thresholds.)
@@ -48,9 +48,8 @@ class Model:
         """Our top-1 at each golden position, and our logits at the first generated position."""
         ids = prompt + golden["continuation_ids"]
         if tuple(ids) not in self._seen:
-            # as generation computes them: the prompt but its last token in one pass, then one
-            # token per step (Engine.logits, prompt_spans)
-            logits = self.engine.logits(ids, decode_from=len(prompt) - 1)[len(prompt) - 1 :]
+            # as generation computes them: the prompt in one pass, then one token per step
+            logits = self.engine.logits(ids, decode_from=len(prompt))[len(prompt) - 1 :]
             self._seen[tuple(ids)] = (logits.argmax(dim=-1).tolist(), logits[0].clone())
         top1, first = self._seen[tuple(ids)]
         return top1[: len(golden["top1"])], first

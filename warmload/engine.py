@@ -89,14 +89,16 @@ def token_logprobs(
     return float(logp[token]), alternatives
 
 
-def prompt_spans(start: int, end: int) -> list[tuple[int, int]]:
-    """The forward passes that evaluate prompt positions start..end-1: chunks of PREFILL_CHUNK,
-    then the last position alone, as a decode step. The position that yields the first
-    generated token is then computed the same way whether or not the rest of the prompt was
-    cached, so a repeated request gets the very same answer (packed kernels round chunks and
-    single steps differently, see warmload.quant.matmul)."""
-    spans = [(s, min(s + PREFILL_CHUNK, end - 1)) for s in range(start, end - 1, PREFILL_CHUNK)]
-    return spans + [(end - 1, end)]
+def reusable_prefix(
+    cached: Sequence[int], chunk_starts: Sequence[int], prompt: Sequence[int]
+) -> int:
+    """How many cached positions a new prompt may keep: its common prefix with the cache, less
+    the last prompt token (it must yield logits), cut back to the start of the forward pass
+    that computed it. Positions are then only ever recomputed whole-pass by whole-pass, exactly
+    as before, so a repeated request gets the very same bits: decode steps (8-bit activations)
+    and prompt chunks (float32) round differently, and splitting a chunk would mix them."""
+    reuse = min(common_prefix_length(cached, prompt), len(prompt) - 1)
+    return max((s for s in chunk_starts if s <= reuse), default=0)
 
 
 def generation_config(options: dict[str, Any]) -> GenerationConfig:
@@ -134,6 +136,7 @@ class Engine:
         self.ctx = load_config.ctx or min(model_ctx, DEFAULT_MAX_CTX)
         self._cache = model.new_cache(self.ctx, batch_size=1)
         self._cache_ids: list[int] = []  # tokens whose K/V sit in the cache, in order
+        self._chunk_starts: list[int] = []  # first position of each forward pass that made them
         self._lock = threading.Lock()
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -142,10 +145,9 @@ class Engine:
         """float32 next-token logits at every position: shape (len(token_ids), vocab).
 
         Positions before `decode_from` go through the model in prompt-sized chunks; from
-        `decode_from` on, one token per forward pass. Generation computes a prompt's last
-        token and every generated one as single steps (prompt_spans), so
-        decode_from=len(prompt) - 1 gives exactly the logits generation sees. Single steps run
-        on the 8-bit-activation kernels, chunks in float32: the two differ in the last digits."""
+        `decode_from` on, one token per forward pass, as generation computes a prompt and its
+        continuation (decode_from=len(prompt)). Single steps run on the 8-bit-activation
+        kernels, chunks in float32: the two differ in the last digits."""
         ids = self._check_ids(token_ids)
         decode_from = len(ids) if decode_from is None else max(1, min(decode_from, len(ids)))
         cache = self.model.new_cache(len(ids), batch_size=1)
@@ -264,19 +266,22 @@ class Engine:
         timings.generated_tokens = len(generated)
         # The last sampled token was never fed through the model: its K/V is not cached.
         self._cache_ids = history[:-1] if generated else history
+        self._chunk_starts += range(len(prompt_ids), len(self._cache_ids))  # decode steps
         completion = Completion("".join(text_parts), generated, finish, timings)
         yield Chunk("", None, completion)
 
     def _prefill(self, prompt_ids: list[int], timings: Timings) -> torch.Tensor:
         """Runs the uncached part of the prompt; returns the last position's logits."""
-        reuse = common_prefix_length(self._cache_ids, prompt_ids)
-        reuse = min(reuse, len(prompt_ids) - 1)  # the last prompt token must produce logits
+        reuse = reusable_prefix(self._cache_ids, self._chunk_starts, prompt_ids)
         timings.cached_tokens = reuse
         self._cache_ids = prompt_ids[:reuse]
+        self._chunk_starts = [s for s in self._chunk_starts if s < reuse]
         logits = None
-        for start, stop in prompt_spans(reuse, len(prompt_ids)):
-            logits = self._forward_last(prompt_ids[start:stop], start)
-            self._cache_ids = prompt_ids[:stop]
+        for start in range(reuse, len(prompt_ids), PREFILL_CHUNK):
+            chunk = prompt_ids[start : start + PREFILL_CHUNK]
+            logits = self._forward_last(chunk, start)
+            self._cache_ids = prompt_ids[: start + len(chunk)]
+            self._chunk_starts.append(start)
         assert logits is not None
         return logits
 
@@ -288,7 +293,7 @@ class Engine:
     def reset(self) -> None:
         """Forget the cached conversation (the next call prefills from scratch)."""
         with self._lock:
-            self._cache_ids = []
+            self._cache_ids, self._chunk_starts = [], []
 
     def _check_ids(self, token_ids: Sequence[int]) -> list[int]:
         ids = [int(t) for t in token_ids]

@@ -25,7 +25,7 @@ from torch import nn
 from warmload import kernels
 from warmload.quant.dequant import dequantize_rows, row_nbytes
 
-PREFILL_TOKENS = 32  # rows of x from which a dequantized GEMM beats the integer kernel
+PREFILL_TOKENS = 8  # prompt rows from which torch's GEMM beats dotting dequantized rows in C
 
 _scratch = threading.local()
 
