@@ -32,9 +32,20 @@ from warmload.quant.quantize_search import F32, fp16_round
 BlockQuantizer = Callable[[np.ndarray], np.ndarray]
 
 
-def _argmax_signed(x: np.ndarray) -> np.ndarray:
-    """Per block (rows), the value of largest |x| (first occurrence), as a column."""
-    return np.take_along_axis(x, np.argmax(np.abs(x), axis=1)[:, None], axis=1)
+def _signed_absmax(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column: (amax, max), the largest |x| and the value where it first occurs, as the C
+    loops' `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` find it (+0.0 for an all-zero
+    column). From the column max and min; only columns holding both +amax and -amax need the
+    position of the first one (rare)."""
+    mx, mn = xt.max(axis=0), xt.min(axis=0)
+    amax = np.maximum(mx, -mn)
+    vmax = np.where(-mn > mx, mn, mx)
+    tie = np.flatnonzero((-mn == mx) & (mx > 0))
+    if tie.size:
+        sub = xt[:, tie]
+        vmax[tie] = sub[np.argmax(np.abs(sub), axis=0), np.arange(tie.size)]
+    vmax[amax == 0] = 0
+    return amax, vmax
 
 
 def _inverse(d: np.ndarray) -> np.ndarray:
@@ -43,60 +54,91 @@ def _inverse(d: np.ndarray) -> np.ndarray:
         return np.where(d == 0, F32(0), F32(1) / np.where(d == 0, F32(1), d))
 
 
+def _blocks(nb: int, head: list[np.ndarray], *cols: np.ndarray) -> np.ndarray:
+    """Assemble (nb, type_size) blocks from per-block header fields (nb, k) and column-major
+    (k, nb) byte planes."""
+    widths = [h.shape[1] for h in head] + [c.shape[0] for c in cols]
+    out = np.empty((nb, sum(widths)), np.uint8)
+    pos = 0
+    for part in head:
+        out[:, pos : pos + part.shape[1]] = part
+        pos += part.shape[1]
+    for part in cols:
+        out[:, pos : pos + part.shape[0]] = part.T
+        pos += part.shape[0]
+    return out
+
+
+def _f16_bytes(v: np.ndarray) -> np.ndarray:
+    """(nb,) float32 -> (nb, 2) bytes of its float16 rounding (GGML_FP32_TO_FP16)."""
+    return fp16_round(v)[0].view(np.uint8).reshape(-1, 2)
+
+
 def _nibbles(q: np.ndarray) -> np.ndarray:
-    """32 quants -> 16 bytes: element j in the low nibble of byte j, j + 16 in the high one."""
-    return q[:, :16] | (q[:, 16:] << 4)
+    """(32, nb) quants -> (16, nb) bytes: element j in the low nibble of byte j, j + 16 in the
+    high one."""
+    return q[:16] | (q[16:] << 4)
 
 
 def _qh(q: np.ndarray) -> np.ndarray:
-    """Bit 4 of each of 32 quants -> a little-endian uint32, as 4 bytes."""
-    return np.packbits((q >> 4) & 1, axis=1, bitorder="little")
+    """Bit 4 of each of 32 quants (all < 32) -> a little-endian uint32, as (4, nb) bytes."""
+    bits = (q >> 4).reshape(4, 8, -1) << np.arange(8, dtype=np.uint8)[None, :, None]
+    return np.bitwise_or.reduce(bits, axis=1)
 
 
-def quantize_q4_0(x: np.ndarray) -> np.ndarray:
-    """Q4_0 (18 bytes): d = max / -8, q = min(15, trunc(x / d + 8.5))."""
-    d = _argmax_signed(x) / F32(-8)
-    q = np.minimum(np.trunc(x * _inverse(d) + F32(8.5)), 15).astype(np.uint8)
-    return np.concatenate([fp16_round(d)[0].view(np.uint8), _nibbles(q)], axis=1)
+# The block quantizers below take the blocks column-major: xt is (32, nb) float32, column i
+# holding block i (see quantize()); reductions over a block are then vector operations.
 
 
-def quantize_q4_1(x: np.ndarray) -> np.ndarray:
-    """Q4_1 (20 bytes): d = (max - min) / 15, m = min, q = min(15, trunc((x - m) / d + 0.5))."""
-    mn, mx = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+def quantize_q4_0(xt: np.ndarray) -> np.ndarray:
+    """Q4_0 (18 bytes): d = max / -8, q = min(15, (int8)(x / d + 8.5))."""
+    d = _signed_absmax(xt)[1] / F32(-8)
+    # x * id + 8.5 lies in [0.5, 16.5]: the uint8 cast truncates like the C (int8_t) cast
+    q = np.minimum((xt * _inverse(d) + F32(8.5)).astype(np.uint8), np.uint8(15))
+    return _blocks(xt.shape[1], [_f16_bytes(d)], _nibbles(q))
+
+
+def quantize_q4_1(xt: np.ndarray) -> np.ndarray:
+    """Q4_1 (20 bytes): d = (max - min) / 15, m = min, q = min(15, (int8)((x - m) / d + 0.5))."""
+    mn, mx = xt.min(axis=0), xt.max(axis=0)
     d = (mx - mn) / F32(15)
-    q = np.minimum(np.trunc((x - mn) * _inverse(d) + F32(0.5)), 15).astype(np.uint8)
-    head = [fp16_round(d)[0].view(np.uint8), fp16_round(mn)[0].view(np.uint8)]
-    return np.concatenate([*head, _nibbles(q)], axis=1)
+    q = np.minimum(((xt - mn) * _inverse(d) + F32(0.5)).astype(np.uint8), np.uint8(15))
+    return _blocks(xt.shape[1], [_f16_bytes(d), _f16_bytes(mn)], _nibbles(q))
 
 
-def quantize_q5_0(x: np.ndarray) -> np.ndarray:
-    """Q5_0 (22 bytes): d = max / -16, q = min(31, trunc(x / d + 16.5)), 5th bits in qh."""
-    d = _argmax_signed(x) / F32(-16)
-    q = np.minimum(np.trunc(x * _inverse(d) + F32(16.5)), 31).astype(np.uint8)
-    return np.concatenate([fp16_round(d)[0].view(np.uint8), _qh(q), _nibbles(q & 15)], axis=1)
+def quantize_q5_0(xt: np.ndarray) -> np.ndarray:
+    """Q5_0 (22 bytes): d = max / -16, q = min(31, (int8)(x / d + 16.5)), 5th bits in qh."""
+    d = _signed_absmax(xt)[1] / F32(-16)
+    q = np.minimum((xt * _inverse(d) + F32(16.5)).astype(np.uint8), np.uint8(31))
+    return _blocks(xt.shape[1], [_f16_bytes(d)], _qh(q), _nibbles(q & np.uint8(15)))
 
 
-def quantize_q5_1(x: np.ndarray) -> np.ndarray:
-    """Q5_1 (24 bytes): d = (max - min) / 31, m = min, q = trunc((x - m) / d + 0.5)."""
-    mn, mx = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+def quantize_q5_1(xt: np.ndarray) -> np.ndarray:
+    """Q5_1 (24 bytes): d = (max - min) / 31, m = min, q = (uint8)((x - m) / d + 0.5)."""
+    mn, mx = xt.min(axis=0), xt.max(axis=0)
     d = (mx - mn) / F32(31)
-    q = np.trunc((x - mn) * _inverse(d) + F32(0.5)).astype(np.uint8)
-    head = [fp16_round(d)[0].view(np.uint8), fp16_round(mn)[0].view(np.uint8)]
-    return np.concatenate([*head, _qh(q), _nibbles(q & 15)], axis=1)
+    q = ((xt - mn) * _inverse(d) + F32(0.5)).astype(np.uint8)
+    head = [_f16_bytes(d), _f16_bytes(mn)]
+    return _blocks(xt.shape[1], head, _qh(q), _nibbles(q & np.uint8(15)))
 
 
 def _roundf(v: np.ndarray) -> np.ndarray:
-    """C roundf (half away from zero), exact in float32."""
-    a = np.abs(v)
-    fl = np.floor(a)
-    return np.copysign(fl + np.floor(F32(2) * (a - fl)), v)
+    """C roundf (half away from zero): rint (half to even) except at exact halves, where
+    v +- 0.5 is the answer (exact for |v| < 2**22). v - rint(v) is exact in float32."""
+    r = np.rint(v)
+    frac = v - r
+    if frac.max() >= F32(0.5) or frac.min() <= F32(-0.5):
+        tie = np.flatnonzero(np.abs(frac, out=frac) == F32(0.5))
+        r.flat[tie] = v.flat[tie] + np.copysign(F32(0.5), v.flat[tie])
+    return r
 
 
-def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+def quantize_q8_0(xt: np.ndarray) -> np.ndarray:
     """Q8_0 (34 bytes): d = amax / 127, q = roundf(x / d)."""
-    d = np.abs(x).max(axis=1, keepdims=True) / F32(127)
-    q = _roundf(x * _inverse(d)).astype(np.int8)
-    return np.concatenate([fp16_round(d)[0].view(np.uint8), q.view(np.uint8)], axis=1)
+    amax = np.maximum(xt.max(axis=0), -xt.min(axis=0)) + F32(0)  # + 0: no -0.0 for all-zero
+    d = amax / F32(127)
+    q = _roundf(xt * _inverse(d)).astype(np.int8)
+    return _blocks(xt.shape[1], [_f16_bytes(d)], q.view(np.uint8))
 
 
 def quantize_f16(x: np.ndarray) -> np.ndarray:
@@ -131,6 +173,14 @@ QUANTIZERS: dict[str, BlockQuantizer] = {
     "Q5_K": quantize_q5_k,
     "Q6_K": quantize_q6_k,
 }
+# The quantizers of these types take their input column-major: (group, n_groups) float32 whose
+# column g is group g of `group` consecutive weights (the others take (n_blocks, block_size)).
+# The float16 -> float32 conversion writes this layout at no extra cost, and per-group
+# reductions become vector operations across groups instead of short loops along rows.
+GROUP_SIZE: dict[str, int] = {
+    "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32,
+    "Q2_K": 16, "Q3_K": 16, "Q4_K": 32, "Q5_K": 32, "Q6_K": 16,
+}  # fmt: skip
 
 # Weights per chunk. The searches run many small vector ops per chunk, so chunks must be big
 # enough to amortise numpy's per-call cost, yet their float32 temporaries should stay near L2
@@ -192,10 +242,14 @@ def quantize(
     out = np.empty((nblocks, t.type_size), np.uint8)
     per_chunk = max(1, _CHUNK_WEIGHTS.get(ggml_type, _DEFAULT_CHUNK_WEIGHTS) // t.block_size)
     starts = range(0, nblocks, per_chunk)
+    group = GROUP_SIZE.get(ggml_type)
 
     def run(start: int) -> None:
         stop = min(start + per_chunk, nblocks)
-        chunk = np.ascontiguousarray(blocks[start:stop], dtype=F32)
+        if group:
+            chunk = blocks[start:stop].reshape(-1, group).T.astype(F32, order="C")
+        else:
+            chunk = np.ascontiguousarray(blocks[start:stop], dtype=F32)
         if check_finite and not (np.isfinite(chunk.max()) and np.isfinite(chunk.min())):
             first = start * t.block_size // n
             raise CheckpointError(
