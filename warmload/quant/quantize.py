@@ -27,25 +27,9 @@ from warmload.quant.quantize_k import (
     quantize_q5_k,
     quantize_q6_k,
 )
-from warmload.quant.quantize_search import F32, fp16_round
+from warmload.quant.quantize_search import F32, first_absmax, fp16_round
 
 BlockQuantizer = Callable[[np.ndarray], np.ndarray]
-
-
-def _signed_absmax(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per column: (amax, max), the largest |x| and the value where it first occurs, as the C
-    loops' `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` find it (+0.0 for an all-zero
-    column). From the column max and min; only columns holding both +amax and -amax need the
-    position of the first one (rare)."""
-    mx, mn = xt.max(axis=0), xt.min(axis=0)
-    amax = np.maximum(mx, -mn)
-    vmax = np.where(-mn > mx, mn, mx)
-    tie = np.flatnonzero((-mn == mx) & (mx > 0))
-    if tie.size:
-        sub = xt[:, tie]
-        vmax[tie] = sub[np.argmax(np.abs(sub), axis=0), np.arange(tie.size)]
-    vmax[amax == 0] = 0
-    return amax, vmax
 
 
 def _inverse(d: np.ndarray) -> np.ndarray:
@@ -92,7 +76,7 @@ def _qh(q: np.ndarray) -> np.ndarray:
 
 def quantize_q4_0(xt: np.ndarray) -> np.ndarray:
     """Q4_0 (18 bytes): d = max / -8, q = min(15, (int8)(x / d + 8.5))."""
-    d = _signed_absmax(xt)[1] / F32(-8)
+    d = first_absmax(xt)[1] / F32(-8)
     # x * id + 8.5 lies in [0.5, 16.5]: the uint8 cast truncates like the C (int8_t) cast
     q = np.minimum((xt * _inverse(d) + F32(8.5)).astype(np.uint8), np.uint8(15))
     return _blocks(xt.shape[1], [_f16_bytes(d)], _nibbles(q))
@@ -108,7 +92,7 @@ def quantize_q4_1(xt: np.ndarray) -> np.ndarray:
 
 def quantize_q5_0(xt: np.ndarray) -> np.ndarray:
     """Q5_0 (22 bytes): d = max / -16, q = min(31, (int8)(x / d + 16.5)), 5th bits in qh."""
-    d = _signed_absmax(xt)[1] / F32(-16)
+    d = first_absmax(xt)[1] / F32(-16)
     q = np.minimum((xt * _inverse(d) + F32(16.5)).astype(np.uint8), np.uint8(31))
     return _blocks(xt.shape[1], [_f16_bytes(d)], _qh(q), _nibbles(q & np.uint8(15)))
 

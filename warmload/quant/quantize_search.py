@@ -21,9 +21,9 @@ F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)
 
 
-def nearest_int(v: np.ndarray) -> np.ndarray:
+def nearest_int(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Round half to even, like the C helper's 1.5 * 2**23 trick (exact for |v| < 2**22)."""
-    return np.rint(v)
+    return np.rint(v, out=out)
 
 
 def seq_sum(a: np.ndarray) -> np.ndarray:
@@ -32,14 +32,19 @@ def seq_sum(a: np.ndarray) -> np.ndarray:
 
 
 def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(amax, max): the largest |x| of each column and the signed value where it first occurs
-    (the C loops' `if (ax > amax)`). Rows are scanned last to first so the first row wins; this
-    is 2-3x faster than argmax along axis 0."""
-    ax = np.abs(x)
-    amax = ax.max(axis=0)
-    vmax = x[-1].copy()
-    for i in range(x.shape[0] - 2, -1, -1):
-        np.copyto(vmax, x[i], where=ax[i] == amax)
+    """(amax, max) per column: the largest |x| and the signed value where it first occurs, as
+    the C loops' `if (ax > amax) { amax = ax; max = x; }` find it (+0.0 for an all-zero
+    column). From the column max and min; only columns that hold both +amax and -amax need the
+    position of the first one (rare)."""
+    mx, mn = x.max(axis=0), x.min(axis=0)
+    amax = np.maximum(mx, -mn)
+    vmax = np.where(-mn > mx, mn, mx)
+    tie = np.flatnonzero((-mn == mx) & (mx > 0))
+    if tie.size:
+        sub = x[:, tie]
+        vmax[tie] = sub[np.argmax(np.abs(sub), axis=0), np.arange(tie.size)]
+    zero = amax == 0
+    vmax[zero], amax[zero] = 0, 0  # +0.0, as the C loops leave them
     return amax, vmax
 
 
@@ -102,8 +107,9 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
     L = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
     w = x * x
     wx = w * x
-    sumlx = seq_sum(wx * L)
-    suml2 = seq_sum(w * L * L)
+    wxl, wll = wx * L, w * L
+    wll *= L
+    sumlx, suml2 = seq_sum(wxl), seq_sum(wll)
     # A pass that changes nothing in a column leaves its state as it was, so every later pass
     # would change nothing either (the C loop breaks there): only changed columns go on. Until
     # a column's first accepted change its sums are those at the start of the pass, so one
@@ -113,8 +119,12 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
     for _ in range(5):
         if active.size == 0:
             break
-        sub = (x, w, wx) if active.size == g else (x[:, active], w[:, active], wx[:, active])
-        moving = _q3_screen(*sub, L[:, active], sumlx[active], suml2[active], nmax)
+        if wxl is not None:  # the first pass: all columns, their terms already known
+            moving = _q3_screen(x, w, wx, L, sumlx, suml2, nmax, wxl, wll)
+            wxl = wll = None
+        else:
+            sub = (x[:, active], w[:, active], wx[:, active], L[:, active])
+            moving = _q3_screen(*sub, sumlx[active], suml2[active], nmax)
         active = active[moving]
         if active.size == 0:
             break
@@ -129,12 +139,19 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
 
 def _q3_screen(
     x: np.ndarray, w: np.ndarray, wx: np.ndarray, L: np.ndarray, sx: np.ndarray,
-    s2: np.ndarray, nmax: int,
+    s2: np.ndarray, nmax: int, wxl: np.ndarray | None = None, wll: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
-    """Columns in which a make_q3_quants pass would accept at least one change."""
-    slx = sx - wx * L
-    sl2 = s2 - w * L * L
-    new_l = np.clip(nearest_int(_safe_div(x * sl2, slx)), -nmax, nmax - 1)
+    """Columns in which a make_q3_quants pass would accept at least one change. wxl, wll:
+    the terms wx * L and w * L * L when known (the buffers are reused)."""
+    if wxl is None or wll is None:
+        wxl, wll = wx * L, w * L
+        wll *= L
+    slx = np.subtract(sx, wxl, out=wxl)
+    sl2 = np.subtract(s2, wll, out=wll)
+    new_l = np.multiply(x, sl2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        new_l /= slx
+    np.clip(nearest_int(new_l, out=new_l), -nmax, nmax - 1, out=new_l)
     rows, cols = np.nonzero((slx > 0) & (new_l != L))  # candidates are a small minority
     nl, wxc, wc = new_l[rows, cols], wx[rows, cols], w[rows, cols]
     slx_n = slx[rows, cols] + wxc * nl
