@@ -74,21 +74,25 @@ def make_qx_quants_rmse1(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarr
         np.multiply(w, l, out=tmp)
         return sumlx, seq_sum(np.multiply(tmp, l, out=tmp))
 
-    sumlx, suml2 = quants_and_sums(_safe_div(F32(-nmax), vmax))
-    L = l.copy()
+    # The C code re-derives L from the winning iscale; so do we, once, at the end, instead of
+    # copying the winners' quants at every step.
+    best_iscale = _safe_div(F32(-nmax), vmax)
+    sumlx, suml2 = quants_and_sums(best_iscale)
     scale = np.where(suml2 != 0, _safe_div(sumlx, suml2), F32(0))
     best = scale * sumlx
     for step in range(-9, 10):
         if step == 0:
             continue
-        sumlx, suml2 = quants_and_sums(_safe_div(-(F32(nmax) + F32(0.1) * F32(step)), vmax))
+        iscale = _safe_div(-(F32(nmax) + F32(0.1) * F32(step)), vmax)
+        sumlx, suml2 = quants_and_sums(iscale)
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
         if better.any():
-            np.copyto(L, l, where=better[None, :])
             new_scale = _safe_div(sumlx, suml2)
             scale = np.where(better, new_scale, scale)
             best = np.where(better, new_scale * sumlx, best)
-    L = (L + nmax).astype(np.int32)
+            best_iscale = np.where(better, iscale, best_iscale)
+    np.clip(np.rint(np.multiply(x, best_iscale, out=l), out=l), -nmax, nmax - 1, out=l)
+    L = (l + nmax).astype(np.int32)
     L[:, zero] = 0
     scale = np.where(zero, F32(0), scale)
     return scale.astype(F32), L
@@ -212,7 +216,7 @@ def make_qkx2_quants(
     flat = xmax == xmin
     span = np.where(flat, F32(1), xmax - xmin)
 
-    laux, tmp = np.empty_like(x), np.empty_like(x)  # reused buffers: no allocation per step
+    laux, tmp, tmp2 = np.empty_like(x), np.empty_like(x), np.empty_like(x)  # reused buffers
 
     def quants(iscale: np.ndarray, mn: np.ndarray, out: np.ndarray) -> np.ndarray:
         np.subtract(x, mn, out=out)
@@ -235,6 +239,9 @@ def make_qkx2_quants(
     mn = xmin
     L = quants(iscale, mn, np.empty_like(x))
     best = err_of(scale, mn, L)
+    # The winners' quants are re-derived once at the end from their iscale and the min they
+    # were quantized with, instead of being copied at every step.
+    best_iscale, best_qmin = iscale, mn
     for step in range(nstep + 1):
         iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / np.where(
             flat, F32(1), xmax - mn
@@ -242,7 +249,7 @@ def make_qkx2_quants(
         quants(iscale, mn, laux)
         wl = np.multiply(weights, laux, out=tmp)
         sum_l = seq_sum(wl)
-        sum_l2 = seq_sum(wl * laux)
+        sum_l2 = seq_sum(np.multiply(wl, laux, out=tmp2))
         wl *= x
         sum_xl = seq_sum(wl)
         D = sum_w * sum_l2 - sum_l * sum_l
@@ -254,10 +261,12 @@ def make_qkx2_quants(
         cur = err_of(this_scale, this_min, laux)
         better = (D > 0) & (cur < best) & ~flat
         if better.any():
-            np.copyto(L, laux, where=better[None, :])
+            best_iscale = np.where(better, iscale, best_iscale)
+            best_qmin = np.where(better, mn, best_qmin)
             best = np.where(better, cur, best)
             scale = np.where(better, this_scale, scale)
             mn = np.where(better, this_min, mn)
+    L = quants(best_iscale, best_qmin, L)
     scale = np.where(flat, F32(0), scale)
     L = L.astype(np.int32)
     L[:, flat] = 0
