@@ -24,6 +24,8 @@ LAYERS = {
     "quant": 4,
     "models": 4,
     "loader": 5,
+    "hf_vocab": 5,
+    "hf_convert": 6,
     "sampling": 6,
     "engine": 7,
     "batch": 8,
@@ -33,7 +35,8 @@ LAYERS = {
     "pull": 9,
     "bench": 9,
 }
-TORCH_FREE = {"errors", "config", "catalog", "memstats", "stopping", "formats", "tokenizer", "chat"}
+TORCH_FREE = {"errors", "config", "catalog", "memstats", "stopping", "formats", "tokenizer", "chat",
+              "hf_vocab", "hf_convert"}  # fmt: skip
 
 
 def module_imports(path: Path) -> list[str]:

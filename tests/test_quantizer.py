@@ -188,8 +188,15 @@ def test_requantizing_needs_the_flag(smollm2_path: Path, tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(RequestError, match="unknown type"):
         quantize_checkpoint(smollm2_path, tmp_path / "q.gguf", "Q7_K")
-    with pytest.raises(UnsupportedError, match="SafeTensors"):
-        quantize_checkpoint(tmp_path, tmp_path / "q.gguf", "Q4_0")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        quantize_checkpoint(tmp_path, tmp_path / "q.gguf", "Q4_0")  # a folder: Hugging Face
+    lone = tmp_path / "model.safetensors"
+    lone.write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(UnsupportedError, match="lone SafeTensors"):
+        quantize_checkpoint(lone, tmp_path / "q.gguf", "Q4_0")
+    lone.unlink()
+    with pytest.raises(RequestError, match="no such file"):
+        quantize_checkpoint(tmp_path / "missing.gguf", tmp_path / "q.gguf", "Q4_0")
     with pytest.raises(RequestError, match="no such folder"):
         quantize_checkpoint(smollm2_path, tmp_path / "missing" / "q.gguf", "Q4_0")
 
@@ -223,27 +230,62 @@ def test_failures_leave_no_output(tiny, tmp_path: Path, monkeypatch: pytest.Monk
     assert sorted(p.name for p in out.iterdir()) == ["q.gguf"]
 
 
+# use_extra_bufts=False: llama.cpp's AMX weight buffers crash (SIGSEGV in
+# ggml_backend_amx_mul_mat) on CPUs that report AMX inside VMs that do not enable it; the plain
+# CPU path runs the same file.
+_LLAMA_CPP_GREEDY = """
+import sys, llama_cpp, llama_cpp.llama_cpp as lib
+default_params = lib.llama_model_default_params
+def model_params():
+    p = default_params()
+    p.use_extra_bufts = False
+    return p
+lib.llama_model_default_params = model_params
+llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=False, n_threads=2)
+print(llm(sys.argv[2], max_tokens=4, temperature=0)["choices"][0]["text"])
+"""
+
+
+def _llama_cpp_greedy(path: Path, prompt: str) -> str:
+    """llama.cpp's greedy continuation, in a child process: a crash of the native library
+    fails this test with its signal instead of killing the test run."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _LLAMA_CPP_GREEDY, str(path), prompt],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if out.returncode != 0:
+        pytest.fail(
+            f"llama.cpp failed to run {path.name} (exit status {out.returncode}; a negative "
+            f"one is a signal: check the llama-cpp-python build): {out.stderr[-500:]}"
+        )
+    return out.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.peer
 def test_real_model_round_trip_runs_in_llama_cpp_and_warmload(
     smollm2_path: Path, llama_quantize, tmp_path: Path
 ) -> None:
-    """SmolLM2 dequantized to F16 by warmload, then Q8_0: the same file as llama.cpp's
-    quantizer makes from that F16, and both llama.cpp and warmload run it."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    f16 = quantize_checkpoint(smollm2_path, tmp_path / "f16.gguf", "F16", allow_requantize=True)
-    assert set(f16.tensor_types.values()) == {"F16", "F32"}
-    q = quantize_checkpoint(f16.path, tmp_path / "q.gguf", "Q8_0")
-    llama_quantize(f16.path, tmp_path / "ref.gguf", "Q8_0")
-    assert q.sha256 == _sha(tmp_path / "ref.gguf")
-    llm = llama_cpp.Llama(str(q.path), n_ctx=64, verbose=False, logits_all=False)
-    out = llm("The capital of France is", max_tokens=4, temperature=0)
-    assert "Paris" in out["choices"][0]["text"]
+    """SmolLM2 dequantized to F16 by warmload, then Q8_0, Q4_K_M and Q3_K_S: the same files as
+    llama.cpp's quantizer makes from that F16, and both llama.cpp and warmload run them."""
+    pytest.importorskip("llama_cpp")
     import warmload
 
-    tok = warmload.load_tokenizer(q.path)
-    logits = warmload.load(q.path).logits(tok.encode("The capital of France is"))
-    assert "Paris" in tok.decode([int(logits[-1].argmax())])
+    prompt = "The capital of France is"
+    f16 = quantize_checkpoint(smollm2_path, tmp_path / "f16.gguf", "F16", allow_requantize=True)
+    assert set(f16.tensor_types.values()) == {"F16", "F32"}
+    tok = warmload.load_tokenizer(f16.path)
+    for qtype in ("Q8_0", "Q4_K_M", "Q3_K_S"):
+        q = quantize_checkpoint(f16.path, tmp_path / f"{qtype}.gguf", qtype)
+        llama_quantize(f16.path, tmp_path / "ref.gguf", qtype)
+        assert q.sha256 == _sha(tmp_path / "ref.gguf"), qtype
+        assert "Paris" in _llama_cpp_greedy(q.path, prompt), qtype
+        logits = warmload.load(q.path).logits(tok.encode(prompt))
+        assert "Paris" in tok.decode([int(logits[-1].argmax())]), qtype
+        q.path.unlink()
 
 
 def test_gguf_writer_round_trip_with_gguf_py(tmp_path: Path) -> None:

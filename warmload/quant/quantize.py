@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -195,20 +195,7 @@ def _as_float_array(x: Any) -> np.ndarray:
     return a
 
 
-def quantize(
-    x: Any,
-    ggml_type: str,
-    *,
-    threads: int | None = None,
-    executor: ThreadPoolExecutor | None = None,
-    check_finite: bool = False,
-) -> np.ndarray:
-    """Quantize a float array (..., n) to GGML blocks: uint8 (..., n / block_size * type_size).
-
-    n must be a multiple of the type's block size. Float16/64 input is converted chunk by chunk
-    on the workers. threads: worker threads (None: all CPUs); executor: an existing pool to run
-    the chunks on (then threads is ignored). check_finite: raise CheckpointError on NaN or inf.
-    """
+def _plan(x: Any, ggml_type: str) -> tuple[BlockQuantizer, Any, np.ndarray, tuple[int, ...]]:
     fn = QUANTIZERS.get(ggml_type)
     if fn is None:
         raise UnsupportedError(
@@ -217,17 +204,24 @@ def quantize(
     t = GGML_TYPES[ggml_type]
     a = _as_float_array(x)
     shape = a.shape if a.ndim else (1,)
-    n = shape[-1]
-    if n % t.block_size:
+    if shape[-1] % t.block_size:
         raise UnsupportedError(
-            f"cannot quantize rows of {n} values to {ggml_type}: rows must be a multiple of "
-            f"{t.block_size}"
+            f"cannot quantize rows of {shape[-1]} values to {ggml_type}: rows must be a multiple "
+            f"of {t.block_size}"
         )
-    blocks = a.reshape(-1, t.block_size)
-    nblocks = blocks.shape[0]
+    return fn, t, a.reshape(-1, t.block_size), shape
+
+
+def submit_quantize(
+    x: Any, ggml_type: str, executor: Executor, *, check_finite: bool = False
+) -> Callable[[], np.ndarray]:
+    """Start quantizing x (as quantize() does) on `executor`, chunk by chunk; return a function
+    that waits for the chunks and returns the result (and re-raises a chunk's error). Several
+    tensors can be in flight at once, so small tensors still keep every worker busy."""
+    fn, t, blocks, shape = _plan(x, ggml_type)
+    n, nblocks = shape[-1], blocks.shape[0]
     out = np.empty((nblocks, t.type_size), np.uint8)
     per_chunk = max(1, _CHUNK_WEIGHTS.get(ggml_type, _DEFAULT_CHUNK_WEIGHTS) // t.block_size)
-    starts = range(0, nblocks, per_chunk)
     group = GROUP_SIZE.get(ggml_type)
 
     def run(start: int) -> None:
@@ -243,14 +237,46 @@ def quantize(
             )
         out[start:stop] = fn(chunk)
 
-    if executor is not None and len(starts) > 1:
-        list(executor.map(run, starts))
-    else:
-        n_threads = min(threads or default_threads(), len(starts))
-        if n_threads <= 1:
-            for s in starts:
-                run(s)
-        else:
-            with ThreadPoolExecutor(n_threads) as pool:
-                list(pool.map(run, starts))
-    return out.reshape(*shape[:-1], n // t.block_size * t.type_size)
+    futures = [executor.submit(run, s) for s in range(0, nblocks, per_chunk)]
+
+    def result() -> np.ndarray:
+        for f in futures:
+            f.result()
+        return out.reshape(*shape[:-1], n // t.block_size * t.type_size)
+
+    return result
+
+
+class _Inline(Executor):
+    """Runs each task at once in the caller's thread (one-thread quantization)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            f.set_exception(e)
+        return f
+
+
+def quantize(
+    x: Any,
+    ggml_type: str,
+    *,
+    threads: int | None = None,
+    executor: Executor | None = None,
+    check_finite: bool = False,
+) -> np.ndarray:
+    """Quantize a float array (..., n) to GGML blocks: uint8 (..., n / block_size * type_size).
+
+    n must be a multiple of the type's block size. Float16/64 input is converted chunk by chunk
+    on the workers. threads: worker threads (None: all CPUs); executor: an existing pool to run
+    the chunks on (then threads is ignored). check_finite: raise CheckpointError on NaN or inf.
+    """
+    if executor is not None:
+        return submit_quantize(x, ggml_type, executor, check_finite=check_finite)()
+    n_threads = threads or default_threads()
+    if n_threads <= 1:
+        return submit_quantize(x, ggml_type, _Inline(), check_finite=check_finite)()
+    with ThreadPoolExecutor(n_threads) as pool:
+        return submit_quantize(x, ggml_type, pool, check_finite=check_finite)()
