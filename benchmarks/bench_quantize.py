@@ -54,6 +54,26 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
+@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+def _no_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """llama.cpp logs every tensor it quantizes; printing them would slow its side down."""
+
+
+def _quiet_llama_cpp() -> None:
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    llama_cpp.llama_log_set(_no_log, ctypes.c_void_p())
+    default_params = lib.llama_model_default_params
+
+    def model_params():  # no AMX weight buffers: they crash in VMs that do not enable AMX
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = model_params
+
+
 def _llama_quantize(src: Path, dst: Path, qtype: str, threads: int) -> float:
     import llama_cpp
 
@@ -134,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only time the block quantizers, one thread, vs ggml_quantize_chunk",
     )
     args = ap.parse_args(argv)
+    _quiet_llama_cpp()
     if args.kernels:
         return _bench_kernels(args.runs)
     with tempfile.TemporaryDirectory(prefix="bench_quantize.") as tmp:
