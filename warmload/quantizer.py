@@ -1,5 +1,6 @@
-"""quantize_checkpoint(src, dst, qtype): a GGUF in F32/F16/BF16 (or quantized, when allowed)
--> a GGUF of one of llama.cpp's file types, written atomically, with its SHA-256.
+"""quantize_checkpoint(src, dst, qtype): a GGUF in F32/F16/BF16 (or quantized, when allowed),
+or a Hugging Face model folder (converted on the way by hf_convert) -> a GGUF of one of
+llama.cpp's file types, written atomically, with its SHA-256.
 
 Follows llama.cpp's llama_model_quantize (src/llama-quant.cpp): the same per-tensor types
 (quant/quantize_mix.py), tensors in the same order (layer, then name), every metadata pair
@@ -7,7 +8,9 @@ copied with its type, then general.quantization_version = 2 and general.file_typ
 bytes come from warmload.quant.quantize, bit-identical to llama.cpp's reference quantizers, so
 the files are byte-identical to llama-quantize's (tests check). The output goes to a temporary
 file beside `dst`, renamed only when complete, so an error, a full disk or Ctrl-C never leaves
-a partial `dst`; `dst.sha256` (sha256sum format) is written after.
+a partial `dst`; `dst.sha256` (sha256sum format) is written after. Tensors are cut into
+chunks that run on a thread pool (numpy releases the GIL), several tensors in flight at once,
+while a writer thread writes and hashes what is done, in order.
 """
 
 from __future__ import annotations
