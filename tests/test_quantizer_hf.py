@@ -48,9 +48,11 @@ def hf_folder(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> P
     meta = _tokenizer_json(smollm2_path, folder)
     config = transformers.LlamaConfig(
         vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384,
+        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=1,
         eos_token_id=2, initializer_range=0.1,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
     )  # fmt: skip
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
@@ -92,7 +94,9 @@ def test_hf_folder_converts_like_transformers(hf_folder: Path, tmp_path: Path) -
     assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (1, 2)
     assert meta["tokenizer.ggml.padding_token_id"] == 2
     assert meta["tokenizer.ggml.add_bos_token"] is False
+    assert meta["llama.rope.freq_base"] == 500000.0
     assert "output.weight" not in r.tensor_types  # tied embeddings
+    assert r.tensor_types["rope_freqs.weight"] == "F32"  # llama3 rope scaling
     assert r.tensor_types["blk.0.attn_norm.weight"] == "F32"
     tok = warmload.load_tokenizer(r.path)
     assert tok.encode(TEXT, add_special=False) == ids

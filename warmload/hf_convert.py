@@ -78,10 +78,19 @@ def _config(folder: Path) -> dict[str, Any]:
     return cfg
 
 
+def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """(rope_theta, scaling dict) from config.json: transformers < 5 writes rope_theta and
+    rope_scaling, transformers 5 one rope_parameters dict holding both."""
+    params = cfg.get("rope_parameters") or {}
+    theta = cfg.get("rope_theta") or params.get("rope_theta") or 10000.0
+    scaling = cfg.get("rope_scaling") or params
+    return float(theta), scaling
+
+
 def _rope_metadata(cfg: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray | None]:
     """rope scaling: linear as metadata, llama3 as the rope_freqs tensor (LlamaModel's
     generate_extra_tensors); other kinds are refused."""
-    scaling = cfg.get("rope_scaling") or {}
+    base, scaling = _rope(cfg)
     kind = str(scaling.get("rope_type", scaling.get("type", "default"))).lower()
     if kind == "default":
         return {}, None
@@ -90,7 +99,6 @@ def _rope_metadata(cfg: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray | No
                 "llama.rope.scaling.factor": float(scaling["factor"])}, None  # fmt: skip
     if kind != "llama3":
         raise UnsupportedError(f"rope_scaling {kind!r} is not converted (linear, llama3 are)")
-    base = float(cfg.get("rope_theta", 10000.0))
     dim = _head_dim(cfg)
     freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
     factor = scaling.get("factor", 8.0)
@@ -126,7 +134,7 @@ def _model_metadata(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
             "llama.feed_forward_length": int(cfg["intermediate_size"]),
             "llama.attention.head_count": n_head,
             "llama.attention.head_count_kv": int(cfg.get("num_key_value_heads") or n_head),
-            "llama.rope.freq_base": float(cfg.get("rope_theta", 10000.0)),
+            "llama.rope.freq_base": _rope(cfg)[0],
             "llama.attention.layer_norm_rms_epsilon": float(cfg.get("rms_norm_eps", 1e-6)),
             "llama.rope.dimension_count": _head_dim(cfg),
         }
