@@ -141,3 +141,84 @@ def test_hf_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedError, match="byte_fallback"):
         quantize_checkpoint(folder, tmp_path / "q.gguf", "Q8_0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def _write_sentencepiece(path: Path, tokens: list[str], scores, types) -> None:
+    """A SentencePiece tokenizer.model (ModelProto with only its pieces)."""
+    import struct
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while n >= 0x80:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        return bytes(out + bytes([n]))
+
+    parts = []
+    for text, score, kind in zip(tokens, scores, types):
+        b = text.encode("utf-8")
+        piece = b"\x0a" + varint(len(b)) + b + b"\x15" + struct.pack("<f", score)
+        piece += b"\x18" + varint(int(kind))
+        parts.append(b"\x0a" + varint(len(piece)) + piece)
+    path.write_bytes(b"".join(parts))
+
+
+@pytest.fixture(scope="module")
+def gemma_folder(tmp_path_factory: pytest.TempPathFactory, gemma3_path: Path) -> Path:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("hf") / "tiny-gemma3"
+    folder.mkdir()
+    meta = read_gguf(gemma3_path).metadata
+    tokens = list(meta["tokenizer.ggml.tokens"])
+    _write_sentencepiece(
+        folder / "tokenizer.model", tokens, meta["tokenizer.ggml.scores"],
+        meta["tokenizer.ggml.token_type"],
+    )  # fmt: skip
+    config = transformers.Gemma3TextConfig(
+        vocab_size=len(tokens), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
+        sliding_window=512, max_position_embeddings=1024, initializer_range=0.1,
+    )  # fmt: skip
+    config.architectures = ["Gemma3ForCausalLM"]
+    torch.manual_seed(0)
+    model = transformers.Gemma3ForCausalLM(config).to(torch.bfloat16)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(0.5 * torch.rand_like(p) - 0.25)
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>",
+        "add_bos_token": True, "add_eos_token": False, "chat_template": "{{ messages }}",
+    }))  # fmt: skip
+    return folder
+
+
+@pytest.mark.peer
+def test_gemma3_folder_converts_like_transformers(
+    gemma_folder: Path, gemma3_path: Path, tmp_path: Path
+) -> None:
+    import torch
+    import transformers
+
+    import warmload
+
+    r = quantize_checkpoint(gemma_folder, tmp_path / "g.gguf", "F32")
+    meta = read_gguf(r.path).metadata
+    assert meta["general.architecture"] == "gemma3" and meta["tokenizer.ggml.model"] == "llama"
+    assert meta["gemma3.attention.sliding_window"] == 512 and meta["gemma3.rope.freq_base"] == 1e6
+    assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (2, 1)
+    assert meta["tokenizer.ggml.add_bos_token"] is True
+    assert meta["tokenizer.chat_template"] == "{{ messages }}"
+    ref_tok, tok = warmload.load_tokenizer(gemma3_path), warmload.load_tokenizer(r.path)
+    ids = ref_tok.encode(TEXT)
+    assert tok.encode(TEXT) == ids and tok.encode(PROBE_TEXT) == ref_tok.encode(PROBE_TEXT)
+    ours = warmload.load(str(r.path)).logits(ids).float().numpy()
+    hf = transformers.Gemma3ForCausalLM.from_pretrained(gemma_folder, torch_dtype=torch.float32)
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(ours, ref, atol=2e-3 * np.abs(ref).max(), rtol=0)
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(str(r.path), vocab_only=True, verbose=False)
+    assert llm.tokenize(PROBE_TEXT.encode(), add_bos=True) == ref_tok.encode(PROBE_TEXT)

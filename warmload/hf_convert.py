@@ -7,7 +7,8 @@ for the names. config.json -> `llama.*` hyperparameters; tokenizer.json & co -> 
 (hf_vocab.py); *.safetensors (one file or index shards, formats/safetensors.py) -> GGUF tensor
 names, q_proj/k_proj rows permuted for llama.cpp's rope, 1-D tensors as F32, 2-D ones in their
 stored dtype (F32, F16 or BF16; the quantizer converts them). Supported: LlamaForCausalLM and
-MistralForCausalLM folders with a byte-level BPE tokenizer.
+MistralForCausalLM (LlamaModel), and Gemma3ForCausalLM (Gemma3Model: norms stored as 1 + w,
+embedding rows past the vocab dropped; no q/k permutation).
 """
 
 from __future__ import annotations
@@ -28,22 +29,37 @@ from warmload.formats.gguf_write import BOOL, FLOAT32, INT32, STRING, UINT32, Ra
 from warmload.formats.safetensors import read_safetensors
 from warmload.hf_vocab import tokenizer_metadata
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
-# HF parameter name (regex) -> GGUF tensor name
-TENSOR_NAMES = [
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
+                 "Gemma3ForCausalLM": "gemma3"}  # fmt: skip
+_LAYER = r"model\.layers\.(\d+)\."
+# HF parameter name (regex) -> GGUF tensor name, per architecture
+_COMMON_NAMES = [
     (r"model\.embed_tokens\.weight", "token_embd.weight"),
     (r"model\.norm\.weight", "output_norm.weight"),
     (r"lm_head\.weight", "output.weight"),
-    (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"blk.\1.attn_norm.weight"),
-    (r"model\.layers\.(\d+)\.self_attn\.q_proj\.weight", r"blk.\1.attn_q.weight"),
-    (r"model\.layers\.(\d+)\.self_attn\.k_proj\.weight", r"blk.\1.attn_k.weight"),
-    (r"model\.layers\.(\d+)\.self_attn\.v_proj\.weight", r"blk.\1.attn_v.weight"),
-    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", r"blk.\1.attn_output.weight"),
-    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"blk.\1.ffn_norm.weight"),
-    (r"model\.layers\.(\d+)\.mlp\.gate_proj\.weight", r"blk.\1.ffn_gate.weight"),
-    (r"model\.layers\.(\d+)\.mlp\.up_proj\.weight", r"blk.\1.ffn_up.weight"),
-    (r"model\.layers\.(\d+)\.mlp\.down_proj\.weight", r"blk.\1.ffn_down.weight"),
+    (_LAYER + r"input_layernorm\.weight", r"blk.\1.attn_norm.weight"),
+    (_LAYER + r"self_attn\.q_proj\.weight", r"blk.\1.attn_q.weight"),
+    (_LAYER + r"self_attn\.k_proj\.weight", r"blk.\1.attn_k.weight"),
+    (_LAYER + r"self_attn\.v_proj\.weight", r"blk.\1.attn_v.weight"),
+    (_LAYER + r"self_attn\.o_proj\.weight", r"blk.\1.attn_output.weight"),
+    (_LAYER + r"mlp\.gate_proj\.weight", r"blk.\1.ffn_gate.weight"),
+    (_LAYER + r"mlp\.up_proj\.weight", r"blk.\1.ffn_up.weight"),
+    (_LAYER + r"mlp\.down_proj\.weight", r"blk.\1.ffn_down.weight"),
 ]
+TENSOR_NAMES = {
+    "llama": [
+        *_COMMON_NAMES,
+        (_LAYER + r"post_attention_layernorm\.weight", r"blk.\1.ffn_norm.weight"),
+    ],
+    "gemma3": [
+        *_COMMON_NAMES,
+        (_LAYER + r"self_attn\.q_norm\.weight", r"blk.\1.attn_q_norm.weight"),
+        (_LAYER + r"self_attn\.k_norm\.weight", r"blk.\1.attn_k_norm.weight"),
+        (_LAYER + r"post_attention_layernorm\.weight", r"blk.\1.post_attention_norm.weight"),
+        (_LAYER + r"pre_feedforward_layernorm\.weight", r"blk.\1.ffn_norm.weight"),
+        (_LAYER + r"post_feedforward_layernorm\.weight", r"blk.\1.post_ffw_norm.weight"),
+    ],
+}
 _SKIPPED = re.compile(r".*rotary_emb\.inv_freq$")
 _FLOATS = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}  # BF16 bytes as uint16
 ROPE_FREQS = "rope_freqs.weight"
@@ -69,12 +85,13 @@ def _config(folder: Path) -> dict[str, Any]:
         cfg = json.loads(path.read_text("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    archs = cfg.get("architectures") or []
-    if not any(a in ARCHITECTURES for a in archs):
+    archs = [a for a in cfg.get("architectures") or [] if a in ARCHITECTURES]
+    if not archs:
         raise UnsupportedError(
-            f"{path}: architecture {archs} cannot be converted; supported: "
+            f"{path}: architecture {cfg.get('architectures')} cannot be converted; supported: "
             f"{', '.join(ARCHITECTURES)}"
         )
+    cfg["_arch"] = ARCHITECTURES[archs[0]]
     return cfg
 
 
@@ -82,7 +99,9 @@ def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     """(rope_theta, scaling dict) from config.json: transformers < 5 writes rope_theta and
     rope_scaling, transformers 5 one rope_parameters dict holding both."""
     params = cfg.get("rope_parameters") or {}
-    theta = cfg.get("rope_theta") or params.get("rope_theta") or 10000.0
+    params = params.get("full_attention", params)  # gemma3: per layer type; global layers
+    default = 1_000_000.0 if cfg["_arch"] == "gemma3" else 10000.0
+    theta = cfg.get("rope_theta") or params.get("rope_theta") or default
     scaling = cfg.get("rope_scaling") or params
     return float(theta), scaling
 
@@ -92,12 +111,13 @@ def _rope_metadata(cfg: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray | No
     generate_extra_tensors); other kinds are refused."""
     base, scaling = _rope(cfg)
     kind = str(scaling.get("rope_type", scaling.get("type", "default"))).lower()
+    arch = cfg["_arch"]
     if kind == "default":
         return {}, None
     if kind == "linear":
-        return {"llama.rope.scaling.type": "linear",
-                "llama.rope.scaling.factor": float(scaling["factor"])}, None  # fmt: skip
-    if kind != "llama3":
+        return {f"{arch}.rope.scaling.type": "linear",
+                f"{arch}.rope.scaling.factor": float(scaling["factor"])}, None  # fmt: skip
+    if kind != "llama3" or arch != "llama":
         raise UnsupportedError(f"rope_scaling {kind!r} is not converted (linear, llama3 are)")
     dim = _head_dim(cfg)
     freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
@@ -121,8 +141,35 @@ def _head_dim(cfg: dict[str, Any]) -> int:
     return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
 
 
+def _gemma3_metadata(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Gemma3Model.set_gguf_parameters (text model)."""
+    if cfg.get("attn_logit_softcapping") is not None:
+        raise UnsupportedError(f"{folder}: Gemma 3 does not use attn_logit_softcapping")
+    head_dim = int(cfg.get("head_dim", 256))
+    return {
+        "general.architecture": "gemma3",
+        "general.name": folder.resolve().name,
+        "gemma3.context_length": int(cfg.get("max_position_embeddings", 131072)),
+        "gemma3.embedding_length": int(cfg["hidden_size"]),
+        "gemma3.block_count": int(cfg["num_hidden_layers"]),
+        "gemma3.feed_forward_length": int(cfg["intermediate_size"]),
+        "gemma3.attention.head_count": int(cfg.get("num_attention_heads", 8)),
+        "gemma3.attention.layer_norm_rms_epsilon": float(cfg.get("rms_norm_eps", 1e-6)),
+        "gemma3.attention.key_length": head_dim,
+        "gemma3.attention.value_length": head_dim,
+        "gemma3.rope.freq_base": _rope(cfg)[0],
+        "gemma3.attention.sliding_window": int(cfg["sliding_window"]),
+        "gemma3.attention.head_count_kv": int(cfg.get("num_key_value_heads", 4)),
+    }
+
+
 def _model_metadata(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """LlamaModel.set_gguf_parameters (keys and value types as gguf-py writes them)."""
+    if cfg["_arch"] == "gemma3":
+        try:
+            return _gemma3_metadata(folder, cfg)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{folder / 'config.json'}: missing or bad field {e}") from None
     try:
         n_head = int(cfg["num_attention_heads"])
         meta: dict[str, Any] = {
@@ -147,7 +194,7 @@ def _model_metadata(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _encode(meta: dict[str, Any]) -> list[RawKV]:
     """GGUF pairs with gguf-py's value types (ints UINT32, floats FLOAT32, token types
-    INT32)."""
+    INT32, scores FLOAT32)."""
     out = []
     for key, value in meta.items():
         if isinstance(value, bool):
@@ -158,6 +205,8 @@ def _encode(meta: dict[str, Any]) -> list[RawKV]:
             out.append(encode_kv(key, value, FLOAT32))
         elif key == "tokenizer.ggml.token_type":
             out.append(encode_kv(key, np.asarray(value, np.int32), item_type=INT32))
+        elif key == "tokenizer.ggml.scores":
+            out.append(encode_kv(key, np.asarray(value, np.float32), item_type=FLOAT32))
         elif isinstance(value, list):
             out.append(encode_kv(key, value, item_type=STRING))
         else:
@@ -176,8 +225,8 @@ def _permute(rows: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def _gguf_name(hf_name: str) -> str | None:
-    for pattern, repl in TENSOR_NAMES:
+def _gguf_name(hf_name: str, arch: str) -> str | None:
+    for pattern, repl in TENSOR_NAMES[arch]:
         if re.fullmatch(pattern, hf_name):
             return re.sub(pattern, repl, hf_name)
     return None
@@ -187,12 +236,12 @@ def _tensor_map(ckpt: Checkpoint, cfg: dict[str, Any]) -> dict[str, str]:
     """GGUF name -> HF name; unknown tensors are an error, tied lm_head is dropped."""
     names, unknown = {}, []
     for hf_name in ckpt.tensors:
-        gguf = _gguf_name(hf_name)
+        gguf = _gguf_name(hf_name, cfg["_arch"])
         if gguf is None:
             if not _SKIPPED.match(hf_name):
                 unknown.append(hf_name)
             continue
-        if gguf == "output.weight" and cfg.get("tie_word_embeddings"):
+        if gguf == "output.weight" and cfg.get("tie_word_embeddings", cfg["_arch"] == "gemma3"):
             continue
         names[gguf] = hf_name
     if unknown:
@@ -203,9 +252,12 @@ def _tensor_map(ckpt: Checkpoint, cfg: dict[str, Any]) -> dict[str, str]:
     return names
 
 
-def _reader(ckpt: Checkpoint, cfg: dict[str, Any], names: dict[str, str], extra: dict):
+def _reader(
+    ckpt: Checkpoint, cfg: dict[str, Any], names: dict[str, str], extra: dict, n_vocab: int
+) -> Callable[[str], Any]:
     n_head = int(cfg["num_attention_heads"])
     n_kv = int(cfg.get("num_key_value_heads") or n_head)
+    gemma = cfg["_arch"] == "gemma3"
 
     def tensor_bytes(name: str) -> Any:
         """The tensor's bytes in GGUF layout, as a flat buffer (1-D uint8 or memoryview)."""
@@ -216,8 +268,15 @@ def _reader(ckpt: Checkpoint, cfg: dict[str, Any], names: dict[str, str], extra:
         if info.ggml_type not in _FLOATS:
             raise UnsupportedError(f"tensor {info.name!r} is {info.ggml_type}; F32/F16/BF16 only")
         x = np.frombuffer(raw, _FLOATS[info.ggml_type]).reshape(info.shape)
-        if len(info.shape) == 1 and info.ggml_type != "F32":
+        if name == "token_embd.weight" and x.shape[0] > n_vocab:
+            x = x[:n_vocab]  # rows past the vocab (Gemma 3 pads its embedding)
+        elif gemma and name.endswith("norm.weight"):
+            # Gemma3RMSNorm scales by (1 + weight); GGUF stores the sum (norm_shift), in F32
+            x = _to_f32(x, info.ggml_type) + np.float32(1)
+        elif len(info.shape) == 1 and info.ggml_type != "F32":
             x = _to_f32(x, info.ggml_type)
+        elif gemma:
+            return raw
         elif name.endswith("attn_q.weight"):
             x = _permute(x, n_head)
         elif name.endswith("attn_k.weight"):
@@ -242,7 +301,12 @@ def open_hf_folder(folder: str | Path) -> HFModel:
     meta = _model_metadata(path, cfg)
     rope_meta, rope_freqs = _rope_metadata(cfg)
     vocab = tokenizer_metadata(path, cfg)
-    meta |= rope_meta | {"llama.vocab_size": len(vocab["tokenizer.ggml.tokens"])} | vocab
+    n_vocab = len(vocab["tokenizer.ggml.tokens"])
+    if cfg["_arch"] == "llama":
+        meta["llama.vocab_size"] = n_vocab
+    else:
+        meta["tokenizer.ggml.add_space_prefix"] = False  # Gemma3Model.set_vocab
+    meta |= rope_meta | vocab
     ckpt = read_safetensors(path)
     try:
         names = _tensor_map(ckpt, cfg)
@@ -250,7 +314,10 @@ def open_hf_folder(folder: str | Path) -> HFModel:
         for gguf, hf_name in names.items():
             info = ckpt.tensors[hf_name]
             dtype = "F32" if len(info.shape) == 1 else info.ggml_type
-            tensors[gguf] = TensorInfo(gguf, dtype, info.shape, info.offset, info.nbytes, info.file)
+            shape = info.shape
+            if gguf == "token_embd.weight" and shape[0] > n_vocab:
+                shape = (n_vocab, *shape[1:])
+            tensors[gguf] = TensorInfo(gguf, dtype, shape, info.offset, info.nbytes, info.file)
         extra: dict[str, np.ndarray] = {}
         if rope_freqs is not None:
             extra[ROPE_FREQS] = rope_freqs
@@ -258,5 +325,5 @@ def open_hf_folder(folder: str | Path) -> HFModel:
     except BaseException:
         ckpt.close()
         raise
-    reader = _reader(ckpt, cfg, names, extra)
+    reader = _reader(ckpt, cfg, names, extra, n_vocab)
     return HFModel(path, _encode(meta), meta, tensors, reader, ckpt.close)

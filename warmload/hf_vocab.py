@@ -3,8 +3,9 @@
 Reference: llama.cpp convert_hf_to_gguf.py (TextModel.get_vocab_base, _set_vocab_gpt2,
 get_vocab_base_pre) and gguf-py/gguf/vocab.py (SpecialVocab: special token ids, add_bos/add_eos,
 merges, chat template). Byte-level BPE tokenizers (tokenizer.json with a BPE model and a
-ByteLevel pre-tokenizer: Llama 3, SmolLM, Qwen, GPT-2 ...) are converted; SentencePiece ones
-(Llama 2, Gemma: byte_fallback BPE or tokenizer.model) are refused with a clear error.
+ByteLevel pre-tokenizer: Llama 3, SmolLM, Qwen, GPT-2 ...) become `gpt2` vocabs with merges;
+SentencePiece ones (Llama 2, Gemma) are read from tokenizer.model (its protobuf pieces: text,
+score, type) and become `llama` vocabs with scores, as _set_vocab_sentencepiece does.
 
 llama.cpp recognises the pre-tokenizer by hashing the ids of a probe text; here each
 `tokenizer.ggml.pre` that warmload knows is tried on a probe text instead, and the first whose
@@ -15,6 +16,7 @@ end to end: warmload's tokenizer built from the new metadata must give tokenizer
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -170,18 +172,119 @@ def _check_model(tok: dict[str, Any], path: Path) -> None:
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise UnsupportedError(
             f"{path}: only byte-level BPE tokenizers (Llama 3, SmolLM, Qwen, GPT-2 style) are "
-            f"converted; this one is {model.get('type')!r}"
+            f"converted from tokenizer.json (SentencePiece ones from tokenizer.model, which this "
+            f"folder lacks); this one is {model.get('type')!r}"
             f"{' with byte_fallback (SentencePiece-style)' if model.get('byte_fallback') else ''}"
         )
 
 
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise CheckpointError("tokenizer.model: truncated protobuf varint")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: bytes) -> list[tuple[int, int | bytes]]:
+    """(field number, value) of one protobuf message: varints as ints, the rest as bytes."""
+    out: list[tuple[int, int | bytes]] = []
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            out.append((field, value))
+            continue
+        if wire == 2:
+            n, pos = _varint(buf, pos)
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+        else:
+            raise CheckpointError(f"tokenizer.model: unsupported protobuf wire type {wire}")
+        if pos + n > len(buf):
+            raise CheckpointError("tokenizer.model: protobuf field runs past the end")
+        out.append((field, buf[pos : pos + n]))
+        pos += n
+    return out
+
+
+def sentencepiece_pieces(path: Path) -> list[tuple[str, float, int]]:
+    """SentencePiece ModelProto.pieces (field 1): (piece, score, type) with sentencepiece's
+    types (NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6 = GGUF's)."""
+    pieces = []
+    for field, value in _fields(path.read_bytes()):
+        if field != 1 or not isinstance(value, bytes):
+            continue
+        text, score, kind = "", 0.0, NORMAL
+        for f, v in _fields(value):
+            if f == 1 and isinstance(v, bytes):
+                text = v.decode("utf-8")
+            elif f == 2 and isinstance(v, bytes):
+                score = struct.unpack("<f", v)[0]
+            elif f == 3 and isinstance(v, int):
+                kind = v
+        pieces.append((text, score, kind))
+    if not pieces:
+        raise CheckpointError(f"{path}: no SentencePiece pieces (not a tokenizer.model?)")
+    return pieces
+
+
+def _sentencepiece_vocab(
+    folder: Path, cfg: dict[str, Any], n_vocab: int
+) -> tuple[list[str], list[float], list[int]]:
+    """_create_vocab_sentencepiece: the pieces padded to n_vocab ([PAD{i}], -10000, UNUSED),
+    then tokenizer_config.json's added_tokens_decoder as CONTROL (special) or USER_DEFINED."""
+    pieces = sentencepiece_pieces(folder / "tokenizer.model")[:n_vocab]
+    tokens = [p[0] for p in pieces] + [f"[PAD{i}]" for i in range(len(pieces), n_vocab)]
+    scores = [p[1] for p in pieces] + [-10000.0] * (n_vocab - len(pieces))
+    types = [p[2] for p in pieces] + [UNUSED] * (n_vocab - len(pieces))
+    for key, added in (cfg.get("added_tokens_decoder") or {}).items():
+        i, text = int(key), added.get("content", "")
+        if i >= n_vocab:
+            continue
+        special = added.get("special", False)
+        tokens[i] = text if special else text.replace("\u2581", " ")
+        types[i], scores[i] = (CONTROL if special else USER_DEFINED), -1000.0
+    return tokens, scores, types
+
+
+def _sentencepiece_metadata(
+    folder: Path, cfg: dict[str, Any], model_cfg: dict[str, Any]
+) -> dict[str, Any]:
+    pieces_n = len(sentencepiece_pieces(folder / "tokenizer.model"))
+    n_vocab = int(model_cfg.get("vocab_size") or pieces_n)
+    tokens, scores, types = _sentencepiece_vocab(folder, cfg, n_vocab)
+    tok = _read_json(folder / "tokenizer.json", required=False) or {}
+    meta: dict[str, Any] = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types,
+    }
+    meta |= {f"tokenizer.ggml.{k}": v for k, v in _special_ids(tok, cfg, model_cfg, tokens).items()}
+    meta |= {f"tokenizer.ggml.{k}": v for k, v in _add_special(tok, cfg).items()}
+    return meta
+
+
 def tokenizer_metadata(folder: Path, model_cfg: dict[str, Any]) -> dict[str, Any]:
     """GGUF tokenizer.* metadata (key -> Python value) of a Hugging Face model folder."""
+    cfg = _read_json(folder / "tokenizer_config.json", required=False) or {}
+    if (folder / "tokenizer.model").is_file():
+        meta = _sentencepiece_metadata(folder, cfg, model_cfg)
+        template = _chat_template(folder, cfg)
+        return meta | ({"tokenizer.chat_template": template} if template is not None else {})
     path = folder / "tokenizer.json"
     tok = _read_json(path)
     assert tok is not None
     _check_model(tok, path)
-    cfg = _read_json(folder / "tokenizer_config.json", required=False) or {}
     n_vocab = max(len(tok["model"]["vocab"]), int(model_cfg.get("vocab_size") or 0))
     tokens, types = _tokens_and_types(tok, n_vocab)
     meta: dict[str, Any] = {
