@@ -24,7 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument(
         "input",
         help="F32/F16/BF16 GGUF (or quantized, with --allow-requantize), or a Hugging Face "
-        "model folder (config.json, tokenizer.json, *.safetensors; converted on the way)",
+        "model folder (config.json, tokenizer.json or tokenizer.model, *.safetensors; Llama, "
+        "Mistral, Gemma 3; converted on the way)",
     )
     q.add_argument("output")
     q.add_argument("type", help="F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q5_0, Q5_1, Q4_K_M, "
