@@ -130,12 +130,14 @@ def quantize_f16(x: np.ndarray) -> np.ndarray:
 
 
 def quantize_bf16(x: np.ndarray) -> np.ndarray:
-    """ggml_compute_fp32_to_bf16: round to nearest even, NaNs made quiet."""
-    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32).astype(np.uint64)
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
-    h = np.where(nan, (u >> 16) | 64, rounded).astype(np.uint16)
-    return h.view(np.uint8)
+    """ggml_compute_fp32_to_bf16: round to nearest even, NaNs made quiet. In uint32: the
+    rounding add only wraps for bit patterns above 0xFFFF7FFF, which are NaNs (replaced)."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
+    rounded = (u + ((u >> 16) & 1) + np.uint32(0x7FFF)) >> 16
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    if nan.any():
+        rounded = np.where(nan, (u >> 16) | np.uint32(64), rounded)
+    return rounded.astype(np.uint16).view(np.uint8)
 
 
 def quantize_f32(x: np.ndarray) -> np.ndarray:
