@@ -54,23 +54,44 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def _llama_quantize(src: Path, dst: Path, qtype: str, threads: int) -> float:
+@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+def _no_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """llama.cpp logs every tensor it quantizes; printing them would slow its side down."""
+
+
+def _quiet_llama_cpp() -> None:
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    llama_cpp.llama_log_set(_no_log, ctypes.c_void_p())
+    default_params = lib.llama_model_default_params
+
+    def model_params():  # no AMX weight buffers: they crash in VMs that do not enable AMX
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = model_params
+
+
+def _llama_quantize(src: Path, dst: Path, qtype: str, threads: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process: llama.cpp's threads are ours)."""
     import llama_cpp
 
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype, p.nthread = FILE_TYPES[qtype][0], threads
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize failed for {qtype}")
-    return seconds
+    return seconds, cpu
 
 
-def _ours(src: Path, dst: Path, qtype: str, threads: int) -> float:
-    t0 = time.perf_counter()
+def _ours(src: Path, dst: Path, qtype: str, threads: int) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
     quantize_checkpoint(src, dst, qtype, threads=threads)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 class _Evaluator:
@@ -134,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only time the block quantizers, one thread, vs ggml_quantize_chunk",
     )
     args = ap.parse_args(argv)
+    _quiet_llama_cpp()
     if args.kernels:
         return _bench_kernels(args.runs)
     with tempfile.TemporaryDirectory(prefix="bench_quantize.") as tmp:
@@ -160,10 +182,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench_type(src, work, qtype, args, n_weights, ev, ref) -> dict:
     ours_p, ref_p = work / f"ours-{qtype}.gguf", work / f"llama-{qtype}.gguf"
-    ours_s, ref_s = [], []
+    ours_s, ref_s, ours_cpu, ref_cpu = [], [], [], []
     for _ in range(args.runs):  # alternate so both see the same machine state
-        ours_s.append(_ours(src, ours_p, qtype, args.threads))
-        ref_s.append(_llama_quantize(src, ref_p, qtype, args.threads))
+        for times, cpus, fn, dst in ((ours_s, ours_cpu, _ours, ours_p),
+                                     (ref_s, ref_cpu, _llama_quantize, ref_p)):  # fmt: skip
+            wall, cpu = fn(src, dst, qtype, args.threads)
+            times.append(wall)
+            cpus.append(cpu)
     row = {
         "type": qtype,
         "bytes": ours_p.stat().st_size,
@@ -175,6 +200,10 @@ def _bench_type(src, work, qtype, args, n_weights, ev, ref) -> dict:
         "ours_mw_per_s": round(n_weights / min(ours_s) / 1e6, 2),
         "llama_mw_per_s": round(n_weights / min(ref_s) / 1e6, 2),
         "speed_ratio": round(min(ref_s) / min(ours_s), 3),
+        # CPU seconds: less sensitive to other processes sharing the cores than wall time
+        "ours_cpu_s_min": round(min(ours_cpu), 3),
+        "llama_cpu_s_min": round(min(ref_cpu), 3),
+        "cpu_ratio": round(min(ref_cpu) / min(ours_cpu), 3),
         "identical": _sha(ours_p) == _sha(ref_p),
     }
     if ev is not None and ref is not None:
@@ -227,8 +256,8 @@ def _bench_kernels(runs: int) -> int:
 
 
 def _table(rows: list[dict]) -> None:
-    cols = ["type", "bpw", "ours_mw_per_s", "llama_mw_per_s", "speed_ratio", "identical",
-            "ours_kl_mean", "llama_kl_mean", "ours_top1", "llama_top1"]  # fmt: skip
+    cols = ["type", "bpw", "ours_mw_per_s", "llama_mw_per_s", "speed_ratio", "cpu_ratio",
+            "identical", "ours_kl_mean", "llama_kl_mean", "ours_top1", "llama_top1"]  # fmt: skip
     print()
     print(" | ".join(f"{c:>14}" for c in cols))
     for r in rows:

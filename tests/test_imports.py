@@ -27,6 +27,8 @@ LAYERS = {
     "quant": 4,
     "models": 4,
     "loader": 5,
+    "hf_vocab": 5,
+    "hf_convert": 6,
     "sampling": 6,
     "engine": 7,
     "batch": 8,
@@ -38,7 +40,7 @@ LAYERS = {
 }
 TORCH_FREE = {
     "errors", "config", "catalog", "memstats", "stopping", "threads", "caches", "formats",
-    "tokenizer", "chat",
+    "tokenizer", "chat", "hf_vocab", "hf_convert",
 }  # fmt: skip
 
 

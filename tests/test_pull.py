@@ -229,3 +229,26 @@ def test_connection_refused_is_retried_then_reported(tmp_path: Path) -> None:
         pull(f"http://127.0.0.1:{port}/m.gguf", tmp_path, max_retries=1, backoff_s=0, timeout=2)
     with pytest.raises(Exception, match="only http"):
         pull("ftp://example.invalid/m.gguf", tmp_path)
+
+
+def test_cli_pull_and_verify(
+    server: _Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from warmload.cli import main
+
+    assert main(["pull", server.url, "--sha256", SHA, "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "model.gguf: downloaded" in out and f"sha256 {SHA}" in out
+    path = tmp_path / "model.gguf"
+    assert main(["verify", str(path), "--sha256", SHA]) == 0
+    out = capsys.readouterr().out
+    assert "(from the verification record)" in out and out.rstrip().endswith("OK")
+    assert main(["verify", str(path), "--sha256", "0" * 64]) == 2
+    assert "SHA-256 mismatch" in capsys.readouterr().err
+    assert path.read_bytes() == CONTENT  # a mismatch deletes nothing
+    assert main(["pull", server.url, "--sha256", SHA, "-o", str(tmp_path)]) == 0
+    assert "already present and verified" in capsys.readouterr().out
+    server.status = 404  # not retried
+    assert main(["pull", server.url, "-o", str(tmp_path / "x"), "--filename", "y.gguf"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "HTTP 404" in err

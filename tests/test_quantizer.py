@@ -139,19 +139,71 @@ def test_tied_and_overrides_identical_to_llama_cpp(
 # SHA-256 of the files llama_model_quantize (llama-cpp-python 0.3.36) makes from the tiny F16
 # source; test_file_identical_to_llama_cpp re-checks all types where llama.cpp is installed.
 GOLDEN_FILE_SHA256 = {
-    "Q4_K_M": "23e2e888775a4ab59bd93328e678cd36fd65d8229eeec451d2c56f60a0777d9b",
-    "Q3_K_M": "45c75667feadb214d8d96244e8fc72b4b062057f4232da789f5ea3bb16cb49f3",
-    "Q2_K": "34956126b97232e4e0c7494a16d7ce79c90258edb6cb27f80ca2c6ecc76eecda",
-    "Q6_K": "e946b222c608dd43c77b6b858b0d158ea3e05eddbce5b505c89ea5e37e4cc5a3",
-    "Q5_K_S": "a2444fea9bb83030790579171710cd5831ab92b2460158799d2f1b1bee633c31",
-    "Q4_0": "c6c33c081b23bed3547f361d695df5c67dbd8eade6dc6eddf67dd92aea10e0a0",
+    "F16": "2a03292a01870deca9aa4f51eaf6f8069363dd61ebb00b38f8252a4a597fd4c7",
+    "BF16": "fbd6361d854b772a35c5914a1675866618bc01c37c136d0626fb3b665a197c4a",
     "Q8_0": "1b483030d5203ba61fb09d0fd36c0d74002e32a5327ad580cdc271988349506c",
+    "Q6_K": "e946b222c608dd43c77b6b858b0d158ea3e05eddbce5b505c89ea5e37e4cc5a3",
+    "Q5_K_M": "c917cc60002593c5b99c5d1857e439c876c4ec109d5800696cfa22e0ec395178",
+    "Q5_K_S": "a2444fea9bb83030790579171710cd5831ab92b2460158799d2f1b1bee633c31",
+    "Q5_0": "2f66f65dd9837c475866d25dd95d5dc94088922f3ef680c42da84ef65d4632f0",
+    "Q5_1": "39b3f9e6fd596ca9842a63c55e26e970decb9fb77bd2c344360c2f74aa0e8cd8",
+    "Q4_K_M": "23e2e888775a4ab59bd93328e678cd36fd65d8229eeec451d2c56f60a0777d9b",
+    "Q4_K_S": "fb9d24b10c8dfcc5eefa33067ad8a1e51f991e9c85492e9f0b5d0667e14ded3f",
+    "Q4_0": "c6c33c081b23bed3547f361d695df5c67dbd8eade6dc6eddf67dd92aea10e0a0",
+    "Q4_1": "ad524131dda4fbe848048f8062d31b9704e0fc0658f7de1c834c8612a061b8a1",
+    "Q3_K_L": "6fb9475f7711f64c10053372c75e6d70feedfe0a09f812379354db3dcb6342ee",
+    "Q3_K_M": "45c75667feadb214d8d96244e8fc72b4b062057f4232da789f5ea3bb16cb49f3",
+    "Q3_K_S": "92a6567d4b54cfe3cd2156cc012c70c69eee2b4bc91d536ea53a5f9278d55224",
+    "Q2_K": "34956126b97232e4e0c7494a16d7ce79c90258edb6cb27f80ca2c6ecc76eecda",
 }
 
 
 @pytest.mark.parametrize("qtype", list(GOLDEN_FILE_SHA256))
 def test_file_matches_llama_cpp_golden(tiny, tmp_path: Path, qtype: str) -> None:
     assert quantize_checkpoint(tiny, tmp_path / "q.gguf", qtype).sha256 == GOLDEN_FILE_SHA256[qtype]
+
+
+@pytest.mark.peer
+def test_requantize_identical_to_llama_cpp(tiny, llama_quantize, tmp_path: Path) -> None:
+    """--allow-requantize: an already quantized source is dequantized (warmload's torch
+    dequantizers) and quantized again, with the same bytes as llama.cpp's requantization."""
+    q8 = quantize_checkpoint(tiny, tmp_path / "q8.gguf", "Q8_0")
+    with pytest.raises(RequestError, match="allow-requantize"):
+        quantize_checkpoint(q8.path, tmp_path / "q4.gguf", "Q4_K_M")
+    ours = quantize_checkpoint(q8.path, tmp_path / "q4.gguf", "Q4_K_M", allow_requantize=True)
+    llama_quantize(q8.path, tmp_path / "ref.gguf", "Q4_K_M", allow_requantize=True)
+    assert ours.sha256 == _sha(tmp_path / "ref.gguf")
+
+
+def test_progress_reaches_the_total_in_file_order(tiny, tmp_path: Path) -> None:
+    calls: list[tuple[int, int, str]] = []
+    r = quantize_checkpoint(tiny, tmp_path / "q.gguf", "Q6_K", progress=lambda *a: calls.append(a))
+    done = [c[0] for c in calls]
+    assert done == sorted(set(done)) and done[-1] == calls[-1][1] == r.n_weights
+    assert [c[2] for c in calls] == list(r.tensor_types)  # one call per tensor, as written
+
+
+def test_cli_quantize_prints_sizes_bits_per_weight_and_sha256(
+    tiny, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from warmload.cli import main
+
+    out_path = tmp_path / "q.gguf"
+    argv = ["quantize", str(tiny), str(out_path), "q4_k_m", "--tensor-type", "ffn_down=Q8_0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    sha = _sha(out_path)
+    assert f"sha256   {sha}" in out and "bits per weight" in out and " -> " in out
+    assert (tmp_path / "q.gguf.sha256").read_text() == f"{sha}  q.gguf\n"
+    assert read_gguf(out_path).tensors["blk.0.ffn_down.weight"].ggml_type == "Q8_0"
+    assert main(["quantize", str(tiny), str(out_path), "Q6_K", "--pure", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sha256"] == _sha(out_path) and 6.5 < info["bits_per_weight"] < 6.6
+    assert main(["quantize", str(tiny), str(tmp_path / "x.gguf"), "Q7_K"]) == 2
+    assert "error: unknown type 'Q7_K'" in capsys.readouterr().err
+    assert not (tmp_path / "x.gguf").exists()
 
 
 def test_metadata_kept_with_types_and_file_type_set(tiny, tmp_path: Path) -> None:
@@ -188,8 +240,15 @@ def test_requantizing_needs_the_flag(smollm2_path: Path, tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(RequestError, match="unknown type"):
         quantize_checkpoint(smollm2_path, tmp_path / "q.gguf", "Q7_K")
-    with pytest.raises(UnsupportedError, match="SafeTensors"):
-        quantize_checkpoint(tmp_path, tmp_path / "q.gguf", "Q4_0")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        quantize_checkpoint(tmp_path, tmp_path / "q.gguf", "Q4_0")  # a folder: Hugging Face
+    lone = tmp_path / "model.safetensors"
+    lone.write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(UnsupportedError, match="lone SafeTensors"):
+        quantize_checkpoint(lone, tmp_path / "q.gguf", "Q4_0")
+    lone.unlink()
+    with pytest.raises(RequestError, match="no such file"):
+        quantize_checkpoint(tmp_path / "missing.gguf", tmp_path / "q.gguf", "Q4_0")
     with pytest.raises(RequestError, match="no such folder"):
         quantize_checkpoint(smollm2_path, tmp_path / "missing" / "q.gguf", "Q4_0")
 
@@ -223,27 +282,62 @@ def test_failures_leave_no_output(tiny, tmp_path: Path, monkeypatch: pytest.Monk
     assert sorted(p.name for p in out.iterdir()) == ["q.gguf"]
 
 
+# use_extra_bufts=False: llama.cpp's AMX weight buffers crash (SIGSEGV in
+# ggml_backend_amx_mul_mat) on CPUs that report AMX inside VMs that do not enable it; the plain
+# CPU path runs the same file.
+_LLAMA_CPP_GREEDY = """
+import sys, llama_cpp, llama_cpp.llama_cpp as lib
+default_params = lib.llama_model_default_params
+def model_params():
+    p = default_params()
+    p.use_extra_bufts = False
+    return p
+lib.llama_model_default_params = model_params
+llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=False, n_threads=2)
+print(llm(sys.argv[2], max_tokens=4, temperature=0)["choices"][0]["text"])
+"""
+
+
+def _llama_cpp_greedy(path: Path, prompt: str) -> str:
+    """llama.cpp's greedy continuation, in a child process: a crash of the native library
+    fails this test with its signal instead of killing the test run."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _LLAMA_CPP_GREEDY, str(path), prompt],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if out.returncode != 0:
+        pytest.fail(
+            f"llama.cpp failed to run {path.name} (exit status {out.returncode}; a negative "
+            f"one is a signal: check the llama-cpp-python build): {out.stderr[-500:]}"
+        )
+    return out.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.peer
 def test_real_model_round_trip_runs_in_llama_cpp_and_warmload(
     smollm2_path: Path, llama_quantize, tmp_path: Path
 ) -> None:
-    """SmolLM2 dequantized to F16 by warmload, then Q8_0: the same file as llama.cpp's
-    quantizer makes from that F16, and both llama.cpp and warmload run it."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    f16 = quantize_checkpoint(smollm2_path, tmp_path / "f16.gguf", "F16", allow_requantize=True)
-    assert set(f16.tensor_types.values()) == {"F16", "F32"}
-    q = quantize_checkpoint(f16.path, tmp_path / "q.gguf", "Q8_0")
-    llama_quantize(f16.path, tmp_path / "ref.gguf", "Q8_0")
-    assert q.sha256 == _sha(tmp_path / "ref.gguf")
-    llm = llama_cpp.Llama(str(q.path), n_ctx=64, verbose=False, logits_all=False)
-    out = llm("The capital of France is", max_tokens=4, temperature=0)
-    assert "Paris" in out["choices"][0]["text"]
+    """SmolLM2 dequantized to F16 by warmload, then Q8_0, Q4_K_M and Q3_K_S: the same files as
+    llama.cpp's quantizer makes from that F16, and both llama.cpp and warmload run them."""
+    pytest.importorskip("llama_cpp")
     import warmload
 
-    tok = warmload.load_tokenizer(q.path)
-    logits = warmload.load(q.path).logits(tok.encode("The capital of France is"))
-    assert "Paris" in tok.decode([int(logits[-1].argmax())])
+    prompt = "The capital of France is"
+    f16 = quantize_checkpoint(smollm2_path, tmp_path / "f16.gguf", "F16", allow_requantize=True)
+    assert set(f16.tensor_types.values()) == {"F16", "F32"}
+    tok = warmload.load_tokenizer(f16.path)
+    for qtype in ("Q8_0", "Q4_K_M", "Q3_K_S"):
+        q = quantize_checkpoint(f16.path, tmp_path / f"{qtype}.gguf", qtype)
+        llama_quantize(f16.path, tmp_path / "ref.gguf", qtype)
+        assert q.sha256 == _sha(tmp_path / "ref.gguf"), qtype
+        assert "Paris" in _llama_cpp_greedy(q.path, prompt), qtype
+        logits = warmload.load(q.path).logits(tok.encode(prompt))
+        assert "Paris" in tok.decode([int(logits[-1].argmax())]), qtype
+        q.path.unlink()
 
 
 def test_gguf_writer_round_trip_with_gguf_py(tmp_path: Path) -> None:

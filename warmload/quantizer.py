@@ -1,5 +1,6 @@
-"""quantize_checkpoint(src, dst, qtype): a GGUF in F32/F16/BF16 (or quantized, when allowed)
--> a GGUF of one of llama.cpp's file types, written atomically, with its SHA-256.
+"""quantize_checkpoint(src, dst, qtype): a GGUF in F32/F16/BF16 (or quantized, when allowed),
+or a Hugging Face model folder (converted on the way by hf_convert) -> a GGUF of one of
+llama.cpp's file types, written atomically, with its SHA-256.
 
 Follows llama.cpp's llama_model_quantize (src/llama-quant.cpp): the same per-tensor types
 (quant/quantize_mix.py), tensors in the same order (layer, then name), every metadata pair
@@ -7,15 +8,18 @@ copied with its type, then general.quantization_version = 2 and general.file_typ
 bytes come from warmload.quant.quantize, bit-identical to llama.cpp's reference quantizers, so
 the files are byte-identical to llama-quantize's (tests check). The output goes to a temporary
 file beside `dst`, renamed only when complete, so an error, a full disk or Ctrl-C never leaves
-a partial `dst`; `dst.sha256` (sha256sum format) is written after.
+a partial `dst`; `dst.sha256` (sha256sum format) is written after. Tensors are cut into
+chunks that run on a thread pool (numpy releases the GIL), several tensors in flight at once,
+while a writer thread writes and hashes what is done, in order.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ from warmload.formats.gguf_write import (
     encode_kv,
     read_raw_kv,
 )
-from warmload.quant.quantize import default_threads, quantize
+from warmload.quant.quantize import default_threads, submit_quantize
 from warmload.quant.quantize_mix import (
     FILE_TYPES,
     MixOptions,
@@ -45,6 +49,7 @@ from warmload.quant.quantize_mix import (
 
 GGML_QNT_VERSION = 2
 _SLAB_WEIGHTS = 1 << 24  # rows are converted and quantized in slabs of about this many weights
+_IN_FLIGHT_WEIGHTS = 1 << 25  # weights queued for the workers ahead of the writer
 _DROPPED_KEYS = ("general.file_type", "general.quantization_version", "split.no", "split.count",
                  "split.tensors.count")  # fmt: skip
 _FLOAT_SOURCES = ("F32", "F16", "BF16")
@@ -70,15 +75,46 @@ class QuantizeResult:
         return self.tensor_nbytes * 8 / max(1, self.n_weights)
 
 
-def _open(src: Path) -> Checkpoint:
+@dataclass(slots=True)
+class _Source:
+    """What the quantizer reads: metadata pairs to copy, tensors (GGUF names) and their bytes."""
+
+    path: Path
+    kv: list[RawKV]  # without general.file_type and the other keys it sets itself
+    metadata: dict[str, Any]  # GGUF keys -> values (the mix rules read the hyperparameters)
+    tensors: dict[str, TensorInfo]
+    tensor_bytes: Callable[[str], Any]
+    close: Callable[[], None]
+
+
+def _open_gguf(src: Path) -> _Source:
     try:
         from warmload.formats.open import open_checkpoint
     except ImportError:  # the format dispatcher is not there: GGUF only
         from warmload.formats.gguf import read_gguf as open_checkpoint
-    return open_checkpoint(src)
+    ckpt: Checkpoint = open_checkpoint(src)
+    if ckpt.format != "gguf":
+        ckpt.close()
+        raise UnsupportedError(
+            f"{src}: a lone SafeTensors file has no config or tokenizer; pass the model's folder "
+            "(config.json, tokenizer.json, *.safetensors) instead"
+        )
+    kv = [item for item in read_raw_kv(src) if item.key not in _DROPPED_KEYS]
+    return _Source(src, kv, ckpt.metadata, ckpt.tensors, ckpt.tensor_bytes, ckpt.close)
 
 
-def _check_source(ckpt: Checkpoint, types: dict[str, str], allow_requantize: bool) -> None:
+def _open(src: Path) -> _Source:
+    """A GGUF file as it is, or a Hugging Face folder converted on the fly (hf_convert)."""
+    if not src.is_dir():
+        return _open_gguf(src)
+    from warmload.hf_convert import open_hf_folder
+
+    hf = open_hf_folder(src)
+    kv = [item for item in hf.kv if item.key not in _DROPPED_KEYS]
+    return _Source(src, kv, hf.metadata, hf.tensors, hf.tensor_bytes, hf.close)
+
+
+def _check_source(ckpt: _Source, types: dict[str, str], allow_requantize: bool) -> None:
     requant = sorted(
         n for n, t in types.items()
         if ckpt.tensors[n].ggml_type != t and ckpt.tensors[n].ggml_type not in _FLOAT_SOURCES
@@ -117,43 +153,82 @@ def _slabs(info: TensorInfo) -> list[tuple[int, int]]:
     return [(r, min(r + per, n_rows)) for r in range(0, n_rows, per)]
 
 
-def _write_tensor(
-    w: GGUFWriter, ckpt: Checkpoint, info: TensorInfo, new_type: str, pool: ThreadPoolExecutor,
-    done: int, total: int, progress: Progress | None,
-) -> int:  # fmt: skip
-    """Copy or convert one tensor slab by slab; return the weights done after it."""
-    raw = ckpt.tensor_bytes(info.name)
+@dataclass(slots=True)
+class _Pending:
+    """A tensor whose slabs are being quantized: (first row, wait for the blocks) per slab."""
+
+    info: TensorInfo
+    parts: list[tuple[int, Callable[[], Any]]]
+
+
+def _submit(src: _Source, info: TensorInfo, new_type: str, pool: Executor) -> _Pending:
+    raw = src.tensor_bytes(info.name)
     if new_type == info.ggml_type:
-        w.write_tensor(info.name, raw)
-        done += info.n_elements
-        if progress:
-            progress(done, total, info.name)
-        return done
-    src_t = GGML_TYPES[info.ggml_type]
+        return _Pending(info, [(0, lambda: raw)])
     row = info.shape[-1] if info.shape else 1
-    row_bytes = src_t.nbytes(row)
+    row_bytes = GGML_TYPES[info.ggml_type].nbytes(row)
     parts = []
     for start, stop in _slabs(info):
         x = _as_float(raw[start * row_bytes : stop * row_bytes], info, (stop - start, row))
+        parts.append((start, submit_quantize(x, new_type, pool, check_finite=True)))
+    return _Pending(info, parts)
+
+
+def _finish(w: GGUFWriter, src: _Source, p: _Pending) -> None:
+    """Wait for a tensor's slabs and hand its bytes to the writer."""
+    blocks = []
+    for start, result in p.parts:
         try:
-            parts.append(quantize(x, new_type, executor=pool, check_finite=True))
+            blocks.append(result())
         except CheckpointError as e:
             raise CheckpointError(
-                f"{ckpt.path}: tensor {info.name!r} (from row {start}): {e}; refusing to "
+                f"{src.path}: tensor {p.info.name!r} (from row {start}): {e}; refusing to "
                 "quantize it"
             ) from e
-        done += x.size
-        if progress:
-            progress(done, total, info.name)
-    w.write_tensor(info.name, np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0])
-    return done
+    w.write_tensor(p.info.name, np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0])
 
 
-def _output_kv(src: Path, file_type_id: int) -> list[RawKV]:
-    kv = [item for item in read_raw_kv(src) if item.key not in _DROPPED_KEYS]
+def _write_tensors(
+    w: GGUFWriter, src: _Source, order: list[TensorInfo], types: dict[str, str],
+    pool: Executor, progress: Progress | None,
+) -> None:  # fmt: skip
+    """Quantize and write every tensor in order, keeping up to _IN_FLIGHT_WEIGHTS weights
+    queued on the pool so that workers never wait for the next (small) tensor."""
+    total = sum(i.n_elements for i in order)
+    pending: deque[_Pending] = deque()
+    in_flight = done = 0
+    for info in order:
+        pending.append(_submit(src, info, types[info.name], pool))
+        in_flight += info.n_elements
+        while pending and (in_flight > _IN_FLIGHT_WEIGHTS or info is order[-1]):
+            p = pending.popleft()
+            _finish(w, src, p)
+            in_flight -= p.info.n_elements
+            done += p.info.n_elements
+            if progress:
+                progress(done, total, p.info.name)
+
+
+def _output_kv(src: _Source, file_type_id: int) -> list[RawKV]:
+    kv = list(src.kv)
     kv.append(encode_kv("general.quantization_version", GGML_QNT_VERSION))
     kv.append(encode_kv("general.file_type", file_type_id))
     return kv
+
+
+def _source_nbytes(src: Path) -> int:
+    if src.is_dir():
+        return sum(p.stat().st_size for p in src.glob("*.safetensors"))
+    return src.stat().st_size
+
+
+def _check_paths(src: Path, dst: Path) -> None:
+    if not src.exists():
+        raise RequestError(f"{src}: no such file or folder", "src")
+    if src.resolve() == dst.resolve():
+        raise RequestError(f"output {dst} is the input file", "dst")
+    if not dst.parent.is_dir() or dst.is_dir():
+        raise RequestError(f"cannot write {dst}: no such folder, or it is a folder", "dst")
 
 
 def quantize_checkpoint(
@@ -170,10 +245,12 @@ def quantize_checkpoint(
     progress: Progress | None = None,
     write_sha256_file: bool = True,
 ) -> QuantizeResult:
-    """Quantize the GGUF `src` to `dst` as file type `qtype` (a key of FILE_TYPES, e.g. "Q4_K_M").
+    """Quantize `src` to the GGUF `dst` as file type `qtype` (a key of FILE_TYPES, e.g.
+    "Q4_K_M"). src: a GGUF file, or a Hugging Face model folder (config.json, tokenizer.json,
+    *.safetensors) that is converted on the way (warmload.hf_convert).
 
     tensor_types: (regex, GGML type) pairs; the first pattern found in a tensor's name picks its
-    type. progress(done, total, tensor) is called as weights are converted.
+    type. progress(done, total, tensor) is called as tensors are written.
     """
     t0 = time.perf_counter()
     qtype = qtype.upper()
@@ -182,41 +259,31 @@ def quantize_checkpoint(
             f"unknown type {qtype!r}; choose one of {', '.join(FILE_TYPES)}", "qtype"
         )
     src_p, dst_p = Path(src), Path(dst)
-    if src_p.is_dir() or src_p.suffix == ".safetensors":
-        raise UnsupportedError(
-            f"{src_p}: quantizing SafeTensors checkpoints is not supported yet; convert it to a "
-            "GGUF first (llama.cpp's convert_hf_to_gguf.py --outtype f16)"
-        )
-    if src_p.resolve() == dst_p.resolve():
-        raise RequestError(f"output {dst_p} is the input file", "dst")
-    if not dst_p.parent.is_dir() or dst_p.is_dir():
-        raise RequestError(f"cannot write {dst_p}: no such folder, or it is a folder", "dst")
+    _check_paths(src_p, dst_p)
     opts = MixOptions(pure, output_tensor_type, token_embedding_type, tuple(tensor_types))
-    with _open(src_p) as ckpt:
-        entries = [TensorEntry(i.name, i.shape, i.ggml_type) for i in ckpt.tensors.values()]
-        types = plan_types(entries, qtype, ModelShape.from_metadata(ckpt.metadata), opts)
-        _check_source(ckpt, types, allow_requantize)
-        order = sorted(ckpt.tensors.values(), key=lambda i: layer_sort_key(i.name))
+    source = _open(src_p)
+    try:
+        entries = [TensorEntry(i.name, i.shape, i.ggml_type) for i in source.tensors.values()]
+        types = plan_types(entries, qtype, ModelShape.from_metadata(source.metadata), opts)
+        _check_source(source, types, allow_requantize)
+        order = sorted(source.tensors.values(), key=lambda i: layer_sort_key(i.name))
         specs = [TensorSpec(i.name, i.shape, types[i.name]) for i in order]
-        total = sum(i.n_elements for i in order)
-        with (
-            atomic_output(dst_p) as tmp,
-            open(tmp, "wb") as f,
-            ThreadPoolExecutor(threads or default_threads()) as pool,
-        ):
-            kv = _output_kv(src_p, FILE_TYPES[qtype][0])
-            with GGUFWriter(f, kv, specs, background=True) as w:
-                done = 0
-                for info in order:
-                    done = _write_tensor(
-                        w, ckpt, info, types[info.name], pool, done, total, progress
-                    )
-                digest = w.finish()
+        pool = ThreadPoolExecutor(threads or default_threads())
+        try:
+            with atomic_output(dst_p) as tmp, open(tmp, "wb") as f:
+                kv = _output_kv(source, FILE_TYPES[qtype][0])
+                with GGUFWriter(f, kv, specs, background=True) as w:
+                    _write_tensors(w, source, order, types, pool, progress)
+                    digest = w.finish()
+        finally:  # an error or Ctrl-C: drop the queued chunks instead of finishing them
+            pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        source.close()
     if write_sha256_file:
         write_sha256(dst_p, digest)
     return QuantizeResult(
-        path=dst_p, sha256=digest, file_type=qtype, src_nbytes=src_p.stat().st_size,
-        dst_nbytes=dst_p.stat().st_size, n_weights=total,
+        path=dst_p, sha256=digest, file_type=qtype, src_nbytes=_source_nbytes(src_p),
+        dst_nbytes=dst_p.stat().st_size, n_weights=sum(i.n_elements for i in order),
         tensor_nbytes=sum(s.nbytes for s in specs), seconds=time.perf_counter() - t0,
         tensor_types={s.name: s.ggml_type for s in specs},
     )  # fmt: skip

@@ -18,10 +18,18 @@ def tensor_type_rule(text: str) -> tuple[str, str]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    q = subparsers.add_parser("quantize", help="quantize a GGUF model (llama.cpp's types)")
-    q.add_argument("input", help="F32/F16/BF16 GGUF (or quantized, with --allow-requantize)")
+    q = subparsers.add_parser(
+        "quantize", help="quantize a GGUF model or a Hugging Face folder (llama.cpp's types)"
+    )
+    q.add_argument(
+        "input",
+        help="F32/F16/BF16 GGUF (or quantized, with --allow-requantize), or a Hugging Face "
+        "model folder (config.json, tokenizer.json or tokenizer.model, *.safetensors; Llama, "
+        "Mistral, Gemma 3; converted on the way)",
+    )
     q.add_argument("output")
-    q.add_argument("type", help="F16, BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q3_K_S, Q2_K, ...")
+    q.add_argument("type", help="F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q5_0, Q5_1, Q4_K_M, "
+                   "Q4_K_S, Q4_0, Q4_1, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K")  # fmt: skip
     q.add_argument("--allow-requantize", action="store_true")
     q.add_argument("--pure", action="store_true", help="every tensor in TYPE, no mix")
     q.add_argument("--output-tensor-type", default=None)

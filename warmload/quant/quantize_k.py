@@ -2,9 +2,11 @@
 
 Reference: llama.cpp ggml/src/ggml-quants.c quantize_row_q2_K_ref .. quantize_row_q6_K_ref, the
 functions ggml_quantize_chunk (and so llama_model_quantize) uses when no importance matrix is
-given; block layouts from ggml-common.h. Each function takes (nb, 256) float32 super-blocks and
-returns their (nb, type_size) uint8 encoding, bit-identical to the reference (tests compare
-with llama.cpp's own ggml_quantize_chunk). The scale searches live in quantize_search.py; this
+given; block layouts from ggml-common.h. Each function takes nb super-blocks of 256 weights
+column-major, as (group, nb * 256 // group) float32 whose column g is group g (16 weights for
+Q2_K, Q3_K and Q6_K, 32 for Q4_K and Q5_K; quantize.GROUP_SIZE), and returns their
+(nb, type_size) uint8 encoding, bit-identical to the reference (tests compare with llama.cpp's
+own ggml_quantize_chunk). The scale searches live in quantize_search.py; this
 module arranges super-blocks into groups, quantizes the group scales and packs the bits.
 """
 
@@ -27,13 +29,8 @@ from warmload.quant.quantize_search import (
 QK_K = 256
 
 
-def _groups(x: np.ndarray, size: int) -> np.ndarray:
-    """(nb, 256) -> (size, nb * 256 // size): column b * (256 // size) + j is group j of block b."""
-    return np.ascontiguousarray(x.reshape(-1, size).T)
-
-
 def _ungroup(L: np.ndarray, nb: int) -> np.ndarray:
-    """Inverse of _groups for the integer quants: (size, G) -> (nb, 256) uint8."""
+    """The integer quants of column-major groups (size, G) as (nb, 256) uint8 rows."""
     return np.ascontiguousarray(L.T).reshape(nb, QK_K).astype(np.uint8)
 
 
@@ -74,10 +71,9 @@ def _to_u8(v: np.ndarray) -> np.ndarray:
     return (v.astype(np.int64) & 0xFF).astype(np.uint8)
 
 
-def _scale_min_k4(x: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
+def _scale_min_k4(xt: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
     """Shared part of Q4_K and Q5_K: search, 6-bit scales/mins, f16 d/dmin, final quants."""
-    nb = x.shape[0]
-    xt = _groups(x, 32)
+    nb = xt.shape[1] // 8
     av_x = np.sqrt(seq_sum(xt * xt) / F32(32))
     weights = av_x + np.abs(xt)
     scales, mins, L = make_qkx2_quants(xt, weights, nmax, rmin, rdelta, nstep, False)
@@ -101,26 +97,25 @@ def _scale_min_k4(x: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: i
     return head, _ungroup(L, nb)
 
 
-def quantize_q4_k(x: np.ndarray) -> np.ndarray:
+def quantize_q4_k(xt: np.ndarray) -> np.ndarray:
     """Q4_K (144 bytes): f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles."""
-    head, Lb = _scale_min_k4(x, 15, -1.0, 0.1, 20)
+    head, Lb = _scale_min_k4(xt, 15, -1.0, 0.1, 20)
     return np.concatenate([head, _pack_nibbles(Lb)], axis=1)
 
 
-def quantize_q5_k(x: np.ndarray) -> np.ndarray:
+def quantize_q5_k(xt: np.ndarray) -> np.ndarray:
     """Q5_K (176 bytes): f16 d, f16 dmin, 12 scale bytes, 32 bytes of high bits, 128 of nibbles."""
-    head, Lb = _scale_min_k4(x, 31, -0.5, 0.1, 15)
+    head, Lb = _scale_min_k4(xt, 31, -0.5, 0.1, 15)
     high = (Lb >> 4).reshape(-1, 4, 2, 32)
     shifts = (np.arange(8, dtype=np.uint8)).reshape(1, 4, 2, 1)
     qh = np.bitwise_or.reduce(high << shifts, axis=(1, 2)).astype(np.uint8)
     return np.concatenate([head, qh, _pack_nibbles(Lb)], axis=1)
 
 
-def quantize_q2_k(x: np.ndarray) -> np.ndarray:
+def quantize_q2_k(xt: np.ndarray) -> np.ndarray:
     """Q2_K (84 bytes): 16 scale bytes (4-bit scale | 4-bit min), 64 bytes of 2-bit quants,
     f16 d, f16 dmin."""
-    nb = x.shape[0]
-    xt = _groups(x, 16)
+    nb = xt.shape[1] // 16
     scales, mins, L = make_qkx2_quants(xt, np.abs(xt), 3, -0.5, 0.1, 15, True)
     scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
     max_scale = np.maximum(scales.max(axis=1), F32(0))
@@ -140,11 +135,10 @@ def quantize_q2_k(x: np.ndarray) -> np.ndarray:
     return np.concatenate([sc_bytes, _pack_2bit(Lb), tail], axis=1)
 
 
-def quantize_q3_k(x: np.ndarray) -> np.ndarray:
+def quantize_q3_k(xt: np.ndarray) -> np.ndarray:
     """Q3_K (110 bytes): 32 bytes of high-bit masks, 64 bytes of 2-bit quants, 12 bytes of
     6-bit signed scales, f16 d."""
-    nb = x.shape[0]
-    xt = _groups(x, 16)
+    nb = xt.shape[1] // 16
     scales, L = make_q3_quants_rmse(xt, 4)
     scales = scales.reshape(nb, 16)
     _, max_scale = first_absmax(scales.T)
@@ -167,11 +161,10 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     )
 
 
-def quantize_q6_k(x: np.ndarray) -> np.ndarray:
+def quantize_q6_k(xt: np.ndarray) -> np.ndarray:
     """Q6_K (210 bytes): 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 int8 scales,
     f16 d."""
-    nb = x.shape[0]
-    xt = _groups(x, 16)
+    nb = xt.shape[1] // 16
     scales, L = make_qx_quants_rmse1(xt, 32)
     scales = scales.reshape(nb, 16)
     amax, max_scale = first_absmax(scales.T)

@@ -21,9 +21,9 @@ F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)
 
 
-def nearest_int(v: np.ndarray) -> np.ndarray:
+def nearest_int(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Round half to even, like the C helper's 1.5 * 2**23 trick (exact for |v| < 2**22)."""
-    return np.rint(v)
+    return np.rint(v, out=out)
 
 
 def seq_sum(a: np.ndarray) -> np.ndarray:
@@ -32,14 +32,19 @@ def seq_sum(a: np.ndarray) -> np.ndarray:
 
 
 def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(amax, max): the largest |x| of each column and the signed value where it first occurs
-    (the C loops' `if (ax > amax)`). Rows are scanned last to first so the first row wins; this
-    is 2-3x faster than argmax along axis 0."""
-    ax = np.abs(x)
-    amax = ax.max(axis=0)
-    vmax = x[-1].copy()
-    for i in range(x.shape[0] - 2, -1, -1):
-        np.copyto(vmax, x[i], where=ax[i] == amax)
+    """(amax, max) per column: the largest |x| and the signed value where it first occurs, as
+    the C loops' `if (ax > amax) { amax = ax; max = x; }` find it (+0.0 for an all-zero
+    column). From the column max and min; only columns that hold both +amax and -amax need the
+    position of the first one (rare)."""
+    mx, mn = x.max(axis=0), x.min(axis=0)
+    amax = np.maximum(mx, -mn)
+    vmax = np.where(-mn > mx, mn, mx)
+    tie = np.flatnonzero((-mn == mx) & (mx > 0))
+    if tie.size:
+        sub = x[:, tie]
+        vmax[tie] = sub[np.argmax(np.abs(sub), axis=0), np.arange(tie.size)]
+    zero = amax == 0
+    vmax[zero], amax[zero] = 0, 0  # +0.0, as the C loops leave them
     return amax, vmax
 
 
@@ -69,21 +74,25 @@ def make_qx_quants_rmse1(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarr
         np.multiply(w, l, out=tmp)
         return sumlx, seq_sum(np.multiply(tmp, l, out=tmp))
 
-    sumlx, suml2 = quants_and_sums(_safe_div(F32(-nmax), vmax))
-    L = l.copy()
+    # The C code re-derives L from the winning iscale; so do we, once, at the end, instead of
+    # copying the winners' quants at every step.
+    best_iscale = _safe_div(F32(-nmax), vmax)
+    sumlx, suml2 = quants_and_sums(best_iscale)
     scale = np.where(suml2 != 0, _safe_div(sumlx, suml2), F32(0))
     best = scale * sumlx
     for step in range(-9, 10):
         if step == 0:
             continue
-        sumlx, suml2 = quants_and_sums(_safe_div(-(F32(nmax) + F32(0.1) * F32(step)), vmax))
+        iscale = _safe_div(-(F32(nmax) + F32(0.1) * F32(step)), vmax)
+        sumlx, suml2 = quants_and_sums(iscale)
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
         if better.any():
-            np.copyto(L, l, where=better[None, :])
             new_scale = _safe_div(sumlx, suml2)
             scale = np.where(better, new_scale, scale)
             best = np.where(better, new_scale * sumlx, best)
-    L = (L + nmax).astype(np.int32)
+            best_iscale = np.where(better, iscale, best_iscale)
+    np.clip(np.rint(np.multiply(x, best_iscale, out=l), out=l), -nmax, nmax - 1, out=l)
+    L = (l + nmax).astype(np.int32)
     L[:, zero] = 0
     scale = np.where(zero, F32(0), scale)
     return scale.astype(F32), L
@@ -102,8 +111,9 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
     L = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
     w = x * x
     wx = w * x
-    sumlx = seq_sum(wx * L)
-    suml2 = seq_sum(w * L * L)
+    wxl, wll = wx * L, w * L
+    wll *= L
+    sumlx, suml2 = seq_sum(wxl), seq_sum(wll)
     # A pass that changes nothing in a column leaves its state as it was, so every later pass
     # would change nothing either (the C loop breaks there): only changed columns go on. Until
     # a column's first accepted change its sums are those at the start of the pass, so one
@@ -113,8 +123,12 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
     for _ in range(5):
         if active.size == 0:
             break
-        sub = (x, w, wx) if active.size == g else (x[:, active], w[:, active], wx[:, active])
-        moving = _q3_screen(*sub, L[:, active], sumlx[active], suml2[active], nmax)
+        if wxl is not None:  # the first pass: all columns, their terms already known
+            moving = _q3_screen(x, w, wx, L, sumlx, suml2, nmax, wxl, wll)
+            wxl = wll = None
+        else:
+            sub = (x[:, active], w[:, active], wx[:, active], L[:, active])
+            moving = _q3_screen(*sub, sumlx[active], suml2[active], nmax)
         active = active[moving]
         if active.size == 0:
             break
@@ -129,12 +143,19 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
 
 def _q3_screen(
     x: np.ndarray, w: np.ndarray, wx: np.ndarray, L: np.ndarray, sx: np.ndarray,
-    s2: np.ndarray, nmax: int,
+    s2: np.ndarray, nmax: int, wxl: np.ndarray | None = None, wll: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
-    """Columns in which a make_q3_quants pass would accept at least one change."""
-    slx = sx - wx * L
-    sl2 = s2 - w * L * L
-    new_l = np.clip(nearest_int(_safe_div(x * sl2, slx)), -nmax, nmax - 1)
+    """Columns in which a make_q3_quants pass would accept at least one change. wxl, wll:
+    the terms wx * L and w * L * L when known (the buffers are reused)."""
+    if wxl is None or wll is None:
+        wxl, wll = wx * L, w * L
+        wll *= L
+    slx = np.subtract(sx, wxl, out=wxl)
+    sl2 = np.subtract(s2, wll, out=wll)
+    new_l = np.multiply(x, sl2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        new_l /= slx
+    np.clip(nearest_int(new_l, out=new_l), -nmax, nmax - 1, out=new_l)
     rows, cols = np.nonzero((slx > 0) & (new_l != L))  # candidates are a small minority
     nl, wxc, wc = new_l[rows, cols], wx[rows, cols], w[rows, cols]
     slx_n = slx[rows, cols] + wxc * nl
@@ -195,7 +216,7 @@ def make_qkx2_quants(
     flat = xmax == xmin
     span = np.where(flat, F32(1), xmax - xmin)
 
-    laux, tmp = np.empty_like(x), np.empty_like(x)  # reused buffers: no allocation per step
+    laux, tmp, tmp2 = np.empty_like(x), np.empty_like(x), np.empty_like(x)  # reused buffers
 
     def quants(iscale: np.ndarray, mn: np.ndarray, out: np.ndarray) -> np.ndarray:
         np.subtract(x, mn, out=out)
@@ -218,6 +239,9 @@ def make_qkx2_quants(
     mn = xmin
     L = quants(iscale, mn, np.empty_like(x))
     best = err_of(scale, mn, L)
+    # The winners' quants are re-derived once at the end from their iscale and the min they
+    # were quantized with, instead of being copied at every step.
+    best_iscale, best_qmin = iscale, mn
     for step in range(nstep + 1):
         iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / np.where(
             flat, F32(1), xmax - mn
@@ -225,7 +249,7 @@ def make_qkx2_quants(
         quants(iscale, mn, laux)
         wl = np.multiply(weights, laux, out=tmp)
         sum_l = seq_sum(wl)
-        sum_l2 = seq_sum(wl * laux)
+        sum_l2 = seq_sum(np.multiply(wl, laux, out=tmp2))
         wl *= x
         sum_xl = seq_sum(wl)
         D = sum_w * sum_l2 - sum_l * sum_l
@@ -237,10 +261,12 @@ def make_qkx2_quants(
         cur = err_of(this_scale, this_min, laux)
         better = (D > 0) & (cur < best) & ~flat
         if better.any():
-            np.copyto(L, laux, where=better[None, :])
+            best_iscale = np.where(better, iscale, best_iscale)
+            best_qmin = np.where(better, mn, best_qmin)
             best = np.where(better, cur, best)
             scale = np.where(better, this_scale, scale)
             mn = np.where(better, this_min, mn)
+    L = quants(best_iscale, best_qmin, L)
     scale = np.where(flat, F32(0), scale)
     L = L.astype(np.int32)
     L[:, flat] = 0
