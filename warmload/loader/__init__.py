@@ -97,16 +97,22 @@ def gc_paused() -> Iterator[None]:
 
 
 def plan_for(checkpoint: Checkpoint, arch: str, model: nn.Module) -> LoadPlan:
-    """The load plan of `checkpoint` into `model` (built on meta), checked before any read."""
+    """The load plan of `checkpoint` into `model` (built on meta), checked before any read.
+    GGUF names go through the architecture's table; SafeTensors (HF) names are ours already."""
     expected = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+    tied = model.tied_weights()
+    tensors, table = checkpoint.tensors, ARCHITECTURES[arch].GGUF_TENSOR_NAMES
+    if checkpoint.format == "safetensors":
+        table = {name: name for name in expected}
+        tensors = {n: t for n, t in tensors.items() if n not in tied and not _ignored(n)}
     return make_load_plan(
-        checkpoint.path,
-        checkpoint.tensors,
-        ARCHITECTURES[arch].GGUF_TENSOR_NAMES,
-        model.config.num_hidden_layers,
-        expected,
-        model.tied_weights(),
+        checkpoint.path, tensors, table, model.config.num_hidden_layers, expected, tied
     )
+
+
+def _ignored(name: str) -> bool:
+    """HF tensors that are not weights: old checkpoints saved rope's inv_freq buffers."""
+    return name.endswith("rotary_emb.inv_freq")
 
 
 def read_tensor(
