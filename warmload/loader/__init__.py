@@ -2,14 +2,17 @@
 
 Pipeline (../shared/DESIGN.md): config from metadata -> model built on `meta` -> plan (pure,
 raises on a wrong architecture, missing/unexpected/mis-shaped tensors or unsupported types
-before any byte is read) -> per tensor: source bytes -> transform -> transfer -> assign ->
-prepare (tie embeddings, rope tables on the device) -> verify (nothing left on meta).
+before any byte is read) -> per tensor, on a pool of workers in file order with bounded bytes in
+flight (pipeline.py): source bytes -> transform -> transfer, then assign in order -> prepare
+(tie embeddings, rope tables on the device) -> verify (nothing left on meta). With cfg.lazy
+(lazy.py) tensors are read when their layer first runs instead.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +25,8 @@ from warmload.config import LoadConfig
 from warmload.errors import WeightMismatchError
 from warmload.formats.checkpoint import Checkpoint
 from warmload.loader.hparams import read_model_config
+from warmload.loader.lazy import LazyWeights
+from warmload.loader.pipeline import load_in_order
 from warmload.loader.plan import LoadPlan, TensorLoad, make_load_plan
 from warmload.loader.stats import LoadStats
 from warmload.loader.transform import transform_tensor
@@ -32,6 +37,7 @@ from warmload.models import ARCHITECTURES
 log = logging.getLogger(__name__)
 
 ACTIVATION_DTYPE = torch.float32  # CPU for now; bf16 with packed kernels comes later
+MAX_WORKERS = 4  # read/transform threads: past 4, memory bandwidth is the limit
 
 
 def load_model(
@@ -53,14 +59,10 @@ def load_model(
         with stats.timed("plan"):
             plan = plan_for(checkpoint, arch, model)
         warm_before(checkpoint, cfg, stats)
-        done, total = 0, sum(load.nbytes for load in plan.tensors)
-        for load in plan.tensors:
-            tensor = read_tensor(checkpoint, load, device, stats)
-            with stats.timed("assign"):
-                assign_parameter(model, load.target, tensor)
-            done += load.nbytes
-            if progress is not None:
-                progress(done, total)
+        if cfg.lazy:
+            model.lazy_weights = load_lazily(checkpoint, plan, model, device, stats)
+        else:
+            load_weights(checkpoint, plan, model, cfg, device, stats, progress)
         with stats.timed("prepare"):
             factors = plan.rope_freq_factors
             model.prepare(read_tensor(checkpoint, factors, device, stats) if factors else None)
@@ -71,6 +73,51 @@ def load_model(
     if cfg.warmup != "none" and not cfg.warmup_sync:
         warm_in_background(checkpoint, cfg.warmup, lambda s, n: stats.add("warm", s, n))
     return model, stats
+
+
+def load_weights(
+    checkpoint: Checkpoint,
+    plan: LoadPlan,
+    model: nn.Module,
+    cfg: LoadConfig,
+    device: torch.device,
+    stats: LoadStats,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Every planned tensor: read_tensor on a pool of workers (file order, bounded bytes in
+    flight: loader/pipeline.py), assign_parameter in order on this thread."""
+    done, total = 0, plan.nbytes
+
+    def read(load: TensorLoad) -> tuple[torch.Tensor, LoadStats]:
+        mine = LoadStats()  # per tensor: merged on this thread, no shared counters
+        return read_tensor(checkpoint, load, device, mine), mine
+
+    def assign(load: TensorLoad, result: tuple[torch.Tensor, LoadStats]) -> None:
+        nonlocal done
+        tensor, tensor_stats = result
+        stats.merge(tensor_stats)
+        with stats.timed("assign"):
+            assign_parameter(model, load.target, tensor)
+        done += load.nbytes
+        if progress is not None:
+            progress(done, total)
+
+    workers = min(MAX_WORKERS, cfg.threads or os.cpu_count() or 1)
+    load_in_order(plan.tensors, lambda t: t.nbytes, read, assign, workers)
+
+
+def load_lazily(
+    checkpoint: Checkpoint, plan: LoadPlan, model: nn.Module, device: torch.device, stats: LoadStats
+) -> LazyWeights:
+    """Placeholders now, each module's weights on its first run (loader/lazy.py)."""
+
+    def load_one(load: TensorLoad) -> None:
+        tensor = read_tensor(checkpoint, load, device, stats)
+        with stats.timed("assign"):
+            assign_parameter(model, load.target, tensor)
+
+    tied = model.tied_weights()
+    return LazyWeights(model, plan.tensors, load_one, tied, ACTIVATION_DTYPE, device)
 
 
 def warm_before(checkpoint: Checkpoint, cfg: LoadConfig, stats: LoadStats) -> None:
