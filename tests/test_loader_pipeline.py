@@ -4,8 +4,6 @@ benchmarks/make_synthetic.py and warmload/bench/load.py (on a tiny model shape).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,30 +18,7 @@ from warmload.loader import load_model
 from warmload.loader.lazy import owner_of, placeholder
 from warmload.loader.pipeline import load_in_order
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_synthetic.py"
 TOKENS = torch.tensor([[3, 17, 9, 41, 0, 25, 7]])
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    spec = importlib.util.spec_from_file_location("make_synthetic", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    # the real files' structure (tied, rope_freqs, the Q4_K_M mix) at a size tests can load
-    module.MODELS["tiny"] = module.Shape(256, 256, 512, 4, 4, 2, 64, True, True)
-    return module
-
-
-@pytest.fixture(scope="module")
-def tiny_files(synthetic, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("synthetic")
-    paths = {}
-    for file_type in ("f16", "q4_k_m"):
-        paths[file_type] = folder / f"tiny-{file_type}.gguf"
-        size = synthetic.write_synthetic(paths[file_type], "tiny", file_type)
-        assert size == paths[file_type].stat().st_size
-    return paths
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:

@@ -29,6 +29,7 @@ from warmload.loader.lazy import LazyWeights
 from warmload.loader.pipeline import load_in_order
 from warmload.loader.plan import LoadPlan, TensorLoad, make_load_plan
 from warmload.loader.stats import LoadStats
+from warmload.loader.transfer import StagingRing
 from warmload.loader.transform import transform_tensor
 from warmload.loader.warm import lock, warm_in_background
 from warmload.loader.warm import warm as warm_pages
@@ -61,6 +62,8 @@ def load_model(
         warm_before(checkpoint, cfg, stats)
         if cfg.lazy:
             model.lazy_weights = load_lazily(checkpoint, plan, model, device, stats)
+        elif device.type == "cuda":
+            load_streamed(checkpoint, plan, model, device, stats, progress)
         else:
             load_weights(checkpoint, plan, model, cfg, device, stats, progress)
         with stats.timed("prepare"):
@@ -104,6 +107,37 @@ def load_weights(
 
     workers = min(MAX_WORKERS, cfg.threads or os.cpu_count() or 1)
     load_in_order(plan.tensors, lambda t: t.nbytes, read, assign, workers)
+
+
+def load_streamed(
+    checkpoint: Checkpoint,
+    plan: LoadPlan,
+    model: nn.Module,
+    device: torch.device,
+    stats: LoadStats,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """CUDA: raw bytes through a ring of pinned buffers on a side stream, transformed
+    (dequantized) on the GPU; host memory in use is the ring (transfer.py)."""
+    ring = StagingRing(device)
+    done = 0
+    for load in plan.tensors:
+        with stats.timed("source", load.nbytes):
+            raw = checkpoint.tensor_bytes(load.source)
+        with stats.timed("transfer", load.nbytes):
+            on_device = ring.upload(raw)
+        ring.ready()  # the transform runs on the current stream, after the copy
+        with stats.timed("transform", load.nbytes):
+            tensor = transform_tensor(on_device, load, ACTIVATION_DTYPE)
+        stats.n_tensors += 1
+        stats.source_nbytes += load.nbytes
+        stats.param_nbytes += tensor.nbytes
+        with stats.timed("assign"):
+            assign_parameter(model, load.target, tensor)
+        done += load.nbytes
+        if progress is not None:
+            progress(done, plan.nbytes)
+    ring.synchronize()
 
 
 def load_lazily(
