@@ -61,7 +61,7 @@ def load_model(
             plan = plan_for(checkpoint, arch, model)
         warm_before(checkpoint, cfg, stats)
         if cfg.lazy:
-            model.lazy_weights = load_lazily(checkpoint, plan, model, device, stats)
+            model.lazy_weights = load_lazily(checkpoint, plan, model, cfg, device, stats)
         elif device.type == "cuda":
             load_streamed(checkpoint, plan, model, device, stats, progress)
         else:
@@ -89,11 +89,30 @@ def load_weights(
 ) -> None:
     """Every planned tensor: read_tensor on a pool of workers (file order, bounded bytes in
     flight: loader/pipeline.py), assign_parameter in order on this thread."""
-    done, total = 0, plan.nbytes
+    read, assign = read_and_assign(checkpoint, model, device, stats, progress, plan.nbytes)
+    load_in_order(plan.tensors, lambda t: t.nbytes, read, assign, workers_for(cfg))
+
+
+def workers_for(cfg: LoadConfig) -> int:
+    return min(MAX_WORKERS, cfg.threads or os.cpu_count() or 1)
+
+
+def read_and_assign(
+    checkpoint: Checkpoint,
+    model: nn.Module,
+    device: torch.device,
+    stats: LoadStats,
+    progress: Callable[[int, int], None] | None = None,
+    total: int = 0,
+) -> tuple[Callable[[TensorLoad], Any], Callable[[TensorLoad, Any], None]]:
+    """The seams as pool work: read(load) on any thread (its own LoadStats), assign(load,
+    result) on the caller's thread, which merges the stats and reports progress."""
+    done = 0
 
     def read(load: TensorLoad) -> tuple[torch.Tensor, LoadStats]:
-        mine = LoadStats()  # per tensor: merged on this thread, no shared counters
-        return read_tensor(checkpoint, load, device, mine), mine
+        mine = LoadStats()  # per tensor: merged on the assigning thread, no shared counters
+        with torch.no_grad():
+            return read_tensor(checkpoint, load, device, mine), mine
 
     def assign(load: TensorLoad, result: tuple[torch.Tensor, LoadStats]) -> None:
         nonlocal done
@@ -105,8 +124,7 @@ def load_weights(
         if progress is not None:
             progress(done, total)
 
-    workers = min(MAX_WORKERS, cfg.threads or os.cpu_count() or 1)
-    load_in_order(plan.tensors, lambda t: t.nbytes, read, assign, workers)
+    return read, assign
 
 
 def load_streamed(
@@ -141,17 +159,19 @@ def load_streamed(
 
 
 def load_lazily(
-    checkpoint: Checkpoint, plan: LoadPlan, model: nn.Module, device: torch.device, stats: LoadStats
+    checkpoint: Checkpoint,
+    plan: LoadPlan,
+    model: nn.Module,
+    cfg: LoadConfig,
+    device: torch.device,
+    stats: LoadStats,
 ) -> LazyWeights:
     """Placeholders now, each module's weights on its first run (loader/lazy.py)."""
-
-    def load_one(load: TensorLoad) -> None:
-        tensor = read_tensor(checkpoint, load, device, stats)
-        with stats.timed("assign"):
-            assign_parameter(model, load.target, tensor)
-
+    read, assign = read_and_assign(checkpoint, model, device, stats)
     tied = model.tied_weights()
-    return LazyWeights(model, plan.tensors, load_one, tied, ACTIVATION_DTYPE, device)
+    return LazyWeights(
+        model, plan.tensors, read, assign, tied, ACTIVATION_DTYPE, device, workers_for(cfg)
+    )
 
 
 def warm_before(checkpoint: Checkpoint, cfg: LoadConfig, stats: LoadStats) -> None:

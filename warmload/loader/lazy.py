@@ -5,10 +5,11 @@ Every planned tensor belongs to an owner module: its decoder layer (`model.layer
 the others, the module that holds it (`model.embed_tokens`, `model.norm`, `lm_head`). Until
 its owner runs, a parameter is a placeholder of the right shape, dtype and device that takes no
 memory (one element, expanded with stride 0), so prepare(), new_cache() and shape checks work.
-A forward pre-hook on the owner loads its tensors (through the loader's read/assign seams),
-then removes itself; tied parameters (lm_head -> embed_tokens) are re-tied when their owner
-runs. Loading is serialised by a lock, so concurrent first calls load once. The idea is
-accelerate's hook-based offloading (AlignDevicesHook), without its generality.
+A forward pre-hook on the owner loads its tensors (through the loader's read/assign seams, on
+the worker pool of pipeline.py), then removes itself; tied parameters (lm_head ->
+embed_tokens) are re-tied when their owner runs. Loading is serialised by a lock, so
+concurrent first calls load once. The idea is accelerate's hook-based offloading
+(AlignDevicesHook), without its generality.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from warmload.loader.pipeline import load_in_order
 from warmload.loader.plan import TensorLoad
 
 
@@ -44,12 +46,15 @@ class LazyWeights:
         self,
         model: nn.Module,
         loads: Sequence[TensorLoad],
-        load_one: Callable[[TensorLoad], None],
+        read: Callable[[TensorLoad], Any],
+        assign: Callable[[TensorLoad, Any], None],
         tied: Mapping[str, str],
         dtype: torch.dtype,
         device: torch.device,
+        workers: int = 1,
     ) -> None:
-        self._model, self._load_one, self._tied = model, load_one, dict(tied)
+        self._model, self._tied = model, dict(tied)
+        self._read, self._assign, self._workers = read, assign, workers
         self._lock = threading.Lock()
         self._groups: dict[str, list[TensorLoad]] = defaultdict(list)
         for load in loads:
@@ -86,8 +91,8 @@ class LazyWeights:
             return
         for alias in self._aliases.get(owner, ()):
             self._materialize(owner_of(self._tied[alias]))
-        for load in self._groups.get(owner, ()):
-            self._load_one(load)
+        group = self._groups.get(owner, ())
+        load_in_order(group, lambda t: t.nbytes, self._read, self._assign, self._workers)
         for alias in self._aliases.get(owner, ()):
             _set_parameter(self._model, alias, self._model.get_parameter(self._tied[alias]))
         handle.remove()
