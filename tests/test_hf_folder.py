@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import warmload
+from warmload.config import LoadConfig
 from warmload.errors import CheckpointError, UnsupportedError
 from warmload.formats.open import open_checkpoint
 from warmload.formats.safetensors_write import write_safetensors
@@ -219,3 +220,27 @@ def test_chat_template_sources(tmp_path):
     (folder / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="tokenizer_config.json: not valid JSON"):
         open_checkpoint(folder)
+
+
+@pytest.mark.parametrize("mode", ["mmap", "memory", "read"])
+def test_sharded_folder_in_every_load_mode(tmp_path, mode):
+    from warmload.formats.safetensors_write import write_sharded
+    from warmload.loader import load_model
+
+    (tmp_path / "one").mkdir()
+    single = tiny_llama_folder(tmp_path / "one")
+    with open_checkpoint(single) as ck:
+        reference, _ = load_model(ck)
+        tensors = {
+            name: (t.ggml_type, t.shape, ck.tensor_bytes(name)) for name, t in ck.tensors.items()
+        }
+        sharded = tmp_path / "sharded"
+        sharded.mkdir()
+        paths = write_sharded(sharded, tensors, max_shard_bytes=300)
+    (sharded / "config.json").write_text((single / "config.json").read_text())
+    assert len(paths) > 3
+    with open_checkpoint(sharded, load_mode=mode) as ck:
+        model, _ = load_model(ck, LoadConfig(load_mode=mode))
+        assert len({t.file for t in ck.tensors.values()}) == len(paths)
+    for (name, a), (_, b) in zip(reference.named_parameters(), model.named_parameters()):
+        assert torch.equal(a, b), name
