@@ -16,6 +16,7 @@ from typing import Any
 
 from warmload.errors import CheckpointError, UnsupportedError
 from warmload.formats.checkpoint import Checkpoint
+from warmload.formats.hf_folder import HF_MODEL_TYPES
 from warmload.models import ARCHITECTURES
 from warmload.models.gemma3 import Gemma3Config
 from warmload.models.llama import LlamaConfig
@@ -137,11 +138,11 @@ def read_hf_config(checkpoint: Checkpoint) -> tuple[str, Any]:
             f"{checkpoint.path}: no config.json next to the weights (a Hugging Face model "
             f"folder needs one to know the architecture)"
         )
-    arch = checkpoint.metadata.get("general.architecture")
+    arch = HF_MODEL_TYPES.get(config.get("model_type"))  # type: ignore[arg-type]
     if arch not in HF_CONFIG_READERS:
         raise UnsupportedError(
             f"{checkpoint.path}/config.json: model_type {config.get('model_type')!r} is not "
-            f"supported (supported: llama, gemma3_text)"
+            f"supported (supported: {', '.join(sorted(HF_MODEL_TYPES))})"
         )
     try:
         return arch, HF_CONFIG_READERS[arch](checkpoint, _Fields(checkpoint, config))
