@@ -147,3 +147,20 @@ def test_cli_load_flags():
     options = load_options(p.parse_args(["--lazy", "--warmup", "populate", "--warmup-sync"]))
     assert (options["lazy"], options["warmup"], options["warmup_sync"]) == (True, "populate", True)
     assert "lazy" not in load_options(p.parse_args([]))
+
+
+def test_lazy_load_failure_keeps_the_hook(tiny_files, monkeypatch):
+    """A failed first load raises and leaves the layer pending, never a placeholder in use."""
+    import warmload.loader as loader
+
+    with open_checkpoint(tiny_files["f16"]) as ck:
+        lazy, _ = load_model(ck, LoadConfig(lazy=True))
+        real = loader.read_tensor
+        monkeypatch.setattr(loader, "read_tensor", lambda *a: 1 / 0)
+        with pytest.raises(ZeroDivisionError), torch.inference_mode():
+            lazy.model.embed_tokens(TOKENS)
+        assert "model.embed_tokens" in lazy.lazy_weights.pending
+        monkeypatch.setattr(loader, "read_tensor", real)
+        with torch.inference_mode():
+            lazy.model.embed_tokens(TOKENS)
+        assert "model.embed_tokens" not in lazy.lazy_weights.pending

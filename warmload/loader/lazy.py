@@ -86,16 +86,15 @@ class LazyWeights:
             self._materialize(owner)
 
     def _materialize(self, owner: str) -> None:
-        handle = self._handles.pop(owner, None)
-        if handle is None:
-            return
+        if owner not in self._handles:
+            return  # loaded already; a failed load leaves the hook in place to try again
         for alias in self._aliases.get(owner, ()):
             self._materialize(owner_of(self._tied[alias]))
         group = self._groups.get(owner, ())
         load_in_order(group, lambda t: t.nbytes, self._read, self._assign, self._workers)
         for alias in self._aliases.get(owner, ()):
             _set_parameter(self._model, alias, self._model.get_parameter(self._tied[alias]))
-        handle.remove()
+        self._handles.pop(owner).remove()
 
     def load_all(self) -> None:
         """Load everything still pending, in plan (file) order."""
