@@ -169,8 +169,13 @@ def load_lazily(
     """Placeholders now, each module's weights on its first run (loader/lazy.py)."""
     read, assign = read_and_assign(checkpoint, model, device, stats)
     tied = model.tied_weights()
+
+    def done() -> None:
+        log.info("%s: lazy loading done: %s", checkpoint.path, stats.summary())
+
+    workers = workers_for(cfg)
     return LazyWeights(
-        model, plan.tensors, read, assign, tied, ACTIVATION_DTYPE, device, workers_for(cfg)
+        model, plan.tensors, read, assign, tied, ACTIVATION_DTYPE, device, workers, done
     )
 
 

@@ -52,8 +52,9 @@ class LazyWeights:
         dtype: torch.dtype,
         device: torch.device,
         workers: int = 1,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
-        self._model, self._tied = model, dict(tied)
+        self._model, self._tied, self._on_done = model, dict(tied), on_done
         self._read, self._assign, self._workers = read, assign, workers
         self._lock = threading.Lock()
         self._groups: dict[str, list[TensorLoad]] = defaultdict(list)
@@ -95,6 +96,8 @@ class LazyWeights:
         for alias in self._aliases.get(owner, ()):
             _set_parameter(self._model, alias, self._model.get_parameter(self._tied[alias]))
         self._handles.pop(owner).remove()
+        if not self._handles and self._on_done is not None:
+            self._on_done()
 
     def load_all(self) -> None:
         """Load everything still pending, in plan (file) order."""
