@@ -3,10 +3,12 @@
 Each case runs in a fresh process (`python -m warmload.bench.load CASE_JSON`) so peak RSS and
 the page cache state belong to it: open the checkpoint, load_model (weights only: synthetic
 files have no tokenizer), and optionally run one forward pass of a few tokens (the first
-answer; with --lazy this is where the weights arrive). The baseline is the same file read once
-with large sequential preads into one reused buffer, in the same state (warm: resident in the
-page cache; cold: evicted with posix_fadvise(POSIX_FADV_DONTNEED) first, which needs a private
-copy of the file that nobody else is reading). GB/s is the file's size over the time.
+answer; with --lazy this is where the weights arrive). --source-only times the source stage
+alone: every tensor's bytes delivered by the load mode's ByteSource, no model, no transform.
+The baseline is the same file read once with large sequential reads into one reused buffer,
+in the same state (warm: resident in the page cache; cold: evicted with
+posix_fadvise(POSIX_FADV_DONTNEED) first, which needs a private copy of the file that nobody
+else is reading). GB/s is the file's size over the time.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class LoadCase:
     cold: bool
     lazy: bool = False
     forward: bool = False  # also time one forward pass (first answer)
+    source_only: bool = False  # only deliver every tensor's bytes (no model, no transform)
 
 
 @dataclass(slots=True)
@@ -83,6 +86,24 @@ def plain_read(path: str) -> int:
         os.close(fd)
 
 
+def deliver_bytes(path: str, mode: str) -> int:
+    """The source stage alone: every tensor's bytes from the checkpoint's ByteSource in file
+    order, each copied once into a reused buffer (so mmap pages are really read); bytes."""
+    from warmload.formats.open import open_checkpoint
+
+    scratch = bytearray(READ_CHUNK_BYTES)
+    total = 0
+    with open_checkpoint(path, load_mode=mode) as ckpt:
+        for info in sorted(ckpt.tensors.values(), key=lambda t: (t.file, t.offset)):
+            view = ckpt.tensor_bytes(info.name)
+            for start in range(0, len(view), READ_CHUNK_BYTES):
+                chunk = view[start : start + READ_CHUNK_BYTES]
+                scratch[: len(chunk)] = chunk
+            total += len(view)
+            del view
+    return total
+
+
 def measure(case: LoadCase) -> dict:
     """Run one case in this process; {"ready_s", "first_s", "peak_rss_bytes", "stats"}."""
     from warmload.memstats import peak_rss_bytes
@@ -90,6 +111,10 @@ def measure(case: LoadCase) -> dict:
     if case.mode == "plain read":
         started = time.perf_counter()
         plain_read(case.path)
+        return {"ready_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes()}
+    if case.source_only:
+        started = time.perf_counter()
+        deliver_bytes(case.path, case.mode)
         return {"ready_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes()}
     import torch
 
@@ -151,36 +176,41 @@ def run_load_bench(
     lazy: bool = False,
     forward: bool = False,
     repetitions: int = 3,
+    source_only: bool = False,
     on_row: Callable[[LoadRow], None] | None = None,
 ) -> list[LoadRow]:
     """Rows of plain read and every mode, per model and cache state (see the docstring)."""
     rows = []
     for model in models:
-        size = os.path.getsize(model)
         for cache in caches:
-            for mode in ("plain read", *modes):
-                name = mode + (" lazy" if lazy and mode != "plain read" else "")
-                row = LoadRow(model.name, size, name, cache)
-                use_lazy = lazy and mode != "plain read"
-                need = (
-                    0
-                    if mode == "plain read"
-                    else memory_needed(str(model), mode, use_lazy, forward)
-                )
-                if need > 0.8 * available_bytes():
-                    row.skipped = f"needs {need / 1e9:.1f} GB, {available_bytes() / 1e9:.1f} free"
-                else:
-                    case = LoadCase(str(model), mode, cache == "cold", use_lazy, forward)
-                    for _ in range(repetitions):
-                        result = run_case(case)
-                        row.ready_s.append(result["ready_s"])
-                        if "first_s" in result:
-                            row.first_s.append(result["first_s"])
-                        row.peak_rss_bytes = max(row.peak_rss_bytes, result["peak_rss_bytes"])
-                rows.append(row)
+            cases = [LoadCase(str(model), "plain read", cache == "cold")]
+            cases += [
+                LoadCase(str(model), m, cache == "cold", lazy, forward, source_only) for m in modes
+            ]
+            for case in cases:
+                rows.append(measure_row(case, repetitions))
                 if on_row is not None:
-                    on_row(row)
+                    on_row(rows[-1])
     return rows
+
+
+def measure_row(case: LoadCase, repetitions: int) -> LoadRow:
+    """`repetitions` fresh-process runs of one case (skipped when RAM cannot hold it)."""
+    name = case.mode + (" lazy" if case.lazy else "") + (" source" if case.source_only else "")
+    path = Path(case.path)
+    row = LoadRow(path.name, path.stat().st_size, name, "cold" if case.cold else "warm")
+    if case.mode != "plain read" and not case.source_only:
+        need = memory_needed(case.path, case.mode, case.lazy, case.forward)
+        if need > 0.8 * available_bytes():
+            row.skipped = f"needs {need / 1e9:.1f} GB, {available_bytes() / 1e9:.1f} free"
+            return row
+    for _ in range(repetitions):
+        result = run_case(case)
+        row.ready_s.append(result["ready_s"])
+        if "first_s" in result:
+            row.first_s.append(result["first_s"])
+        row.peak_rss_bytes = max(row.peak_rss_bytes, result["peak_rss_bytes"])
+    return row
 
 
 def main() -> int:

@@ -34,6 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lazy", action="store_true", help="with --load: lazy loading")
     p.add_argument(
+        "--source-only",
+        action="store_true",
+        help="with --load: only deliver the tensors' bytes (no model, no transform)",
+    )
+    p.add_argument(
         "--first-answer", action="store_true", help="with --load: also time one forward pass"
     )
     p.add_argument("-o", "--output", choices=("md", "json", "jsonl"), default="md")
@@ -104,7 +109,14 @@ def run_load_command(args: argparse.Namespace, models: list) -> int:
             print(json.dumps(row.as_dict()), flush=True)
 
     rows = run_load_bench(
-        models, modes, caches, args.lazy, args.first_answer, args.repetitions, on_row
+        models,
+        modes,
+        caches,
+        args.lazy,
+        args.first_answer,
+        args.repetitions,
+        args.source_only,
+        on_row,
     )
     if args.output == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
