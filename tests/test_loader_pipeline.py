@@ -164,3 +164,15 @@ def test_lazy_load_failure_keeps_the_hook(tiny_files, monkeypatch):
         with torch.inference_mode():
             lazy.model.embed_tokens(TOKENS)
         assert "model.embed_tokens" not in lazy.lazy_weights.pending
+
+
+def test_bench_source_only_delivers_every_tensor_byte(tiny_files):
+    from warmload.bench.load import deliver_bytes
+
+    path = str(tiny_files["q4_k_m"])
+    with open_checkpoint(path) as ck:
+        expected = sum(t.nbytes for t in ck.tensors.values())
+    for mode in ("mmap", "memory", "read"):
+        assert deliver_bytes(path, mode) == expected
+    result = measure(LoadCase(path, "read", cold=False, source_only=True))
+    assert result["ready_s"] > 0 and "stats" not in result
