@@ -245,3 +245,53 @@ def test_sharded_folder_in_every_load_mode(tmp_path, mode):
         assert len({t.file for t in ck.tensors.values()}) == len(paths)
     for (name, a), (_, b) in zip(reference.named_parameters(), model.named_parameters()):
         assert torch.equal(a, b), name
+
+
+def tiny_tokenizer_folder(folder: Path, post_bos: bool, config: dict) -> Path:
+    """A byte-level BPE tokenizer.json (Llama 3 style: BOS from the post-processor)."""
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {c: i for i, c in enumerate(sorted(alphabet))}
+    vocab["Ġh"] = len(vocab)
+    backend = RustTokenizer(BPE(vocab=vocab, merges=[("Ġ", "h")]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<|begin|>", "<|eot_id|>"])
+    backend.add_tokens(["<tool>"])
+    if post_bos:
+        begin = backend.token_to_id("<|begin|>")
+        backend.post_processor = processors.TemplateProcessing(
+            single="<|begin|> $A", special_tokens=[("<|begin|>", begin)]
+        )
+    backend.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "post_bos,config,add_bos",
+    [
+        (True, {"bos_token": "<|begin|>"}, True),  # no flag: the post-processor decides
+        (True, {"bos_token": "<|begin|>", "add_bos_token": False}, False),  # the flag wins
+        (False, {}, False),
+    ],
+)
+def test_hf_tokenizer_bos_and_attributes(tmp_path, post_bos, config, add_bos):
+    from warmload.tokenizer import build_tokenizer
+    from warmload.tokenizer.vocab import ATTR_CONTROL, ATTR_USER_DEFINED
+
+    folder = tiny_llama_folder(tmp_path, eos_token_id=[258, 257], vocab_size=300)
+    tiny_tokenizer_folder(folder, post_bos, config)
+    with open_checkpoint(folder) as ck:
+        tok = build_tokenizer(ck.metadata)
+    begin, eot, tool = (tok.token_to_id(t) for t in ("<|begin|>", "<|eot_id|>", "<tool>"))
+    assert tok.model == "gpt2" and tok.add_bos == add_bos and tok.vocab_size == 300
+    assert tok.vocab.attrs[begin] & ATTR_CONTROL and tok.vocab.attrs[tool] & ATTR_USER_DEFINED
+    assert eot in tok.stop_ids  # by llama.cpp's text rule and config.json's list
+    ids = tok.encode("a h<tool>", parse_special=True)
+    assert ids[: int(add_bos)] == ([begin] if add_bos else [])
+    assert tok.decode(ids, skip_special=True) == "a h<tool>"
+    assert tok.token_to_piece(299) == b""  # a padded id past the tokenizer renders as nothing
