@@ -176,3 +176,10 @@ def test_bench_source_only_delivers_every_tensor_byte(tiny_files):
         assert deliver_bytes(path, mode) == expected
     result = measure(LoadCase(path, "read", cold=False, source_only=True))
     assert result["ready_s"] > 0 and "stats" not in result
+
+
+def test_bench_times_warmup_modes(tiny_files):
+    from warmload.bench.load import measure_row
+
+    row = measure_row(LoadCase(str(tiny_files["f16"]), "mmap", False, warmup="populate"), 1)
+    assert row.case == "warm-up populate" and len(row.ready_s) == 1 and not row.skipped

@@ -4,7 +4,8 @@ Each case runs in a fresh process (`python -m warmload.bench.load CASE_JSON`) so
 the page cache state belong to it: open the checkpoint, load_model (weights only: synthetic
 files have no tokenizer), and optionally run one forward pass of a few tokens (the first
 answer; with --lazy this is where the weights arrive). --source-only times the source stage
-alone: every tensor's bytes delivered by the load mode's ByteSource, no model, no transform.
+alone: every tensor's bytes delivered by the load mode's ByteSource, no model, no transform;
+--warmups times warm() of each given warm-up mode on the mmap-opened file (loader/warm.py).
 The baseline is the same file read once with large sequential reads into one reused buffer,
 in the same state (warm: resident in the page cache; cold: evicted with
 posix_fadvise(POSIX_FADV_DONTNEED) first, which needs a private copy of the file that nobody
@@ -37,6 +38,7 @@ class LoadCase:
     lazy: bool = False
     forward: bool = False  # also time one forward pass (first answer)
     source_only: bool = False  # only deliver every tensor's bytes (no model, no transform)
+    warmup: str = ""  # only run this warm-up mode on the opened file (loader/warm.py)
 
 
 @dataclass(slots=True)
@@ -112,6 +114,14 @@ def measure(case: LoadCase) -> dict:
         started = time.perf_counter()
         plain_read(case.path)
         return {"ready_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes()}
+    if case.warmup:
+        from warmload.formats.open import open_checkpoint
+        from warmload.loader.warm import warm
+
+        started = time.perf_counter()
+        with open_checkpoint(case.path, load_mode=case.mode) as ckpt:
+            warm(ckpt, case.warmup)
+        return {"ready_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes()}
     if case.source_only:
         started = time.perf_counter()
         deliver_bytes(case.path, case.mode)
@@ -178,6 +188,7 @@ def run_load_bench(
     repetitions: int = 3,
     source_only: bool = False,
     on_row: Callable[[LoadRow], None] | None = None,
+    warmups: Sequence[str] = (),
 ) -> list[LoadRow]:
     """Rows of plain read and every mode, per model and cache state (see the docstring)."""
     rows = []
@@ -187,6 +198,7 @@ def run_load_bench(
             cases += [
                 LoadCase(str(model), m, cache == "cold", lazy, forward, source_only) for m in modes
             ]
+            cases += [LoadCase(str(model), "mmap", cache == "cold", warmup=w) for w in warmups]
             for case in cases:
                 rows.append(measure_row(case, repetitions))
                 if on_row is not None:
@@ -197,9 +209,10 @@ def run_load_bench(
 def measure_row(case: LoadCase, repetitions: int) -> LoadRow:
     """`repetitions` fresh-process runs of one case (skipped when RAM cannot hold it)."""
     name = case.mode + (" lazy" if case.lazy else "") + (" source" if case.source_only else "")
+    name = f"warm-up {case.warmup}" if case.warmup else name
     path = Path(case.path)
     row = LoadRow(path.name, path.stat().st_size, name, "cold" if case.cold else "warm")
-    if case.mode != "plain read" and not case.source_only:
+    if case.mode != "plain read" and not case.source_only and not case.warmup:
         need = memory_needed(case.path, case.mode, case.lazy, case.forward)
         if need > 0.8 * available_bytes():
             row.skipped = f"needs {need / 1e9:.1f} GB, {available_bytes() / 1e9:.1f} free"

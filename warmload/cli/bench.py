@@ -34,6 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lazy", action="store_true", help="with --load: lazy loading")
     p.add_argument(
+        "--warmups",
+        default="",
+        help="with --load: also time these warm-up modes, e.g. populate,read",
+    )
+    p.add_argument(
         "--source-only",
         action="store_true",
         help="with --load: only deliver the tensors' bytes (no model, no transform)",
@@ -95,13 +100,17 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 def run_load_command(args: argparse.Namespace, models: list) -> int:
     from warmload.bench.load import run_load_bench
-    from warmload.config import LOAD_MODES
+    from warmload.config import LOAD_MODES, WARMUP_MODES
     from warmload.errors import RequestError
 
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in modes if m not in LOAD_MODES]
     if bad:
         raise RequestError(f"unknown load mode {bad[0]!r}; known: {', '.join(LOAD_MODES)}")
+    warmups = [w for w in args.warmups.split(",") if w]
+    bad = [w for w in warmups if w not in WARMUP_MODES]
+    if bad:
+        raise RequestError(f"unknown warm-up mode {bad[0]!r}; known: {', '.join(WARMUP_MODES)}")
     caches = ("warm", "cold") if args.cold else ("warm",)
 
     def on_row(row) -> None:
@@ -117,6 +126,7 @@ def run_load_command(args: argparse.Namespace, models: list) -> int:
         args.repetitions,
         args.source_only,
         on_row,
+        warmups,
     )
     if args.output == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
