@@ -183,3 +183,14 @@ def test_bench_times_warmup_modes(tiny_files):
 
     row = measure_row(LoadCase(str(tiny_files["f16"]), "mmap", False, warmup="populate"), 1)
     assert row.case == "warm-up populate" and len(row.ready_s) == 1 and not row.skipped
+
+
+@pytest.mark.parametrize("mode", ["mmap", "memory", "read"])
+def test_eager_load_gives_the_file_memory_back(tiny_files, mode):
+    """After a load that copied every tensor the source holds nothing; it reopens on demand."""
+    with open_checkpoint(tiny_files["f16"], load_mode=mode) as ck:
+        model, _ = load_model(ck, LoadConfig(load_mode=mode))
+        assert ck.source._handles == {}
+        raw = ck.tensor_bytes("output_norm.weight")  # reopened
+        assert len(raw) == 256 * 4 and torch.isfinite(logits(model)).all()
+        del raw

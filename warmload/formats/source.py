@@ -78,6 +78,13 @@ class ByteSource:
         """Release every file; views handed out stay valid until they are dropped."""
         with self._lock:
             self._closed = True
+        self.release()
+
+    def release(self) -> None:
+        """Drop every mapping / buffer / descriptor, but stay usable: the next view reopens the
+        file. After a load that copied every tensor this gives their memory back (a mapping or
+        buffer that views still use lives on until the last view goes)."""
+        with self._lock:
             handles, self._handles = self._handles, {}
         for handle in handles.values():
             self._release(handle)

@@ -71,6 +71,8 @@ def load_model(
             model.prepare(read_tensor(checkpoint, factors, device, stats) if factors else None)
         with stats.timed("verify"):
             verify_loaded(model, str(checkpoint.path))
+        if not cfg.lazy and not cfg.mlock and (cfg.warmup == "none" or cfg.warmup_sync):
+            checkpoint.source.release()  # the file's pages/buffer, unless tensors alias them
     stats.wall_seconds = time.perf_counter() - started
     log.info("%s: %s", checkpoint.path, stats.summary())
     if cfg.warmup != "none" and not cfg.warmup_sync:
