@@ -1,6 +1,8 @@
 """Cold-cache time to first answer: evict the model file from the page cache, then load and
 answer a 20-token prompt (1 new token), per warm-up mode, for a fully resident file, and for
 llama-cpp-python (mmap) in the same run. Each run is a fresh subprocess; min/median of --runs.
+Warm-up runs before the model is ready (warmup_sync) except in the "bg" cases, where it runs
+in the background after ready; "lazy" loads each layer on its first use.
 
     .venv/bin/python benchmarks/bench_eviction.py [--model smollm2] [--runs 3]
 
@@ -25,15 +27,19 @@ PROMPT = (
     "Gutenberg combined movable metal type with an oil-based ink and a wooden press, and"
 )
 PROMPT_TOKENS = 20
+# name, engine, warm-up mode, evicted first, options (warmup_sync: before ready; lazy)
+SYNC = {"warmup_sync": True}
 CASES = [
-    ("warmload none", "warmload", "none", True),
-    ("warmload willneed", "warmload", "willneed", True),
-    ("warmload populate", "warmload", "populate", True),
-    ("warmload read", "warmload", "read", True),
-    ("warmload auto", "warmload", "auto", True),
-    ("warmload resident", "warmload", "none", False),
-    ("llama.cpp mmap", "llama_cpp", "", True),
-    ("llama.cpp resident", "llama_cpp", "", False),
+    ("warmload none", "warmload", "none", True, SYNC),
+    ("warmload willneed", "warmload", "willneed", True, SYNC),
+    ("warmload populate", "warmload", "populate", True, SYNC),
+    ("warmload read", "warmload", "read", True, SYNC),
+    ("warmload auto", "warmload", "auto", True, SYNC),
+    ("warmload auto bg", "warmload", "auto", True, {}),
+    ("warmload lazy auto bg", "warmload", "auto", True, {"lazy": True}),
+    ("warmload resident", "warmload", "none", False, SYNC),
+    ("llama.cpp mmap", "llama_cpp", "", True, {}),
+    ("llama.cpp resident", "llama_cpp", "", False, {}),
 ]
 
 
@@ -52,11 +58,11 @@ def make_resident(path: str) -> None:
             pass
 
 
-def child_warmload(path: str, warmup: str, threads: int) -> dict:
+def child_warmload(path: str, warmup: str, threads: int, options: dict) -> dict:
     import warmload
 
     started = time.perf_counter()
-    engine = warmload.load(path, warmup=warmup, warmup_sync=True, threads=threads)
+    engine = warmload.load(path, warmup=warmup, threads=threads, **options)
     load_s = time.perf_counter() - started
     ids = engine.tokenizer.encode(PROMPT)[:PROMPT_TOKENS]
     out = engine.generate(ids, max_tokens=1, temperature=0)
@@ -80,7 +86,7 @@ def child_llama_cpp(path: str, threads: int) -> dict:
 
 def run_child(args: argparse.Namespace) -> None:
     if args.engine == "warmload":
-        result = child_warmload(args.model, args.warmup, args.threads)
+        result = child_warmload(args.model, args.warmup, args.threads, json.loads(args.options))
     else:
         result = child_llama_cpp(args.model, args.threads)
     print(json.dumps(result))
@@ -93,7 +99,9 @@ def residency(path: str) -> float:
     return resident / size if size else 1.0
 
 
-def run_case(path: str, engine: str, warmup: str, cold: bool, args: argparse.Namespace) -> dict:
+def run_case(
+    path: str, engine: str, warmup: str, cold: bool, options: dict, args: argparse.Namespace
+) -> dict:
     runs, loads, before = [], [], []
     for _ in range(args.runs):
         if cold:
@@ -103,6 +111,7 @@ def run_case(path: str, engine: str, warmup: str, cold: bool, args: argparse.Nam
         before.append(residency(path))
         cmd = [sys.executable, __file__, "--child", "--engine", engine, "--model", path]
         cmd += ["--warmup", warmup or "none", "--threads", str(args.threads)]
+        cmd += ["--options", json.dumps(options)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             return {"error": done.stderr.strip().splitlines()[-1:]}
@@ -126,6 +135,7 @@ def main() -> None:
     p.add_argument("--child", action="store_true")
     p.add_argument("--engine", default="warmload")
     p.add_argument("--warmup", default="none")
+    p.add_argument("--options", default="{}", help="child: more warmload.load options (JSON)")
     p.add_argument("--copy-dir", default="/tmp/warmload-bench")
     p.add_argument("--only", default="", help="comma-separated case names to run")
     args = p.parse_args()
@@ -144,10 +154,10 @@ def main() -> None:
     load = os.getloadavg()
     print(f"# {path} ({size / 1e6:.0f} MB), loadavg {load[0]:.2f}", file=sys.stderr)
     rows = []
-    for name, engine, warmup, cold in CASES:
+    for name, engine, warmup, cold, options in CASES:
         if args.only and name not in args.only.split(","):
             continue
-        result = run_case(path, engine, warmup, cold, args)
+        result = run_case(path, engine, warmup, cold, options, args)
         record = {"bench": "eviction", "case": name, "model": Path(path).name, **result}
         print(json.dumps(record), flush=True)
         rows.append(record)

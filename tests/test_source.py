@@ -68,6 +68,7 @@ def test_mmap_open_reads_nothing_and_memory_reads_all(gemma3_path: Path) -> None
     with open_checkpoint(gemma3_path, load_mode="memory") as ck:
         before = rss_bytes()
         ck.tensor_bytes("output_norm.weight")
+        ck.source.wait()  # the rest arrives in the background
         assert rss_bytes() - before > 0.9 * size  # the whole file is now in our buffer
         assert not mapped(gemma3_path)
 
@@ -180,3 +181,23 @@ def test_folder_without_weights(tmp_path: Path) -> None:
     write(tmp_path, small_model(), "b.gguf")
     with pytest.raises(CheckpointError, match=r"holds 2 .gguf files \(a.gguf, b.gguf\)"):
         open_checkpoint(tmp_path)
+
+
+def test_memory_source_streams_and_reports_a_short_read(tmp_path: Path, monkeypatch) -> None:
+    """Views wait only for their own bytes; a file that ends early fails the views past it."""
+    import warmload.formats.source as source_module
+
+    path = tmp_path / "blob"
+    data = np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    monkeypatch.setattr(source_module, "_CHUNK_BYTES", 1024)
+    real_stat = os.stat
+    monkeypatch.setattr(  # the file "shrinks" after its size was taken
+        source_module.os, "stat", lambda p: os.stat_result((*real_stat(p)[:6], 12_000, 0, 0, 0))
+    )
+    with MemorySource() as source:
+        assert bytes(source.view(str(path), 5000, 100)) == data[5000:5100].tobytes()
+        with pytest.raises(CheckpointError, match="read 10000 of 12000 bytes, then the file ended"):
+            source.view(str(path), 11_000, 10)
+        with pytest.raises(CheckpointError, match="then the file ended"):
+            source.wait()

@@ -23,7 +23,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "-t", "--threads", type=int_list, default=None, help="e.g. 1,2 (default: physical cores)"
     )
     p.add_argument("-r", "--repetitions", type=int, default=5)
-    p.add_argument("--load", action="store_true", help="time the load in every load mode")
+    p.add_argument(
+        "--load",
+        action="store_true",
+        help="only time loads: every load mode next to a plain read of the file",
+    )
+    p.add_argument("--modes", default="mmap,memory,read", help="with --load: load modes")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="with --load: also evict the file first (use a private copy of it)",
+    )
+    p.add_argument("--lazy", action="store_true", help="with --load: lazy loading")
+    p.add_argument(
+        "--warmups",
+        default="",
+        help="with --load: also time these warm-up modes, e.g. populate,read",
+    )
+    p.add_argument(
+        "--source-only",
+        action="store_true",
+        help="with --load: only deliver the tensors' bytes (no model, no transform)",
+    )
+    p.add_argument(
+        "--first-answer", action="store_true", help="with --load: also time one forward pass"
+    )
     p.add_argument(
         "--tune-threads",
         action="store_true",
@@ -52,7 +76,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
         if peer not in PEERS:
             raise RequestError(f"unknown peer {peer!r}; known: {', '.join(sorted(PEERS))}")
         backends.append(PEERS[peer])
-    modes = ("mmap", "memory", "read") if args.load else ("mmap",)
+    if args.load:
+        return run_load_command(args, models)
+    modes = ("mmap",)
 
     def on_row(row) -> None:
         if args.output == "jsonl":
@@ -97,3 +123,92 @@ def tune_threads(args: argparse.Namespace, models: list) -> int:
         measured = ", ".join(f"{n}: {v:.1f} t/s" for n, v in sorted(speeds.items()))
         print(f"{model.name}: decode {measured} -> {best} threads (stored in {tuning_file()})")
     return 0
+
+
+def run_load_command(args: argparse.Namespace, models: list) -> int:
+    from warmload.bench.load import run_load_bench
+    from warmload.config import LOAD_MODES, WARMUP_MODES
+    from warmload.errors import RequestError
+
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in LOAD_MODES]
+    if bad:
+        raise RequestError(f"unknown load mode {bad[0]!r}; known: {', '.join(LOAD_MODES)}")
+    warmups = [w for w in args.warmups.split(",") if w]
+    bad = [w for w in warmups if w not in WARMUP_MODES]
+    if bad:
+        raise RequestError(f"unknown warm-up mode {bad[0]!r}; known: {', '.join(WARMUP_MODES)}")
+    caches = ("warm", "cold") if args.cold else ("warm",)
+
+    def on_row(row) -> None:
+        if args.output == "jsonl":
+            print(json.dumps(row.as_dict()), flush=True)
+
+    rows = run_load_bench(
+        models,
+        modes,
+        caches,
+        args.lazy,
+        args.first_answer,
+        args.repetitions,
+        args.source_only,
+        on_row,
+        warmups,
+    )
+    if args.output == "json":
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    elif args.output == "md":
+        print_table(*load_table(rows))
+    return 0
+
+
+def load_table(rows: list) -> tuple[tuple[str, ...], list[tuple]]:
+    """Header and rows: each case's median time to ready, its ratio to the plain read of the
+    same file in the same cache state, GB/s, first answer and peak RSS."""
+    base = {(r.model, r.cache): r.median_s for r in rows if r.case == "plain read"}
+    table = []
+    for r in rows:
+        if r.skipped:
+            table.append(
+                (
+                    r.model,
+                    format_bytes(r.size_bytes),
+                    r.case,
+                    r.cache,
+                    "skipped: " + r.skipped,
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                )
+            )
+            continue
+        first = f"{sorted(r.first_s)[len(r.first_s) // 2]:.3f} s" if r.first_s else ""
+        table.append(
+            (
+                r.model,
+                format_bytes(r.size_bytes),
+                r.case,
+                r.cache,
+                f"{r.median_s:.3f} s",
+                f"{min(r.ready_s):.3f} s",
+                f"{r.gb_per_s:.2f}",
+                f"{r.median_s / base[(r.model, r.cache)]:.2f}x",
+                first,
+                format_bytes(r.peak_rss_bytes),
+            )
+        )
+    header = (
+        "model",
+        "size",
+        "case",
+        "cache",
+        "ready",
+        "min",
+        "GB/s",
+        "vs read",
+        "first answer",
+        "peak RSS",
+    )
+    return header, table

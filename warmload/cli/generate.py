@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import Any
 
+from warmload.cli.progress import delayed_progress_bar
 from warmload.cli.render import format_bytes
-from warmload.config import GenerationConfig
+from warmload.config import WARMUP_MODES, GenerationConfig
 
 DEFAULTS = GenerationConfig()
 
@@ -31,6 +32,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="neither read nor write warmload's caches (tokenizer merges, tuned threads)",
     )
+    p.add_argument(
+        "--warmup",
+        choices=WARMUP_MODES,
+        default="none",
+        help="pre-fault the weights' pages (in the background unless --warmup-sync)",
+    )
+    p.add_argument("--warmup-sync", action="store_true", help="warm up before the model is ready")
+    p.add_argument("--lazy", action="store_true", help="load each layer on its first use")
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,6 +47,9 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"load_mode": mode, "mlock": args.mlock}
     if not args.use_cache:
         options["use_cache"] = False
+    for name in ("warmup", "warmup_sync", "lazy"):
+        if getattr(args, name, None):
+            options[name] = getattr(args, name)
     if args.ctx is not None:
         options["ctx"] = args.ctx
     if args.threads is not None:
@@ -104,7 +116,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.file:
         with open(args.file, encoding="utf-8") as f:
             prompt = f.read()
-    engine = load_engine(args.model, **load_options(args))
+    with delayed_progress_bar("load") as update:
+        engine = load_engine(args.model, progress=update, **load_options(args))
     if args.interactive:
         return chat_loop(engine, args, first=prompt)
     if prompt is None:
@@ -124,7 +137,8 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_chat(args: argparse.Namespace) -> int:
     from warmload.engine import load_engine
 
-    engine = load_engine(args.model, **load_options(args))
+    with delayed_progress_bar("load") as update:
+        engine = load_engine(args.model, progress=update, **load_options(args))
     return chat_loop(engine, args, first=None)
 
 

@@ -6,8 +6,8 @@ length N, N bytes of JSON {name: {"dtype", "shape", "data_offsets": [begin, end]
 Sharded models list tensor -> shard file in model.safetensors.index.json ("weight_map"), as
 transformers writes them. Only the headers are read here.
 
-Checkpoint.metadata holds the files' "__metadata__" pairs, and the model folder's config.json
-(when there is one next to the weights) under the key "config".
+Checkpoint.metadata holds the files' "__metadata__" pairs, and what the model folder's side
+files say (config.json under "config", the tokenizer files, the chat template: hf_folder.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from warmload.errors import CheckpointError, UnsupportedError
 from warmload.formats.checkpoint import Checkpoint, TensorInfo
+from warmload.formats.hf_folder import read_hf_folder
 from warmload.formats.source import open_source
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -151,16 +152,6 @@ def _shard_files(folder: Path) -> list[Path]:
     return [folder / s for s in shards]
 
 
-def _config(folder: Path) -> dict[str, Any] | None:
-    config = folder / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        return json.loads(config.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{config}: not valid JSON ({e})") from None
-
-
 def read_safetensors(path: str | os.PathLike[str], load_mode: str = "mmap") -> Checkpoint:
     """Open a .safetensors file or a folder of shards: headers only, validated."""
     p = Path(path)
@@ -180,9 +171,7 @@ def read_safetensors(path: str | os.PathLike[str], load_mode: str = "mmap") -> C
             tensors[name] = info
         metadata.update(meta)
     _check_weight_map(p, tensors)
-    config = _config(p if p.is_dir() else p.parent)
-    if config is not None:
-        metadata["config"] = config
+    metadata.update(read_hf_folder(p if p.is_dir() else p.parent))
     return Checkpoint(p, "safetensors", metadata, tensors, open_source(load_mode))
 
 

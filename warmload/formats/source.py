@@ -2,8 +2,9 @@
 
 * "mmap"   maps each file read-only on first use; views are zero-copy and read-only, pages are
            read by the kernel when touched (RSS hardly grows on open).
-* "memory" reads each whole file into one private buffer (readinto, 64 MiB chunks) on first
-           use; views alias that buffer and are writable; no file mapping is left.
+* "memory" reads each whole file into one private buffer (readinto, 64 MiB chunks, on a
+           background thread from first use; a view waits for its own bytes only); views
+           alias that buffer and are writable; no file mapping is left.
 * "read"   preads each requested tensor into its own new, writable buffer.
 
 One source serves any number of files (SafeTensors shards); files are opened lazily and each
@@ -77,6 +78,13 @@ class ByteSource:
         """Release every file; views handed out stay valid until they are dropped."""
         with self._lock:
             self._closed = True
+        self.release()
+
+    def release(self) -> None:
+        """Drop every mapping / buffer / descriptor, but stay usable: the next view reopens the
+        file. After a load that copied every tensor this gives their memory back (a mapping or
+        buffer that views still use lives on until the last view goes)."""
+        with self._lock:
             handles, self._handles = self._handles, {}
         for handle in handles.values():
             self._release(handle)
@@ -123,31 +131,81 @@ class MmapSource(ByteSource):
             pass  # views are alive; the mapping is unmapped when the last one goes
 
 
+class _Fill:
+    """A file being read into its buffer by a background thread: how far it got, or why not."""
+
+    def __init__(self, file: str, whole: memoryview) -> None:
+        self.file, self.whole = file, whole
+        self.filled = 0
+        self.error: CheckpointError | None = None
+        self.stop = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="warmload-fill", daemon=True)
+
+    def _run(self) -> None:
+        size = len(self.whole)
+        try:
+            with open(self.file, "rb", buffering=0) as f:
+                while self.filled < size and not self.stop:
+                    n = f.readinto(self.whole[self.filled : self.filled + _CHUNK_BYTES])
+                    if not n:
+                        raise CheckpointError(
+                            f"{self.file}: read {self.filled} of {size} bytes, then the file "
+                            f"ended (truncated while reading?)"
+                        )
+                    with self.cond:
+                        self.filled += n
+                        self.cond.notify_all()
+        except OSError as e:
+            self._fail(CheckpointError(f"{self.file}: reading failed: {e}"))
+        except CheckpointError as e:
+            self._fail(e)
+
+    def _fail(self, error: CheckpointError) -> None:
+        with self.cond:
+            self.error = error
+            self.cond.notify_all()
+
+    def wait_for(self, end: int) -> None:
+        """Block until bytes [0, end) are in the buffer; raise the reader's error if any."""
+        with self.cond:
+            while self.filled < end and self.error is None:
+                self.cond.wait()
+            if self.filled < end:
+                assert self.error is not None
+                raise self.error
+
+
 class MemorySource(ByteSource):
-    """Each file read whole into one private buffer; views are writable and alias it."""
+    """Each file read whole into one private buffer; views are writable and alias it.
+
+    The read starts on first use and runs on a background thread, front to back; a view
+    waits only until its own bytes are in, so tensors are transformed while the rest of the
+    file is still arriving (the load costs about max(read, transform), not their sum)."""
 
     mode = "memory"
 
     def _open(self, file: str) -> tuple[Any, int]:
-        with open(file, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            buf = np.empty(size, dtype=np.uint8)  # not zero-filled: pages are touched once
-            whole = memoryview(buf)
-            got = 0
-            while got < size:
-                n = f.readinto(whole[got : got + _CHUNK_BYTES])
-                if not n:
-                    raise CheckpointError(
-                        f"{file}: read {got} of {size} bytes, then the file ended (truncated "
-                        f"while reading?)"
-                    )
-                got += n
-        return whole, size
+        size = os.stat(file).st_size
+        buf = np.empty(size, dtype=np.uint8)  # not zero-filled: pages are touched once
+        fill = _Fill(file, memoryview(buf))
+        fill.thread.start()
+        return fill, size
 
     def view(self, file: str, offset: int, nbytes: int) -> memoryview:
-        whole = self._handle(file)
+        fill = self._handle(file)
         self._check(file, offset, nbytes)
-        return whole[offset : offset + nbytes]
+        fill.wait_for(offset + nbytes)
+        return fill.whole[offset : offset + nbytes]
+
+    def wait(self) -> None:
+        """Block until every opened file is wholly in memory (or raise its read error)."""
+        for fill in list(self._handles.values()):
+            fill.wait_for(len(fill.whole))
+
+    def _release(self, handle: Any) -> None:
+        handle.stop = True  # views keep the buffer alive; the reader ends after its chunk
+        handle.thread.join()
 
 
 class ReadSource(ByteSource):

@@ -44,20 +44,17 @@ def _gguf_facts(md: dict[str, Any]) -> dict[str, Any]:
 
 
 def _safetensors_facts(checkpoint: Checkpoint) -> dict[str, Any]:
-    config = checkpoint.metadata.get("config") or {}
+    md = checkpoint.metadata
+    config = md.get("config") or {}
     archs = config.get("architectures") or [None]
-    template = (checkpoint.path if checkpoint.path.is_dir() else checkpoint.path.parent) / (
-        "tokenizer_config.json"
-    )
     return {
         "architecture": config.get("model_type") or archs[0],
         "name": config.get("_name_or_path") or checkpoint.path.name,
         "context_length": config.get("max_position_embeddings"),
-        "tokenizer_model": None,
+        "tokenizer_model": "tokenizer.json" if md.get("hf.tokenizer_json") else None,
         "tokenizer_pre": None,
         "vocab_size": config.get("vocab_size"),
-        "has_chat_template": template.is_file()
-        and "chat_template" in template.read_text("utf-8", errors="replace"),
+        "has_chat_template": isinstance(md.get("tokenizer.chat_template"), str),
     }
 
 

@@ -2,8 +2,10 @@
 
 Pipeline (../shared/DESIGN.md): config from metadata -> model built on `meta` -> plan (pure,
 raises on a wrong architecture, missing/unexpected/mis-shaped tensors or unsupported types
-before any byte is read) -> per tensor: source bytes -> transform -> transfer -> assign ->
-prepare (tie embeddings, rope tables on the device) -> verify (nothing left on meta).
+before any byte is read) -> per tensor, on a pool of workers in file order with bounded bytes in
+flight (pipeline.py): source bytes -> transform -> transfer, then assign in order -> prepare
+(tie embeddings, rope tables on the device) -> verify (nothing left on meta). With cfg.lazy
+(lazy.py) each decoder layer's tensors are read when the layer first runs instead.
 
 On the CPU, the matrices of linear layers and embeddings whose GGML type has a packed kernel
 (warmload.quant.matmul) are not converted at all: their modules are swapped for QuantLinear /
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,17 +30,21 @@ from warmload.errors import WeightMismatchError
 from warmload.formats.checkpoint import Checkpoint
 from warmload.kernels import set_threads as set_kernel_threads
 from warmload.loader.hparams import read_model_config
+from warmload.loader.lazy import LazyWeights
+from warmload.loader.pipeline import load_in_order
 from warmload.loader.plan import LoadPlan, TensorLoad, make_load_plan
 from warmload.loader.stats import LoadStats
+from warmload.loader.transfer import StagingRing
 from warmload.loader.transform import transform_tensor
 from warmload.loader.warm import lock, warm_in_background
 from warmload.loader.warm import warm as warm_pages
 from warmload.models import ARCHITECTURES
-from warmload.quant.matmul import PREFILL_TOKENS, QuantEmbedding, QuantLinear, has_kernel
+from warmload.quant.matmul import QuantEmbedding, QuantLinear, has_kernel
 
 log = logging.getLogger(__name__)
 
 ACTIVATION_DTYPE = torch.float32  # of dequantized weights, norms and activations
+MAX_WORKERS = 4  # read/transform threads: past 4, memory bandwidth is the limit
 
 
 def load_model(
@@ -60,14 +67,12 @@ def load_model(
             plan = plan_for(checkpoint, arch, model, packed=cfg.packed and device.type == "cpu")
         set_kernel_threads(cfg.threads or torch.get_num_threads())
         warm_before(checkpoint, cfg, stats)
-        done, total = 0, sum(load.nbytes for load in plan.tensors)
-        for load in plan.tensors:
-            tensor = read_tensor(checkpoint, load, device, stats)
-            with stats.timed("assign"):
-                assign_parameter(model, load, tensor)
-            done += load.nbytes
-            if progress is not None:
-                progress(done, total)
+        if cfg.lazy:
+            model.lazy_weights = load_lazily(checkpoint, plan, model, cfg, device, stats)
+        elif device.type == "cuda":
+            load_streamed(checkpoint, plan, model, device, stats, progress)
+        else:
+            load_weights(checkpoint, plan, model, cfg, device, stats, progress)
         with stats.timed("prepare"):
             factors = plan.rope_freq_factors
             model.prepare(read_tensor(checkpoint, factors, device, stats) if factors else None)
@@ -75,6 +80,8 @@ def load_model(
             verify_loaded(model, str(checkpoint.path))
         if device.type == "cpu":
             one_torch_thread_per_step(model, cfg.threads or torch.get_num_threads())
+        if not cfg.lazy and not cfg.mlock and (cfg.warmup == "none" or cfg.warmup_sync):
+            checkpoint.source.release()  # the file's pages/buffer, unless tensors alias them
     stats.wall_seconds = time.perf_counter() - started
     log.info("%s: %s", checkpoint.path, stats.summary())
     if cfg.warmup != "none" and not cfg.warmup_sync:
@@ -82,21 +89,112 @@ def load_model(
     return model, stats
 
 
-def one_torch_thread_per_step(model: nn.Module, threads: int) -> None:
-    """Decode-sized forward passes run torch's own (tiny) ops on one thread; prompt-sized ones on
-    `threads`. The packed kernels keep their own threads; had torch's OpenMP team been waiting
-    for the core a kernel thread holds, each small op would stall (measured: SDPA for one token
-    went from 0.05 ms to 5 ms on 2 cores)."""
+def load_weights(
+    checkpoint: Checkpoint,
+    plan: LoadPlan,
+    model: nn.Module,
+    cfg: LoadConfig,
+    device: torch.device,
+    stats: LoadStats,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Every planned tensor: read_tensor on a pool of workers (file order, bounded bytes in
+    flight: loader/pipeline.py), assign_parameter in order on this thread."""
+    read, assign = read_and_assign(checkpoint, model, device, stats, progress, plan.nbytes)
+    load_in_order(plan.tensors, lambda t: t.nbytes, read, assign, workers_for(cfg))
 
-    def before(module: nn.Module, args: tuple[Any, ...]) -> None:
-        tokens = args[0]
-        torch.set_num_threads(1 if tokens.numel() < PREFILL_TOKENS else threads)
 
-    def after(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        torch.set_num_threads(threads)
+def workers_for(cfg: LoadConfig) -> int:
+    return min(MAX_WORKERS, cfg.threads or os.cpu_count() or 1)
 
-    model.register_forward_pre_hook(before)
-    model.register_forward_hook(after, always_call=True)
+
+def read_and_assign(
+    checkpoint: Checkpoint,
+    model: nn.Module,
+    device: torch.device,
+    stats: LoadStats,
+    progress: Callable[[int, int], None] | None = None,
+    total: int = 0,
+) -> tuple[Callable[[TensorLoad], Any], Callable[[TensorLoad, Any], None]]:
+    """The seams as pool work: read(load) on any thread (its own LoadStats), assign(load,
+    result) on the caller's thread, which merges the stats and reports progress."""
+    done = 0
+
+    def read(load: TensorLoad) -> tuple[torch.Tensor, LoadStats]:
+        mine = LoadStats()  # per tensor: merged on the assigning thread, no shared counters
+        with torch.no_grad():
+            return read_tensor(checkpoint, load, device, mine), mine
+
+    def assign(load: TensorLoad, result: tuple[torch.Tensor, LoadStats]) -> None:
+        nonlocal done
+        tensor, tensor_stats = result
+        stats.merge(tensor_stats)
+        with stats.timed("assign"):
+            assign_parameter(model, load, tensor)
+        done += load.nbytes
+        if progress is not None:
+            progress(done, total)
+
+    return read, assign
+
+
+def load_streamed(
+    checkpoint: Checkpoint,
+    plan: LoadPlan,
+    model: nn.Module,
+    device: torch.device,
+    stats: LoadStats,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """CUDA: raw bytes through a ring of pinned buffers on a side stream, transformed
+    (dequantized) on the GPU; host memory in use is the ring (transfer.py)."""
+    ring = StagingRing(device)
+    done = 0
+    for load in plan.tensors:
+        with stats.timed("source", load.nbytes):
+            raw = checkpoint.tensor_bytes(load.source)
+        with stats.timed("transfer", load.nbytes):
+            on_device = ring.upload(raw)
+        ring.ready()  # the transform runs on the current stream, after the copy
+        with stats.timed("transform", load.nbytes):
+            tensor = transform_tensor(on_device, load, ACTIVATION_DTYPE)
+        stats.n_tensors += 1
+        stats.source_nbytes += load.nbytes
+        stats.param_nbytes += tensor.nbytes
+        with stats.timed("assign"):
+            assign_parameter(model, load, tensor)
+        done += load.nbytes
+        if progress is not None:
+            progress(done, plan.nbytes)
+    ring.synchronize()
+
+
+def load_lazily(
+    checkpoint: Checkpoint,
+    plan: LoadPlan,
+    model: nn.Module,
+    cfg: LoadConfig,
+    device: torch.device,
+    stats: LoadStats,
+) -> LazyWeights:
+    """Placeholders now, each decoder layer's weights on its first run (loader/lazy.py). The
+    few tensors outside the layers (embeddings, output, final norm) load now: prepare() ties
+    the output to the embeddings, and a packed embedding or output replaces its whole module,
+    which a hook on that very module could not do before its own forward."""
+    read, assign = read_and_assign(checkpoint, model, device, stats)
+    layered = [t for t in plan.tensors if is_layer_tensor(t.target)]
+    others = [t for t in plan.tensors if not is_layer_tensor(t.target)]
+    load_in_order(others, lambda t: t.nbytes, read, assign, workers_for(cfg))
+
+    def done() -> None:
+        log.info("%s: lazy loading done: %s", checkpoint.path, stats.summary())
+
+    workers = workers_for(cfg)
+    return LazyWeights(model, layered, read, assign, {}, ACTIVATION_DTYPE, device, workers, done)
+
+
+def is_layer_tensor(target: str) -> bool:
+    return target.startswith("model.layers.")
 
 
 def warm_before(checkpoint: Checkpoint, cfg: LoadConfig, stats: LoadStats) -> None:
@@ -124,6 +222,7 @@ def gc_paused() -> Iterator[None]:
 
 def plan_for(checkpoint: Checkpoint, arch: str, model: nn.Module, packed: bool) -> LoadPlan:
     """The load plan of `checkpoint` into `model` (built on meta), checked before any read.
+    GGUF names go through the architecture's table; SafeTensors (HF) names are ours already.
     With `packed`, weights of linear and embedding layers with a packed kernel stay packed."""
     expected = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
     matrices = {
@@ -135,15 +234,18 @@ def plan_for(checkpoint: Checkpoint, arch: str, model: nn.Module, packed: bool) 
     def packable(target: str, ggml_type: str) -> bool:
         return packed and target in matrices and ggml_type != "F32" and has_kernel(ggml_type)
 
-    return make_load_plan(
-        checkpoint.path,
-        checkpoint.tensors,
-        ARCHITECTURES[arch].GGUF_TENSOR_NAMES,
-        model.config.num_hidden_layers,
-        expected,
-        model.tied_weights(),
-        packable,
-    )
+    tied = model.tied_weights()
+    tensors, table = checkpoint.tensors, ARCHITECTURES[arch].GGUF_TENSOR_NAMES
+    if checkpoint.format == "safetensors":
+        table = {name: name for name in expected}
+        tensors = {n: t for n, t in tensors.items() if n not in tied and not _ignored(n)}
+    n_layers = model.config.num_hidden_layers
+    return make_load_plan(checkpoint.path, tensors, table, n_layers, expected, tied, packable)
+
+
+def _ignored(name: str) -> bool:
+    """HF tensors that are not weights: old checkpoints saved rope's inv_freq buffers."""
+    return name.endswith("rotary_emb.inv_freq")
 
 
 def read_tensor(
@@ -178,6 +280,23 @@ def assign_parameter(model: nn.Module, load: TensorLoad, tensor: torch.Tensor) -
         setattr(model.get_submodule(parent_name), child, packed)
         return
     setattr(module, leaf, nn.Parameter(tensor, requires_grad=False))
+
+
+def one_torch_thread_per_step(model: nn.Module, threads: int) -> None:
+    """Decode-sized forward passes run torch's own (tiny) ops on one thread; prompt-sized ones on
+    `threads`. The packed kernels keep their own threads; had torch's OpenMP team been waiting
+    for the core a kernel thread holds, each small op would stall (measured: SDPA for one token
+    went from 0.05 ms to 5 ms on 2 cores)."""
+
+    def before(module: nn.Module, args: tuple[Any, ...]) -> None:
+        tokens = args[0]  # (B, T)
+        torch.set_num_threads(1 if tokens.shape[-1] == 1 else threads)
+
+    def after(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        torch.set_num_threads(threads)
+
+    model.register_forward_pre_hook(before)
+    model.register_forward_hook(after, always_call=True)
 
 
 def verify_loaded(model: nn.Module, where: str) -> None:

@@ -1,7 +1,9 @@
-"""Model configs (HF field names) from GGUF metadata, per architecture: one dispatch table.
+"""Model configs (HF field names) from GGUF metadata or a HF config.json, per architecture.
 
-Reference: llama.cpp src/llama-model.cpp load_hparams (keys, defaults, gemma3's derived
-values) and gguf-py constants.py Keys. Reads metadata and tensor shapes only, never bytes.
+GGUF: llama.cpp src/llama-model.cpp load_hparams (keys, defaults, gemma3's derived values) and
+gguf-py constants.py Keys. SafeTensors folders: config.json fields map 1:1 onto our configs
+(transformers LlamaConfig / Gemma3TextConfig, with their defaults); weights there are HF's, so
+rope is "neox" and gemma norms store w (offset 1). Reads metadata and shapes only, never bytes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from warmload.errors import CheckpointError, UnsupportedError
 from warmload.formats.checkpoint import Checkpoint, TensorInfo
+from warmload.loader.hf_config import read_hf_config
 from warmload.models import ARCHITECTURES
 from warmload.models.gemma3 import FULL, Gemma3Config
 from warmload.models.llama import LlamaConfig
@@ -134,7 +137,9 @@ assert set(CONFIG_READERS) == set(ARCHITECTURES)
 
 
 def read_model_config(checkpoint: Checkpoint) -> tuple[str, Any]:
-    """(architecture, config) of a GGUF checkpoint; UnsupportedError lists what we run."""
+    """(architecture, config) of a checkpoint; UnsupportedError lists what we run."""
+    if checkpoint.format == "safetensors":
+        return read_hf_config(checkpoint)
     arch = checkpoint.metadata.get("general.architecture")
     if arch not in CONFIG_READERS:
         raise UnsupportedError(

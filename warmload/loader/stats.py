@@ -2,7 +2,9 @@
 
 Stages (in pipeline order): open, config, build, plan, source, transform, transfer, assign,
 prepare, verify. `wall_seconds` is the measured wall time of the whole load (the stages plus
-loop overhead); stage times are sums over tensors.
+loop overhead); stage times are sums over tensors, so with parallel workers (loader/pipeline.py)
+they add up the workers' time and may exceed the wall time. Weights loaded later by lazy
+loading (loader/lazy.py) keep adding to the same LoadStats.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ class LoadStats:
         s.seconds += seconds
         s.nbytes += nbytes
         s.count += 1
+
+    def merge(self, other: LoadStats) -> None:
+        """Add another LoadStats' stages and counters (one worker's tensor) into this one."""
+        for name, s in other.stages.items():
+            mine = self.stages.setdefault(name, StageStats())
+            mine.seconds += s.seconds
+            mine.nbytes += s.nbytes
+            mine.count += s.count
+        self.n_tensors += other.n_tensors
+        self.source_nbytes += other.source_nbytes
+        self.param_nbytes += other.param_nbytes
 
     @contextmanager
     def timed(self, stage: str, nbytes: int = 0) -> Iterator[None]:

@@ -49,7 +49,9 @@ def decode_plan(model: nn.Module, cache: KVCache) -> DecodePlan | None:
     if cached is not None and cached[0] is cache:
         return cached[1]
     plan = _build(model, cache) if kernels.AVAILABLE and cache.batch_size == 1 else None
-    model._decode_plan = (cache, plan)
+    lazy = getattr(model, "lazy_weights", None)
+    if plan is not None or lazy is None or not lazy.pending:  # else: ask again once loaded
+        model._decode_plan = (cache, plan)
     return plan
 
 

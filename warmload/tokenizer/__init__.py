@@ -9,6 +9,7 @@ Token ids match llama.cpp (src/llama-vocab.cpp) for SentencePiece vocabs with sc
     spm_merges.py   SentencePiece scores -> BPE merges (numpy)
     backend.py      Vocab -> tokenizers.Tokenizer
     codec.py        Tokenizer (encode/decode/pieces) and StreamDecoder
+    hf.py           Hugging Face tokenizer.json / tokenizer_config.json <-> Tokenizer
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ __all__ = ["StreamDecoder", "Tokenizer", "build_tokenizer", "load_tokenizer"]
 
 
 def load_tokenizer(path: str | Path, use_cache: bool = True) -> Tokenizer:
-    """The tokenizer of a GGUF file (reads the header only; vocab-only files work)."""
+    """The tokenizer of a GGUF file or HF model folder (reads headers only; vocab-only GGUF
+    files work)."""
     with open_checkpoint(path) as checkpoint:
         metadata = checkpoint.metadata
     try:

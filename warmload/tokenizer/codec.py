@@ -198,11 +198,16 @@ class StreamDecoder:
 
 
 def build_tokenizer(metadata: dict[str, Any], use_cache: bool = True) -> Tokenizer:
-    """A Tokenizer from a GGUF metadata dict (open_checkpoint(path).metadata).
+    """A Tokenizer from a checkpoint's metadata (open_checkpoint(path).metadata): GGUF keys,
+    or a Hugging Face folder's tokenizer.json (tokenizer/hf.py).
 
     use_cache: keep the merges derived from a SentencePiece vocab's scores under
     cache_dir()/tokenizer (halves the build of Gemma's 262k vocab); ids are the same either way.
     """
+    if "tokenizer.ggml.tokens" not in metadata and "hf.tokenizer_json" in metadata:
+        from warmload.tokenizer.hf import build_hf_tokenizer  # imports this module
+
+        return build_hf_tokenizer(metadata)
     cache_folder = cache_dir() / "tokenizer" if use_cache else None
     with _gc_paused():
         vocab = read_vocab(metadata)
