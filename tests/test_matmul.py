@@ -17,7 +17,7 @@ from warmload import kernels
 from warmload.quant import matmul as quant_matmul
 from warmload.quant.dequant import dequantize
 from warmload.quant.matmul import PREFILL_TOKENS, QuantEmbedding, QuantLinear
-from warmload.quant.quantize import QUANTIZERS
+from warmload.quant.quantize import QUANTIZERS, quantize
 
 INT8_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 FLOAT_TYPES = ["Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS", "F16", "BF16"]
@@ -37,9 +37,7 @@ def random_blocks(ggml_type: str, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     if ggml_type in QUANTIZERS:
         w = rng.standard_normal((N, K)).astype(np.float32)
-        width = 256 if ggml_type.endswith("_K") else 32 if ggml_type.startswith("Q") else 1
-        raw = np.asarray(QUANTIZERS[ggml_type](w.reshape(-1, width))).reshape(-1).view(np.uint8)
-        return torch.from_numpy(raw.copy()).view(N, -1)
+        return torch.from_numpy(quantize(w, ggml_type, threads=1))
     block, size = {"IQ4_NL": (32, 18), "IQ4_XS": (256, 136)}[ggml_type]
     raw = rng.integers(0, 256, (N * K // block, size), dtype=np.uint8)
     raw[:, :2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
