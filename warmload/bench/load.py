@@ -161,15 +161,19 @@ def run_case(case: LoadCase, timeout_s: float = 3600) -> dict:
 
 
 def memory_needed(path: str, mode: str, lazy: bool, forward: bool) -> int:
-    """Bytes of RAM a case needs: fp32 parameters (unless lazy without a forward pass), plus
-    the file itself for "memory" mode."""
+    """Bytes of RAM a case needs: the weights as loaded (packed matrices keep their file bytes,
+    the rest becomes float32; nothing when lazy without a forward pass), plus the file itself
+    for "memory" mode."""
     from warmload.formats.open import open_checkpoint
+    from warmload.quant.matmul import has_kernel
 
     with open_checkpoint(path) as ckpt:
-        params = sum(t.n_elements for t in ckpt.tensors.values()) * 4
-        size = sum(t.nbytes for t in ckpt.tensors.values())
+        tensors = list(ckpt.tensors.values())
+    packed = [t for t in tensors if len(t.shape) == 2 and has_kernel(t.ggml_type)]
+    floats = [t for t in tensors if t not in packed]
+    params = sum(t.nbytes for t in packed) + 4 * sum(t.n_elements for t in floats)
     need = 0 if lazy and not forward else params
-    return need + (size if mode == "memory" else 0)
+    return need + (sum(t.nbytes for t in tensors) if mode == "memory" else 0)
 
 
 def available_bytes() -> int:
