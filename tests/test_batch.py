@@ -1,11 +1,13 @@
-"""Per-row positions (batched decode) give the same logits as decoding each sequence alone."""
+"""Per-row positions (batched decode) give the same logits as decoding each sequence alone, and
+the BatchRunner (continuous batching) gives each request what Engine gives it alone."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from warmload.engine import load_engine
+from warmload.batch import BatchRequest, BatchRunner
+from warmload.engine import generation_config, load_engine
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -32,3 +34,162 @@ def test_per_row_decode_matches_single_sequences(name, packed, request):
             else:
                 assert torch.allclose(batched[row, 0], ref, atol=1e-3), row
             assert int(batched[row, 0].argmax()) == int(ref.argmax())
+
+
+# -- BatchRunner (warmload/batch.py) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_path):
+    return load_engine(smollm2_path, ctx=512, threads=1)
+
+
+class Recorder:
+    """A request's emit(): collects chunks; `ended` once it got None."""
+
+    def __init__(self) -> None:
+        self.chunks: list = []
+        self.error: BaseException | None = None
+        self.ended = False
+
+    def __call__(self, event) -> None:
+        assert not self.ended, "event after the end"
+        if event is None:
+            self.ended = True
+        elif isinstance(event, BaseException):
+            self.error = event
+        else:
+            self.chunks.append(event)
+
+    @property
+    def completion(self):
+        done = [c.completion for c in self.chunks if c.completion is not None]
+        return done[0] if done else None
+
+    @property
+    def text(self) -> str:
+        return "".join(c.text for c in self.chunks)
+
+
+def submit(runner, engine, prompt, **options):
+    recorder = Recorder()
+    ids = engine.encode_prompt(prompt) if isinstance(prompt, str) else prompt
+    request = BatchRequest(ids, generation_config(options), recorder, logprobs=None)
+    runner.add(request)
+    return request, recorder
+
+
+def run_until_idle(runner, limit=2000):
+    for _ in range(limit):
+        if runner.idle:
+            return
+        runner.step()
+    raise AssertionError("runner did not finish")
+
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea, there lived",
+    "1, 2, 3, 4,",
+    "The three primary colours are",
+]
+
+
+def test_batched_greedy_equals_single_sequence_generation(engine):
+    runner = BatchRunner(engine, max_batch=4, prefill_chunk=8)
+    recorders = [submit(runner, engine, p, max_tokens=16, temperature=0)[1] for p in PROMPTS]
+    run_until_idle(runner)
+    for prompt, recorder in zip(PROMPTS, recorders):
+        expected = engine.generate(prompt, max_tokens=16, temperature=0)
+        assert recorder.ended and recorder.error is None
+        assert recorder.completion.token_ids == expected.token_ids, prompt
+        assert recorder.text == expected.text == recorder.completion.text
+        assert recorder.completion.finish_reason == expected.finish_reason
+    assert runner.active == 0
+
+
+def test_rows_sample_with_their_own_seed(engine):
+    runner = BatchRunner(engine, max_batch=4)
+    options = dict(max_tokens=12, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    same = [submit(runner, engine, PROMPTS[0], seed=7, **options)[1] for _ in range(2)]
+    other = submit(runner, engine, PROMPTS[0], seed=8, **options)[1]
+    run_until_idle(runner)
+    assert same[0].completion.token_ids == same[1].completion.token_ids
+    assert other.completion.token_ids != same[0].completion.token_ids
+    alone = engine.generate(PROMPTS[0], seed=7, **options)
+    assert alone.token_ids == same[0].completion.token_ids
+
+
+def test_long_prompt_prefills_in_chunks_between_decode_steps(engine):
+    runner = BatchRunner(engine, max_batch=2, prefill_chunk=32)
+    _, running = submit(runner, engine, PROMPTS[0], max_tokens=40, temperature=0)
+    for _ in range(3):
+        runner.step()
+    long_prompt = engine.encode_prompt(" ".join(["word"] * 200))
+    _, joining = submit(runner, engine, long_prompt, max_tokens=8, temperature=0)
+    before = len(running.chunks)
+    chunks_needed = -(-(len(long_prompt)) // 32)
+    for _ in range(chunks_needed - 1):
+        runner.step()
+        assert joining.completion is None and not joining.chunks
+    # the running stream got a token in every step while the prompt was being prefilled
+    assert len(running.chunks) - before == chunks_needed - 1
+    run_until_idle(runner)
+    expected = engine.generate(long_prompt, max_tokens=8, temperature=0)
+    assert joining.completion.token_ids == expected.token_ids
+    assert joining.completion.timings.prompt_tokens == len(long_prompt)
+
+
+def test_cancel_frees_the_slot_at_the_next_step(engine):
+    runner = BatchRunner(engine, max_batch=2)
+    doomed, gone = submit(runner, engine, PROMPTS[2], max_tokens=200, temperature=0)
+    _, kept = submit(runner, engine, PROMPTS[1], max_tokens=12, temperature=0)
+    _, queued = submit(runner, engine, PROMPTS[3], max_tokens=6, temperature=0)
+    for _ in range(4):
+        runner.step()
+    assert queued.chunks == []  # both slots busy
+    doomed.cancelled.set()
+    runner.step()
+    assert gone.ended and gone.completion is None
+    assert any(s.request is not None and s.request.emit is queued for s in runner.slots)
+    run_until_idle(runner)
+    assert (
+        kept.completion.token_ids
+        == engine.generate(PROMPTS[1], max_tokens=12, temperature=0).token_ids
+    )
+    assert (
+        queued.completion.token_ids
+        == engine.generate(PROMPTS[3], max_tokens=6, temperature=0).token_ids
+    )
+
+
+def test_a_freed_row_reuses_its_prompt_prefix(engine):
+    runner = BatchRunner(engine, max_batch=2)
+    first = engine.encode_prompt(PROMPTS[2])
+    _, a = submit(runner, engine, first, max_tokens=4, temperature=0)
+    run_until_idle(runner)
+    follow_up = first + a.completion.token_ids + engine.encode_prompt(" and")[1:]
+    _, b = submit(runner, engine, follow_up, max_tokens=6, temperature=0)
+    run_until_idle(runner)
+    assert b.completion.timings.cached_tokens == len(first) + len(a.completion.token_ids) - 1
+    expected = engine.generate(follow_up, max_tokens=6, temperature=0)
+    assert b.completion.token_ids == expected.token_ids
+
+
+def test_stop_strings_and_logprobs_per_row(engine):
+    runner = BatchRunner(engine, max_batch=2)
+    full = engine.generate(PROMPTS[3], max_tokens=12, temperature=0)
+    stop = full.text[3:5]
+    _, cut = submit(runner, engine, PROMPTS[3], max_tokens=12, temperature=0, stop=(stop,))
+    ids = engine.encode_prompt(PROMPTS[0])
+    recorder = Recorder()
+    runner.add(BatchRequest(ids, generation_config(dict(max_tokens=3, temperature=0)), recorder, 2))
+    run_until_idle(runner)
+    assert cut.completion.finish_reason == "stop"
+    assert cut.text == cut.completion.text == full.text[: full.text.index(stop)]
+    tokens = [c for c in recorder.chunks if c.token_id is not None]
+    assert [c.token_id for c in tokens] == recorder.completion.token_ids
+    for c in tokens:  # greedy: the chosen token is the most likely one
+        assert len(c.top_logprobs) == 2 and c.top_logprobs[0][0] == c.token_id
+        assert c.logprob == pytest.approx(c.top_logprobs[0][1], abs=1e-5)
