@@ -146,7 +146,7 @@ class ModelCache:
         entry.scheduler = self.make_scheduler(engine, self.config)
         entry.load_seconds = time.perf_counter() - started
         entry.loaded_at = entry.last_used = time.monotonic()
-        entry.nbytes = model_nbytes(engine)
+        entry.nbytes = model_nbytes(engine, entry.scheduler)
         log.info("loaded %s in %.2f s", entry.id, entry.load_seconds)
 
     def _make_room(self, path: Path) -> None:
@@ -188,10 +188,10 @@ class ModelCache:
             self.unload(model_id)
 
 
-def model_nbytes(engine: Any) -> int:
-    """Memory a loaded model holds: its weights' bytes plus its preallocated KV cache."""
+def model_nbytes(engine: Any, scheduler: Any = None) -> int:
+    """Memory a loaded model holds: its weights' bytes plus its batch's preallocated KV cache."""
     weights = sum(t.nbytes for t in engine.checkpoint.tensors.values())
-    return weights + int(getattr(engine, "kv_cache_nbytes", 0))
+    return weights + int(getattr(scheduler, "kv_cache_nbytes", 0))
 
 
 def _load_options(config: ServerConfig) -> dict[str, Any]:
