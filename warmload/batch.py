@@ -35,6 +35,7 @@ log = logging.getLogger("warmload.batch")
 
 PREFILL_CHUNK = 128  # prompt tokens per step while other rows decode (bounds their stall)
 SOLO_PREFILL_CHUNK = 512  # per step when nothing else decodes (only TTFT matters then)
+ZERO_AHEAD = 128  # KV positions zeroed past a step's end at once (see _zero_unwritten)
 
 # What a request's emit() receives: a Chunk, an exception (the request failed), or None (end).
 Event = Chunk | BaseException | None
@@ -262,11 +263,13 @@ class BatchRunner:
 
     def _zero_unwritten(self, lo: int, hi: int, end: int) -> None:
         """Masked keys are still multiplied in: every row must hold finite numbers up to end
-        (the cache starts as torch.empty; zeroing lazily keeps unused rows untouched)."""
+        (the cache starts as torch.empty; zeroing lazily keeps unused rows untouched). Zeroes
+        ZERO_AHEAD positions more at a time, so this is not a fill per row and step."""
         for slot in self.slots[lo:hi]:
             if slot.clean_to < end:
-                self.cache.clear(slot.row, slot.clean_to, end)
-                slot.clean_to = end
+                stop = min(self.ctx, end + ZERO_AHEAD)
+                self.cache.clear(slot.row, slot.clean_to, stop)
+                slot.clean_to = stop
 
     def _sample(self, slot: Slot, logits: torch.Tensor) -> None:
         """Sample the row's next token, stream it, and free the row when the sequence ends."""
