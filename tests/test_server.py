@@ -206,3 +206,69 @@ def test_single_flight_load_and_keep_alive_unload(smollm2_path):
         cache.close()
 
     asyncio.run(scenario())
+
+
+def test_completion_stream_with_the_openai_client(server, client):
+    prompt = "The three primary colours are"
+    whole = client.completions.create(model="smollm2", prompt=prompt, max_tokens=10, temperature=0)
+    stream = client.completions.create(
+        model="smollm2", prompt=prompt, max_tokens=10, temperature=0, stream=True
+    )
+    pieces, finish = [], None
+    for chunk in stream:
+        for choice in chunk.choices:
+            pieces.append(choice.text)
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == whole.choices[0].text
+    assert finish == whole.choices[0].finish_reason == "length"
+
+
+def test_concurrent_requests_decode_together(server, client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = ["1, 2, 3, 4,", "The capital of Italy is", "def add(a, b):", "Monday, Tuesday,"]
+    runner = server.state.cache.entries["smollm2"].scheduler.runner
+    steps_before = runner.steps
+
+    def ask(prompt):
+        out = client.completions.create(
+            model="smollm2", prompt=prompt, max_tokens=16, temperature=0
+        )
+        return out.choices[0].text, out.usage.completion_tokens
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(ask, prompts))
+    engine = engine_of(server)
+    for prompt, (text, _) in zip(prompts, answers):
+        assert text == engine.generate(prompt, max_tokens=16, temperature=0).text, prompt
+    tokens = sum(n for _, n in answers)
+    # one forward pass per step serves several requests: far fewer steps than tokens
+    assert runner.steps - steps_before < tokens * 0.75
+
+
+def metric_values(text: str) -> dict[str, float]:
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_count_requests_tokens_and_cache_events(server, client):
+    before = metric_values(server.request("GET", "/metrics")[1].decode())
+    out = client.completions.create(model="smollm2", prompt="Hello there", max_tokens=5)
+    after = metric_values(server.request("GET", "/metrics")[1].decode())
+    model = 'model="smollm2"'
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert grew(f"warmload_prompt_tokens_total{{{model}}}") == out.usage.prompt_tokens
+    assert grew(f"warmload_generated_tokens_total{{{model}}}") == out.usage.completion_tokens
+    assert grew('warmload_requests_total{path="/v1/completions"}') == 1
+    assert grew("warmload_time_to_first_token_seconds_count") == 1
+    assert grew("warmload_time_per_output_token_seconds_count") >= out.usage.completion_tokens - 2
+    assert grew('warmload_model_cache_events{event="hits"}') == 1
+    assert after["warmload_model_load_seconds_count"] == 1
+    assert after[f"warmload_model_resident_bytes{{{model}}}"] > 50e6
