@@ -109,6 +109,18 @@ def test_batched_greedy_equals_single_sequence_generation(engine):
     assert runner.active == 0
 
 
+def test_batched_greedy_equals_single_sequence_generation_gemma3(gemma3_path):
+    gemma = load_engine(gemma3_path, ctx=256, threads=1)
+    runner = BatchRunner(gemma, max_batch=3, prefill_chunk=4)
+    prompts = PROMPTS[:3]
+    recorders = [submit(runner, gemma, p, max_tokens=8, temperature=0)[1] for p in prompts]
+    run_until_idle(runner)
+    for prompt, recorder in zip(prompts, recorders):
+        expected = gemma.generate(prompt, max_tokens=8, temperature=0)
+        assert recorder.completion.token_ids == expected.token_ids, prompt
+    gemma.close()
+
+
 def test_rows_sample_with_their_own_seed(engine):
     runner = BatchRunner(engine, max_batch=4)
     options = dict(max_tokens=12, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
