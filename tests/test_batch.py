@@ -8,6 +8,7 @@ import torch
 
 from warmload.batch import BatchRequest, BatchRunner
 from warmload.engine import generation_config, load_engine
+from warmload.errors import WarmloadError
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -205,3 +206,14 @@ def test_stop_strings_and_logprobs_per_row(engine):
     for c in tokens:  # greedy: the chosen token is the most likely one
         assert len(c.top_logprobs) == 2 and c.top_logprobs[0][0] == c.token_id
         assert c.logprob == pytest.approx(c.top_logprobs[0][1], abs=1e-5)
+
+
+def test_close_fails_running_and_waiting_requests(engine):
+    runner = BatchRunner(engine, max_batch=1)
+    _, running = submit(runner, engine, PROMPTS[0], max_tokens=50, temperature=0)
+    _, waiting = submit(runner, engine, PROMPTS[1], max_tokens=50, temperature=0)
+    runner.step()
+    runner.close()
+    for recorder in (running, waiting):
+        assert recorder.ended and isinstance(recorder.error, WarmloadError)
+        assert recorder.completion is None

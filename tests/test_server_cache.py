@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from live_server import LiveServer, free_port  # noqa: E402
+from live_server import LiveServer, free_port, read_until  # noqa: E402
 
 import warmload.engine  # noqa: E402
 from warmload.cli import build_parser  # noqa: E402
@@ -157,6 +157,21 @@ def test_ollama_load_and_unload_by_empty_prompt(smollm2_path):
         assert body["done_reason"] == "load"
         ps = {x["name"]: x for x in live.get("/api/ps")[1]["models"]}
         assert ps["m"]["expires_at"] is None  # -1: kept forever
+        sock = live.open_stream(  # unloading a busy model waits for its requests
+            "/api/generate",
+            {"model": "m", "prompt": "Count: 1, 2, 3,", "options": {"num_predict": 20}},
+        )
+        with sock:
+            assert b"response" in read_until(sock, b"response")
+            code, body = live.post("/api/generate", {"model": "m", "keep_alive": 0})
+            assert body["done_reason"] == "unload"
+            assert live.state.cache.entries["m"].state == "ready"  # still streaming
+            assert b'"done": true' in read_until(sock, b'"done": true')
+        deadline = time.monotonic() + 10
+        while live.state.cache.entries["m"].state != "unloaded" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live.state.cache.entries["m"].state == "unloaded"
+        assert live.state.cache.entries["m"].keep_alive == 300.0  # back to the default
         code, body = live.post("/api/generate", {"model": "nope"})
         assert code == 404 and body["error"]["param"] == "model"
 

@@ -29,12 +29,13 @@ import torch
 
 from warmload.config import GenerationConfig
 from warmload.engine import Chunk, SequenceState, common_prefix_length
-from warmload.errors import ContextOverflowError, RequestError
+from warmload.errors import ContextOverflowError, RequestError, WarmloadError
 
 log = logging.getLogger("warmload.batch")
 
 PREFILL_CHUNK = 128  # prompt tokens per step while other rows decode (bounds their stall)
 SOLO_PREFILL_CHUNK = 512  # per step when nothing else decodes (only TTFT matters then)
+MIN_REUSE = 8  # prompt tokens a free row must already hold to be preferred (not just BOS)
 ZERO_AHEAD = 128  # KV positions zeroed past a step's end at once (see _zero_unwritten)
 
 # What a request's emit() receives: a Chunk, an exception (the request failed), or None (end).
@@ -129,13 +130,15 @@ class BatchRunner:
             self._guard(decoding, self._decode, decoding)
 
     def close(self) -> None:
-        """End every request (as if cancelled) and let go of the cache."""
+        """Fail every request still here (the model is going away) and let go of the cache."""
+        gone = WarmloadError("the model was unloaded before this request finished")
         for request in self.waiting:
+            request.emit(gone)
             request.emit(None)
         self.waiting.clear()
         for slot in self.slots:
             if slot.request is not None:
-                self._free(slot)
+                self._free(slot, gone)
         self.cache = None
 
     # -- admission and leaving ----------------------------------------------------------------
@@ -171,7 +174,7 @@ class BatchRunner:
         (low rows keep the decoding rows contiguous, so a step spans few idle rows)."""
         free = [s for s in self.slots if s.request is None]
         best = max(free, key=lambda s: (common_prefix_length(s.cached, prompt_ids), -s.row))
-        return best if common_prefix_length(best.cached, prompt_ids) > 0 else free[0]
+        return best if common_prefix_length(best.cached, prompt_ids) >= MIN_REUSE else free[0]
 
     def _free(self, slot: Slot, error: BaseException | None = None) -> None:
         request, seq = slot.request, slot.seq

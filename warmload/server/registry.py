@@ -192,8 +192,17 @@ class ModelCache:
             entry.scheduler.close()
         entry.engine.close()
         entry.engine = entry.scheduler = None
+        entry.keep_alive = self.config.keep_alive_seconds  # a request's keep_alive lasts a load
         log.info("unloaded %s", entry.id)
         return True
+
+    def unload_when_idle(self, model_id: str | None) -> ModelEntry:
+        """Unload now, or (while requests use it) as soon as the last one is done."""
+        entry = self.entry(model_id)
+        entry.keep_alive = 0
+        if entry.active == 0:
+            self.unload(entry.id)
+        return entry
 
     def sweep(self) -> None:
         """Unload models whose keep-alive ran out (called periodically)."""
