@@ -107,3 +107,18 @@ def read_until(sock: socket.socket, marker: bytes, seconds: float = 60) -> bytes
             break
         received += part
     return received
+
+
+def record_completions(monkeypatch) -> list:
+    """Every finished generation's (prompt ids, Completion), as the server made it."""
+    from warmload.server.generation import Generation
+
+    seen = []
+    finish = Generation._finish
+
+    def recording(self, completion):
+        seen.append((list(self.prompt_ids), completion))
+        finish(self, completion)
+
+    monkeypatch.setattr(Generation, "_finish", recording)
+    return seen

@@ -14,7 +14,8 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from live_server import LiveServer, free_port, read_until  # noqa: E402
+from greedy_check import assert_greedy_continuation  # noqa: E402
+from live_server import LiveServer, free_port, read_until, record_completions  # noqa: E402
 
 from warmload.config import LoadConfig, ServerConfig  # noqa: E402
 from warmload.server.app import create_app  # noqa: E402
@@ -223,12 +224,13 @@ def test_completion_stream_with_the_openai_client(server, client):
     assert finish == whole.choices[0].finish_reason == "length"
 
 
-def test_concurrent_requests_decode_together(server, client):
+def test_concurrent_requests_decode_together(server, client, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     prompts = ["1, 2, 3, 4,", "The capital of Italy is", "def add(a, b):", "Monday, Tuesday,"]
     runner = server.state.cache.entries["smollm2"].scheduler.runner
     steps_before = runner.steps
+    seen = record_completions(monkeypatch)
 
     def ask(prompt):
         out = client.completions.create(
@@ -239,11 +241,13 @@ def test_concurrent_requests_decode_together(server, client):
     with ThreadPoolExecutor(len(prompts)) as pool:
         answers = list(pool.map(ask, prompts))
     engine = engine_of(server)
-    for prompt, (text, _) in zip(prompts, answers):
-        assert text == engine.generate(prompt, max_tokens=16, temperature=0).text, prompt
-    tokens = sum(n for _, n in answers)
+    made = {tuple(ids): done for ids, done in seen}
+    for prompt, (text, n) in zip(prompts, answers):
+        done = made[tuple(engine.encode_prompt(prompt))]
+        assert text == done.text and n == len(done.token_ids) == 16
+        assert_greedy_continuation(engine, engine.encode_prompt(prompt), done.token_ids)
     # one forward pass per step serves several requests: far fewer steps than tokens
-    assert runner.steps - steps_before < tokens * 0.75
+    assert runner.steps - steps_before < sum(n for _, n in answers) * 0.75
 
 
 def metric_values(text: str) -> dict[str, float]:

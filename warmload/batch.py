@@ -35,6 +35,11 @@ log = logging.getLogger("warmload.batch")
 
 PREFILL_CHUNK = 128  # prompt tokens per step while other rows decode (bounds their stall)
 SOLO_PREFILL_CHUNK = 512  # per step when nothing else decodes (only TTFT matters then)
+# Prompt tokens always evaluated together at the end of a prefill: a prefix reuse leaves at least
+# this many, and a last chunk is never shorter. Few-row products take other kernels than
+# prompt-sized ones (kernels.INT8_MAX_TOKENS), so without this a prompt's logits, and a greedy
+# answer, would depend on how much of it was cached or how it was chunked.
+MIN_TAIL = 16
 MIN_REUSE = 8  # prompt tokens a free row must already hold to be preferred (not just BOS)
 ZERO_AHEAD = 128  # KV positions zeroed past a step's end at once (see _zero_unwritten)
 
@@ -154,8 +159,7 @@ class BatchRunner:
         while self.waiting and any(s.request is None for s in self.slots):
             request = self.waiting.popleft()
             slot = self._pick_slot(request.prompt_ids)
-            reuse = common_prefix_length(slot.cached, request.prompt_ids)
-            reuse = min(reuse, len(request.prompt_ids) - 1)  # the last token must give logits
+            reuse = self._reusable(slot, request.prompt_ids)
             slot.request, slot.cached, slot.prefill_pos = request, slot.cached[:reuse], reuse
             slot.seq = SequenceState(
                 self.engine.tokenizer,
@@ -168,6 +172,18 @@ class BatchRunner:
             slot.seq.timings.cached_tokens = reuse
             self._admitted += 1
             slot.admitted = self._admitted
+
+    @staticmethod
+    def _reusable(slot: Slot, prompt_ids: list[int]) -> int:
+        """Prompt tokens whose K/V the row already holds and may keep. Only a prompt that goes
+        on past everything the row holds (the next turn of a chat) reuses it: a repeated or
+        shorter prompt is evaluated afresh, so asking the same again gives the same answer
+        (products over different row counts differ in the last digits, enough to flip a
+        greedy near-tie)."""
+        if len(prompt_ids) <= len(slot.cached):
+            return 0
+        reuse = common_prefix_length(slot.cached, prompt_ids)
+        return max(0, min(reuse, len(prompt_ids) - MIN_TAIL))
 
     def _pick_slot(self, prompt_ids: list[int]) -> Slot:
         """The free row holding the longest prefix of the prompt, else the lowest free row
@@ -207,6 +223,8 @@ class BatchRunner:
         prompt, start = request.prompt_ids, slot.prefill_pos
         alone = not any(s.decoding for s in self.slots)
         size = max(self.prefill_chunk, SOLO_PREFILL_CHUNK) if alone else self.prefill_chunk
+        if len(prompt) - (start + size) < MIN_TAIL:
+            size = len(prompt) - start  # no short last chunk (see MIN_TAIL)
         ids = prompt[start : start + size]
         cache = self.cache.rows(slot.row, slot.row + 1)
         hidden = self.model(torch.tensor([ids], dtype=torch.long), cache, start)
