@@ -7,8 +7,10 @@ the next request at once). A decode step feeds every decoding row its last sampl
 that row's own position (per-row positions, models/layers.py) and samples each row with its
 own options and RNG (engine.SequenceState, the same code the single-sequence Engine runs).
 
-A freed row keeps its tokens' K/V: a later prompt that starts with them (the next turn of a
-chat) prefills only what is new, as llama.cpp's server reuses a slot's prompt cache.
+A freed row keeps its tokens' K/V: a later prompt that continues them (the next turn of a
+chat) prefills only what is new, as llama.cpp's server reuses a slot's prompt cache. Prefill
+runs the row alone at int positions (one product of up to PREFILL_CHUNK rows); a decode step
+with one decoding row runs exactly Engine's single-sequence path.
 
 References: Orca (Yu et al., OSDI 2022) iteration-level scheduling; llama.cpp tools/server
 (slots, n_parallel, one batch per update_slots, per-slot prompt cache); vLLM's chunked prefill.
