@@ -209,6 +209,15 @@ def test_single_flight_load_and_keep_alive_unload(smollm2_path):
     asyncio.run(scenario())
 
 
+def test_default_model_is_named_in_answers(server):
+    code, out = server.post("/v1/completions", {"prompt": "Hi", "max_tokens": 1})
+    assert code == 200 and out["model"] == "smollm2"
+    code, out = server.post(
+        "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    )
+    assert code == 200 and out["model"] == "smollm2"
+
+
 def test_completion_stream_with_the_openai_client(server, client):
     prompt = "The three primary colours are"
     whole = client.completions.create(model="smollm2", prompt=prompt, max_tokens=10, temperature=0)
