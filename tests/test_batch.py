@@ -8,7 +8,7 @@ import pytest
 import torch
 from greedy_check import assert_greedy_continuation
 
-from warmload.batch import MIN_TAIL, BatchRequest, BatchRunner
+from warmload.batch import BatchRequest, BatchRunner
 from warmload.engine import generation_config, load_engine
 from warmload.errors import WarmloadError
 
@@ -143,7 +143,7 @@ def test_long_prompt_prefills_in_chunks_between_decode_steps(engine):
     long_prompt = engine.encode_prompt(" ".join(["word"] * 200))
     _, joining = submit(runner, engine, long_prompt, max_tokens=8, temperature=0)
     before = len(running.chunks)
-    chunks_needed = -(-(len(long_prompt) - MIN_TAIL) // 32)  # the last one takes the tail
+    chunks_needed = -(-(len(long_prompt) - 1) // 32)  # the last token is decoded, not prefilled
     for _ in range(chunks_needed - 1):
         runner.step()
         assert joining.completion is None and not joining.chunks
@@ -187,16 +187,15 @@ def test_a_freed_row_reuses_its_prompt_prefix(engine):
     run_until_idle(runner)
     # the row holds the first prompt and the fed-back tokens (all but the last sampled one)
     held = len(first) + len(a.completion.token_ids) - 1
-    assert b.completion.timings.cached_tokens == min(held, len(follow_up) - MIN_TAIL) > 0
+    assert b.completion.timings.cached_tokens == held
     assert_greedy_continuation(engine, follow_up, b.completion.token_ids)
-    # a repeated prompt is evaluated afresh (not a continuation), so repeats agree exactly
-    repeats = []
+    # the same prompt again, all but its last token from the cache: the very same answer
+    # (the last prompt token is always a decode step, as in Engine)
     for _ in range(2):
         _, again = submit(runner, engine, follow_up, max_tokens=6, temperature=0)
         run_until_idle(runner)
-        assert again.completion.timings.cached_tokens == 0
-        repeats.append(again.completion.token_ids)
-    assert repeats[0] == repeats[1]
+        assert again.completion.timings.cached_tokens == len(follow_up) - 1
+        assert again.completion.token_ids == b.completion.token_ids
 
 
 def test_stop_strings_and_logprobs_per_row(engine):

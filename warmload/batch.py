@@ -7,10 +7,12 @@ the next request at once). A decode step feeds every decoding row its last sampl
 that row's own position (per-row positions, models/layers.py) and samples each row with its
 own options and RNG (engine.SequenceState, the same code the single-sequence Engine runs).
 
-A freed row keeps its tokens' K/V: a later prompt that continues them (the next turn of a
-chat) prefills only what is new, as llama.cpp's server reuses a slot's prompt cache. Prefill
-runs the row alone at int positions (one product of up to PREFILL_CHUNK rows); a decode step
-with one decoding row runs exactly Engine's single-sequence path.
+As in Engine (engine.prompt_spans), a prompt's last token is not prefilled: it joins the next
+decode step, so the logits of the first generated token come from the very arithmetic of a
+decode step (the packed kernels give a batched row the same bits as a lone decode), whether
+the prompt was cached, chunked, or shared the batch. A freed row keeps its tokens' K/V: a later
+prompt that starts with them (the next turn of a chat) prefills only what is new, as
+llama.cpp's server reuses a slot's prompt cache.
 
 References: Orca (Yu et al., OSDI 2022) iteration-level scheduling; llama.cpp tools/server
 (slots, n_parallel, one batch per update_slots, per-slot prompt cache); vLLM's chunked prefill.
@@ -37,11 +39,6 @@ log = logging.getLogger("warmload.batch")
 
 PREFILL_CHUNK = 128  # prompt tokens per step while other rows decode (bounds their stall)
 SOLO_PREFILL_CHUNK = 512  # per step when nothing else decodes (only TTFT matters then)
-# Prompt tokens always evaluated together at the end of a prefill: a prefix reuse leaves at least
-# this many, and a last chunk is never shorter. Few-row products take other kernels than
-# prompt-sized ones (kernels.INT8_MAX_TOKENS), so without this a prompt's logits, and a greedy
-# answer, would depend on how much of it was cached or how it was chunked.
-MIN_TAIL = 16
 MIN_REUSE = 8  # prompt tokens a free row must already hold to be preferred (not just BOS)
 ZERO_AHEAD = 128  # KV positions zeroed past a step's end at once (see _zero_unwritten)
 
@@ -69,13 +66,14 @@ class Slot:
     request: BatchRequest | None = None
     seq: SequenceState | None = None
     cached: list[int] = field(default_factory=list)  # tokens whose K/V this row holds, in order
-    prefill_pos: int = 0  # next prompt position to prefill; == len(prompt): decoding
+    prefill_pos: int = 0  # next prompt position to prefill; len(prompt) - 1: decoding
     clean_to: int = 0  # positions < clean_to hold finite numbers (written or zeroed)
     admitted: int = 0  # admission order: the oldest prefills first
 
     @property
     def prefilling(self) -> bool:
-        return self.request is not None and self.prefill_pos < len(self.request.prompt_ids)
+        """Prompt tokens are still to be prefilled (all but the last, see the module doc)."""
+        return self.request is not None and self.prefill_pos < len(self.request.prompt_ids) - 1
 
     @property
     def decoding(self) -> bool:
@@ -177,15 +175,8 @@ class BatchRunner:
 
     @staticmethod
     def _reusable(slot: Slot, prompt_ids: list[int]) -> int:
-        """Prompt tokens whose K/V the row already holds and may keep. Only a prompt that goes
-        on past everything the row holds (the next turn of a chat) reuses it: a repeated or
-        shorter prompt is evaluated afresh, so asking the same again gives the same answer
-        (products over different row counts differ in the last digits, enough to flip a
-        greedy near-tie)."""
-        if len(prompt_ids) <= len(slot.cached):
-            return 0
-        reuse = common_prefix_length(slot.cached, prompt_ids)
-        return max(0, min(reuse, len(prompt_ids) - MIN_TAIL))
+        """Prompt tokens whose K/V the row already holds (never the last: it is decoded)."""
+        return min(common_prefix_length(slot.cached, prompt_ids), len(prompt_ids) - 1)
 
     def _pick_slot(self, prompt_ids: list[int]) -> Slot:
         """The free row holding the longest prefix of the prompt, else the lowest free row
@@ -220,25 +211,18 @@ class BatchRunner:
 
     # -- forward passes -----------------------------------------------------------------------
     def _prefill_chunk(self, slot: Slot) -> None:
-        request, seq = slot.request, slot.seq
-        assert request is not None and seq is not None
-        prompt, start = request.prompt_ids, slot.prefill_pos
+        """One chunk of the row's prompt (never its last token) into its KV row, alone."""
+        assert slot.request is not None
+        prompt, start = slot.request.prompt_ids, slot.prefill_pos
         alone = not any(s.decoding for s in self.slots)
         size = max(self.prefill_chunk, SOLO_PREFILL_CHUNK) if alone else self.prefill_chunk
-        if len(prompt) - (start + size) < MIN_TAIL:
-            size = len(prompt) - start  # no short last chunk (see MIN_TAIL)
-        ids = prompt[start : start + size]
+        stop = min(start + size, len(prompt) - 1)
         cache = self.cache.rows(slot.row, slot.row + 1)
-        hidden = self.model(torch.tensor([ids], dtype=torch.long), cache, start)
+        self.model(torch.tensor([prompt[start:stop]], dtype=torch.long), cache, start)
         self.steps += 1
-        slot.prefill_pos = start + len(ids)
-        slot.cached = prompt[: slot.prefill_pos]
-        slot.clean_to = max(slot.clean_to, slot.prefill_pos)
-        if slot.prefill_pos < len(prompt):
-            return
-        seq.prefilled()
-        logits = self.model.compute_logits(hidden[:, -1:])[0, -1].float()
-        self._sample(slot, logits)
+        slot.prefill_pos = stop
+        slot.cached = prompt[:stop]
+        slot.clean_to = max(slot.clean_to, stop)
 
     def _decode(self, decoding: list[Slot]) -> None:
         """One token for every decoding row, in one forward pass over rows lo..hi."""
@@ -298,6 +282,8 @@ class BatchRunner:
         """Sample the row's next token, stream it, and free the row when the sequence ends."""
         request, seq = slot.request, slot.seq
         assert request is not None and seq is not None
+        if seq.first_token_at is None:
+            seq.prefilled()  # the prompt's last token just went through the model
         try:
             chunk = seq.step(logits)
         except Exception as exc:  # this request's options or tokens: its failure only
