@@ -19,8 +19,8 @@ def assert_greedy_continuation(
     engine, prompt_ids: list[int], token_ids: list[int], tol: float = TOLERANCE
 ) -> None:
     ids = list(prompt_ids) + list(token_ids)
-    # as generation computes them: the prompt's last token and every generated one as steps
-    logits = engine.logits(ids, decode_from=len(prompt_ids) - 1)[len(prompt_ids) - 1 :]
+    # as generation computes them: the prompt in chunks, then one decode step per token
+    logits = engine.logits(ids, decode_from=len(prompt_ids))[len(prompt_ids) - 1 :]
     for i, token in enumerate(token_ids):
         row = logits[i]
         gap = float(row.max() - row[token])

@@ -7,12 +7,12 @@ the next request at once). A decode step feeds every decoding row its last sampl
 that row's own position (per-row positions, models/layers.py) and samples each row with its
 own options and RNG (engine.SequenceState, the same code the single-sequence Engine runs).
 
-As in Engine (engine.prompt_spans), a prompt's last token is not prefilled: it joins the next
-decode step, so the logits of the first generated token come from the very arithmetic of a
-decode step (the packed kernels give a batched row the same bits as a lone decode), whether
-the prompt was cached, chunked, or shared the batch. A freed row keeps its tokens' K/V: a later
-prompt that starts with them (the next turn of a chat) prefills only what is new, as
-llama.cpp's server reuses a slot's prompt cache.
+A freed row keeps its tokens' K/V: a later prompt that starts with them (the next turn of a
+chat) prefills only what is new, as llama.cpp's server reuses a slot's prompt cache. As in
+Engine (engine.reusable_prefix), kept positions are cut back to the start of the forward pass
+that made them, so positions are only ever recomputed pass by pass and a repeated request gets
+the same bits (decode steps and prompt chunks round differently). A decode step gives a batched
+row the same bits as a lone decode (packed kernels, per-row products and attention).
 
 References: Orca (Yu et al., OSDI 2022) iteration-level scheduling; llama.cpp tools/server
 (slots, n_parallel, one batch per update_slots, per-slot prompt cache); vLLM's chunked prefill.
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from warmload.config import GenerationConfig
-from warmload.engine import Chunk, SequenceState, common_prefix_length
+from warmload.engine import Chunk, SequenceState, common_prefix_length, reusable_prefix
 from warmload.errors import ContextOverflowError, RequestError, WarmloadError
 
 log = logging.getLogger("warmload.batch")
@@ -66,14 +66,14 @@ class Slot:
     request: BatchRequest | None = None
     seq: SequenceState | None = None
     cached: list[int] = field(default_factory=list)  # tokens whose K/V this row holds, in order
-    prefill_pos: int = 0  # next prompt position to prefill; len(prompt) - 1: decoding
+    chunk_starts: list[int] = field(default_factory=list)  # first position of each pass
+    prefill_pos: int = 0  # next prompt position to prefill; len(prompt): decoding
     clean_to: int = 0  # positions < clean_to hold finite numbers (written or zeroed)
     admitted: int = 0  # admission order: the oldest prefills first
 
     @property
     def prefilling(self) -> bool:
-        """Prompt tokens are still to be prefilled (all but the last, see the module doc)."""
-        return self.request is not None and self.prefill_pos < len(self.request.prompt_ids) - 1
+        return self.request is not None and self.prefill_pos < len(self.request.prompt_ids)
 
     @property
     def decoding(self) -> bool:
@@ -175,8 +175,10 @@ class BatchRunner:
 
     @staticmethod
     def _reusable(slot: Slot, prompt_ids: list[int]) -> int:
-        """Prompt tokens whose K/V the row already holds (never the last: it is decoded)."""
-        return min(common_prefix_length(slot.cached, prompt_ids), len(prompt_ids) - 1)
+        """Prompt tokens whose K/V the row keeps (whole forward passes; never the last)."""
+        reuse = reusable_prefix(slot.cached, slot.chunk_starts, prompt_ids)
+        slot.chunk_starts = [s for s in slot.chunk_starts if s < reuse]
+        return reuse
 
     def _pick_slot(self, prompt_ids: list[int]) -> Slot:
         """The free row holding the longest prefix of the prompt, else the lowest free row
@@ -206,23 +208,25 @@ class BatchRunner:
             log.exception("batched step failed for %d sequence(s)", len(slots))
             for slot in slots:
                 if slot.request is not None:
-                    slot.cached = []  # the row's K/V may be half-written
+                    slot.cached, slot.chunk_starts = [], []  # its K/V may be half-written
                     self._free(slot, exc)
 
     # -- forward passes -----------------------------------------------------------------------
     def _prefill_chunk(self, slot: Slot) -> None:
-        """One chunk of the row's prompt (never its last token) into its KV row, alone."""
+        """One chunk of the row's prompt into its KV row, alone; the last one samples."""
         assert slot.request is not None
         prompt, start = slot.request.prompt_ids, slot.prefill_pos
         alone = not any(s.decoding for s in self.slots)
         size = max(self.prefill_chunk, SOLO_PREFILL_CHUNK) if alone else self.prefill_chunk
-        stop = min(start + size, len(prompt) - 1)
+        stop = min(start + size, len(prompt))
         cache = self.cache.rows(slot.row, slot.row + 1)
-        self.model(torch.tensor([prompt[start:stop]], dtype=torch.long), cache, start)
+        hidden = self.model(torch.tensor([prompt[start:stop]], dtype=torch.long), cache, start)
         self.steps += 1
-        slot.prefill_pos = stop
-        slot.cached = prompt[:stop]
+        slot.prefill_pos, slot.cached = stop, prompt[:stop]
+        slot.chunk_starts.append(start)
         slot.clean_to = max(slot.clean_to, stop)
+        if stop == len(prompt):
+            self._sample(slot, self.model.compute_logits(hidden[:, -1:])[0, -1].float())
 
     def _decode(self, decoding: list[Slot]) -> None:
         """One token for every decoding row, in one forward pass over rows lo..hi."""
@@ -243,6 +247,7 @@ class BatchRunner:
         logits = self.model.compute_logits(hidden)[:, -1].float()  # (len(decoding), vocab)
         for slot, row_logits in zip(decoding, logits):
             assert slot.seq is not None
+            slot.chunk_starts.append(len(slot.cached))  # a decode step is a pass of its own
             slot.cached.append(slot.seq.history[-1])
             self._sample(slot, row_logits)
 
@@ -265,6 +270,7 @@ class BatchRunner:
                 positions.append(slot.prefill_pos)
             else:
                 slot.cached = slot.cached[: min(len(slot.cached), top)]
+                slot.chunk_starts = [s for s in slot.chunk_starts if s < len(slot.cached)]
                 positions.append(len(slot.cached))
         return torch.tensor(positions, dtype=torch.long)
 
