@@ -310,10 +310,11 @@ class Engine:
                 yield chunk
             if not seq.done:
                 logits = self._forward_last([seq.history[-1]], len(seq.history) - 1)
-        yield from seq.finish()
         # The last sampled token was never fed through the model: its K/V is not cached.
+        # (Set before the last chunk: generate() stops reading at the Completion.)
         self._cache_ids = seq.cached_ids()
         self._chunk_starts += range(len(prompt_ids), len(self._cache_ids))  # decode steps
+        yield from seq.finish()
 
     def _prefill(self, prompt_ids: list[int], timings: Timings) -> torch.Tensor:
         """Runs the uncached part of the prompt; returns the last position's logits."""
