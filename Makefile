@@ -31,7 +31,7 @@ test: $(STAMP)
 # Peers for benchmarks and optional reference tests; never runtime dependencies.
 bench-peers: $(STAMP)
 	$(PIP) install -q transformers accelerate sentencepiece protobuf
-	$(PIP) install -q llama-cpp-python
+	$(PIP) install -q "llama-cpp-python[server]"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_open.py

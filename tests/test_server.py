@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,69 +14,13 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-import uvicorn  # noqa: E402
+from greedy_check import assert_greedy_continuation  # noqa: E402
+from live_server import LiveServer, free_port, read_until, record_completions  # noqa: E402
 
 from warmload.config import LoadConfig, ServerConfig  # noqa: E402
 from warmload.server.app import create_app  # noqa: E402
 
 API_KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    def __init__(self, config: ServerConfig) -> None:
-        self.app = create_app(config)
-        self.state = self.app.state.warmload
-        self.url = f"http://127.0.0.1:{config.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=config.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if self.get("/health")[1]["status"] == "ok":
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not become ready")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
-    ) -> tuple[int, bytes]:
-        headers = {
-            "Authorization": f"Bearer {API_KEY}",
-            "Content-Type": "application/json",
-            **(headers or {}),
-        }
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
-
-    def get(self, path: str) -> tuple[int, dict]:
-        status, body = self.request("GET", path)
-        return status, json.loads(body)
-
-    def post(self, path: str, data: object) -> tuple[int, dict]:
-        raw = data if isinstance(data, bytes) else json.dumps(data).encode()
-        status, body = self.request("POST", path, raw)
-        return status, json.loads(body)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +32,7 @@ def server(smollm2_path):
         max_body_bytes=64 * 1024,
         load=LoadConfig(ctx=512, threads=2),
     )
-    with LiveServer(config) as live:
+    with LiveServer(config, api_key=API_KEY) as live:
         yield live
 
 
@@ -193,39 +135,30 @@ def test_api_key_is_required(server):
 
 
 def test_disconnect_mid_stream_frees_the_model(server):
-    body = json.dumps(
-        {
-            "prompt": "Once upon a time",
-            "max_tokens": 400,
-            "stream": True,
-            "temperature": 0.8,
-            "seed": 1,
-        }
-    ).encode()
-    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as s:
-        s.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-            + f"\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}".encode()
-            + b"\r\n\r\n"
-            + body
-        )
-        received, deadline = b"", time.monotonic() + 60
-        while b"data:" not in received and time.monotonic() < deadline:
-            received += s.recv(4096)
-        assert b"data:" in received
+    body = {
+        "prompt": "Once upon a time",
+        "max_tokens": 400,
+        "stream": True,
+        "temperature": 0.8,
+        "seed": 1,
+    }
+    with server.open_stream("/v1/completions", body) as s:
+        assert b"data:" in read_until(s, b"data:")
     started = time.monotonic()
     code, data = server.post("/v1/completions", {"prompt": "Hi", "max_tokens": 2})
     assert code == 200
     assert time.monotonic() - started < 20  # did not wait for 400 tokens of a dead stream
+    entry = server.state.cache.entries["smollm2"]
     deadline = time.monotonic() + 10
-    while server.state.cache.entries["smollm2"].active and time.monotonic() < deadline:
+    while (entry.active or entry.scheduler.runner.active) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert server.state.cache.entries["smollm2"].active == 0
+    assert entry.active == 0
+    assert entry.scheduler.runner.active == 0  # its slot and KV row are free
 
 
 def test_health_metrics_models_and_ollama_routes(server):
     assert server.get("/health")[1]["status"] == "ok"
-    code, text = server.request("GET", "/metrics")
+    code, text, _ = server.request("GET", "/metrics")
     metrics = text.decode()
     assert code == 200
     assert "warmload_requests_total" in metrics
@@ -233,7 +166,7 @@ def test_health_metrics_models_and_ollama_routes(server):
     assert 'warmload_model_resident_bytes{model="smollm2"}' in metrics
     assert server.get("/api/tags")[1]["models"][0]["name"] == "smollm2"
     assert server.get("/api/ps")[1]["models"][0]["name"] == "smollm2"
-    code, raw = server.request(
+    code, raw, _ = server.request(
         "POST",
         "/api/generate",
         json.dumps(
@@ -274,3 +207,81 @@ def test_single_flight_load_and_keep_alive_unload(smollm2_path):
         cache.close()
 
     asyncio.run(scenario())
+
+
+def test_default_model_is_named_in_answers(server):
+    code, out = server.post("/v1/completions", {"prompt": "Hi", "max_tokens": 1})
+    assert code == 200 and out["model"] == "smollm2"
+    code, out = server.post(
+        "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    )
+    assert code == 200 and out["model"] == "smollm2"
+
+
+def test_completion_stream_with_the_openai_client(server, client):
+    prompt = "The three primary colours are"
+    whole = client.completions.create(model="smollm2", prompt=prompt, max_tokens=10, temperature=0)
+    stream = client.completions.create(
+        model="smollm2", prompt=prompt, max_tokens=10, temperature=0, stream=True
+    )
+    pieces, finish = [], None
+    for chunk in stream:
+        for choice in chunk.choices:
+            pieces.append(choice.text)
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == whole.choices[0].text
+    assert finish == whole.choices[0].finish_reason == "length"
+
+
+def test_concurrent_requests_decode_together(server, client, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = ["1, 2, 3, 4,", "The capital of Italy is", "def add(a, b):", "Monday, Tuesday,"]
+    runner = server.state.cache.entries["smollm2"].scheduler.runner
+    steps_before = runner.steps
+    seen = record_completions(monkeypatch)
+
+    def ask(prompt):
+        out = client.completions.create(
+            model="smollm2", prompt=prompt, max_tokens=16, temperature=0
+        )
+        return out.choices[0].text, out.usage.completion_tokens
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(ask, prompts))
+    engine = engine_of(server)
+    made = {tuple(ids): done for ids, done in seen}
+    for prompt, (text, n) in zip(prompts, answers):
+        done = made[tuple(engine.encode_prompt(prompt))]
+        assert text == done.text and n == len(done.token_ids) == 16
+        assert_greedy_continuation(engine, engine.encode_prompt(prompt), done.token_ids)
+    # one forward pass per step serves several requests: far fewer steps than tokens
+    assert runner.steps - steps_before < sum(n for _, n in answers) * 0.75
+
+
+def metric_values(text: str) -> dict[str, float]:
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_count_requests_tokens_and_cache_events(server, client):
+    before = metric_values(server.request("GET", "/metrics")[1].decode())
+    out = client.completions.create(model="smollm2", prompt="Hello there", max_tokens=5)
+    after = metric_values(server.request("GET", "/metrics")[1].decode())
+    model = 'model="smollm2"'
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert grew(f"warmload_prompt_tokens_total{{{model}}}") == out.usage.prompt_tokens
+    assert grew(f"warmload_generated_tokens_total{{{model}}}") == out.usage.completion_tokens
+    assert grew('warmload_requests_total{path="/v1/completions"}') == 1
+    assert grew("warmload_time_to_first_token_seconds_count") == 1
+    assert grew("warmload_time_per_output_token_seconds_count") >= out.usage.completion_tokens - 2
+    assert grew('warmload_model_cache_events{event="hits"}') == 1
+    assert after["warmload_model_load_seconds_count"] == 1
+    assert after[f"warmload_model_resident_bytes{{{model}}}"] > 50e6

@@ -101,6 +101,84 @@ def reusable_prefix(
     return max((s for s in chunk_starts if s <= reuse), default=0)
 
 
+class SequenceState:
+    """One sequence's generation after its prompt: sampling with its own RNG, stop tokens and
+    stop strings, incremental detokenization, logprobs and timings. Shared by Engine (one
+    sequence at a time) and the batch runner (many): feed step() each position's logits; feed
+    the sampled token (history[-1]) back while not `done`; finish() gives the last chunks."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        prompt_ids: list[int],
+        cfg: GenerationConfig,
+        ctx: int,
+        started: float,
+        logprobs: int | None = None,
+    ) -> None:
+        self.tokenizer, self.cfg, self.ctx, self.logprobs = tokenizer, cfg, ctx, logprobs
+        self.started = started
+        self.timings = Timings(prompt_tokens=len(prompt_ids))
+        self.generator = make_generator(cfg.seed)
+        self.stops = StopStrings(cfg.stop)
+        self.decoder = tokenizer.stream_decoder()
+        self.history = list(prompt_ids)  # prompt and sampled tokens
+        self.generated: list[int] = []
+        self.text_parts: list[str] = []
+        self.finish_reason: str | None = None if cfg.max_tokens > 0 else "length"
+        self.stopped_by_string = False
+        self.first_token_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def prefilled(self) -> None:
+        self.timings.prompt_seconds = time.perf_counter() - self.started
+
+    def step(self, logits: torch.Tensor) -> Chunk | None:
+        """Sample the next token from `logits` (vocab,); the chunk to stream, if any."""
+        token = sample_token(logits, self.history, self.cfg, self.generator)
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+            self.timings.ttft_seconds = self.first_token_at - self.started
+        self.generated.append(token)
+        self.history.append(token)
+        if token in self.tokenizer.stop_ids:
+            self.finish_reason = "stop"
+            return None
+        piece, stopped = self.stops.feed(self.decoder.push(token))
+        self.text_parts.append(piece)
+        if stopped:  # the text before the stop string is still streamed
+            self.finish_reason, self.stopped_by_string = "stop", True
+            return Chunk(piece) if piece else None
+        chunk = Chunk(piece, token)
+        if self.logprobs is not None:
+            chunk.logprob, chunk.top_logprobs = token_logprobs(logits, token, self.logprobs)
+        if len(self.history) >= self.ctx or len(self.generated) >= self.cfg.max_tokens:
+            self.finish_reason = "length"  # no room (or no need) to feed this token back
+        return chunk
+
+    def finish(self) -> Iterator[Chunk]:
+        """The held-back tail (unless a stop string cut it) and the chunk with the Completion."""
+        if not self.stopped_by_string:
+            tail, _ = self.stops.feed(self.decoder.flush())
+            tail += self.stops.flush()
+            self.text_parts.append(tail)
+            if tail:
+                yield Chunk(tail)
+        if self.first_token_at is not None:
+            self.timings.generate_seconds = time.perf_counter() - self.first_token_at
+        self.timings.generated_tokens = len(self.generated)
+        reason = self.finish_reason or "stop"  # None only when cancelled
+        completion = Completion("".join(self.text_parts), self.generated, reason, self.timings)
+        yield Chunk("", None, completion)
+
+    def cached_ids(self) -> list[int]:
+        """Tokens whose K/V were fed through the model (not the last sampled one)."""
+        return self.history[:-1] if self.generated else self.history
+
+
 def generation_config(options: dict[str, Any]) -> GenerationConfig:
     known = {f.name for f in fields(GenerationConfig)}
     unknown = sorted(set(options) - known)
@@ -222,53 +300,21 @@ class Engine:
     def _generate(
         self, prompt_ids: list[int], cfg: GenerationConfig, started: float, logprobs: int | None
     ) -> Iterator[Chunk]:
-        timings = Timings(load_seconds=self.load_seconds, prompt_tokens=len(prompt_ids))
-        generator = make_generator(cfg.seed)
-        stops = StopStrings(cfg.stop)
-        decoder = self.tokenizer.stream_decoder()
-        history = list(prompt_ids)
-        generated: list[int] = []
-        text_parts: list[str] = []
-        logits = self._prefill(prompt_ids, timings)
-        timings.prompt_seconds = time.perf_counter() - started
-        finish = "length"
-        first_token_at = None
-        while len(generated) < cfg.max_tokens:
-            token = sample_token(logits, history, cfg, generator)
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-                timings.ttft_seconds = first_token_at - started
-            generated.append(token)
-            history.append(token)
-            if token in self.tokenizer.stop_ids:
-                finish = "stop"
-                break
-            piece, stopped = stops.feed(decoder.push(token))
-            text_parts.append(piece)
-            if stopped:
-                finish = "stop"
-                break
-            chunk = Chunk(piece, token)
-            if logprobs is not None:
-                chunk.logprob, chunk.top_logprobs = token_logprobs(logits, token, logprobs)
-            yield chunk
-            if len(history) >= self.ctx or len(generated) >= cfg.max_tokens:
-                break  # no room (or no need) to feed this token back
-            logits = self._forward_last([token], len(history) - 1)
-        if finish != "stop":
-            tail, _ = stops.feed(decoder.flush())
-            tail += stops.flush()
-            text_parts.append(tail)
-            if tail:
-                yield Chunk(tail)
-        if first_token_at is not None:
-            timings.generate_seconds = time.perf_counter() - first_token_at
-        timings.generated_tokens = len(generated)
+        seq = SequenceState(self.tokenizer, prompt_ids, cfg, self.ctx, started, logprobs)
+        seq.timings.load_seconds = self.load_seconds
+        logits = self._prefill(prompt_ids, seq.timings)
+        seq.prefilled()
+        while not seq.done:
+            chunk = seq.step(logits)
+            if chunk is not None:
+                yield chunk
+            if not seq.done:
+                logits = self._forward_last([seq.history[-1]], len(seq.history) - 1)
         # The last sampled token was never fed through the model: its K/V is not cached.
-        self._cache_ids = history[:-1] if generated else history
+        # (Set before the last chunk: generate() stops reading at the Completion.)
+        self._cache_ids = seq.cached_ids()
         self._chunk_starts += range(len(prompt_ids), len(self._cache_ids))  # decode steps
-        completion = Completion("".join(text_parts), generated, finish, timings)
-        yield Chunk("", None, completion)
+        yield from seq.finish()
 
     def _prefill(self, prompt_ids: list[int], timings: Timings) -> torch.Tensor:
         """Runs the uncached part of the prompt; returns the last position's logits."""

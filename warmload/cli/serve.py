@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from warmload.errors import RequestError
+
+if TYPE_CHECKING:
+    from warmload.config import ServerConfig
 
 
 def parse_model_arg(text: str) -> tuple[str, str]:
@@ -20,19 +24,36 @@ def parse_model_arg(text: str) -> tuple[str, str]:
 
 
 def parse_bytes(text: str) -> int:
+    """A size like 8G, 512MiB, 1.5g or 1000000 (bytes)."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
+    scale = units.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t)
+    except ValueError:
+        msg = f"--memory-budget {text!r}: expected a size like 8G"
+        raise RequestError(msg, "memory_budget") from None
+    if value <= 0:
+        raise RequestError(f"--memory-budget {text!r} must be positive", "memory_budget")
+    return int(value * scale)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from warmload.cli.generate import add_model_flags
 
-    p = subparsers.add_parser("serve", help="OpenAI/Ollama-compatible HTTP server")
+    p = subparsers.add_parser(
+        "serve", help="OpenAI/Ollama-compatible HTTP server", conflict_handler="resolve"
+    )
     add_model_flags(p)
-    p.set_defaults(model=None)
+    p.add_argument(
+        "-m",
+        "--model",
+        dest="model",
+        action="append",
+        default=[],
+        metavar="[ALIAS=]PATH",
+        help="a model to serve (repeatable; the first is the default)",
+    )
     p.add_argument(
         "-M",
         "--models",
@@ -59,15 +80,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_serve)
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def server_config(args: argparse.Namespace) -> ServerConfig:
     from warmload.cli.generate import load_options
     from warmload.config import LoadConfig, ServerConfig
-    from warmload.server import serve
 
-    specs = ([args.model] if args.model else []) + args.models
+    specs = list(args.model) + args.models
     if not specs and not args.models_dir:
         specs = ["smollm2"]
-    config = ServerConfig(
+    return ServerConfig(
         models=tuple(parse_model_arg(s) for s in specs),
         models_dir=args.models_dir,
         host=args.host,
@@ -80,6 +100,12 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch=args.parallel,
         load=LoadConfig(**load_options(args)),
     )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from warmload.server import serve
+
+    config = server_config(args)
     print(
         f"warmload serving on http://{config.host}:{config.port} "
         f"(models: {', '.join(m for m, _ in config.models) or args.models_dir})",

@@ -33,8 +33,10 @@ log = logging.getLogger("warmload.server")
 class ServerState:
     def __init__(self, config: ServerConfig, make_scheduler: Any = Scheduler) -> None:
         self.config = config
-        self.cache = ModelCache(config, make_scheduler)
         self.metrics = Metrics()
+        self.cache = ModelCache(
+            config, make_scheduler, on_load=lambda seconds: self.metrics.observe("load", seconds)
+        )
         self.started = time.time()
         self.metrics.gauge(
             "warmload_model_resident_bytes", "Bytes held by loaded models.", self._model_bytes
@@ -100,7 +102,12 @@ def guarded(handler: Any) -> Any:
 async def health(request: Request, state: ServerState) -> Response:
     entry = state.cache.entries.get(state.cache.default_id or "")
     status = "ok" if entry is None or entry.state == "ready" else entry.state
-    body = {"status": status, "models": {e.id: e.state for e in state.cache.entries.values()}}
+    body: dict[str, Any] = {
+        "status": status,
+        "models": {e.id: e.state for e in state.cache.entries.values()},
+    }
+    if status == "loading":
+        body["progress"] = round(entry.progress, 4)
     if entry is not None and entry.state == "failed":
         body["error"] = entry.error
     return JSONResponse(body, status_code=200 if status in ("ok", "loading") else 500)
@@ -110,10 +117,22 @@ async def metrics(request: Request, state: ServerState) -> Response:
     return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
+REWARM_EVERY_SECONDS = 30.0
+
+
 async def sweep_forever(state: ServerState) -> None:
+    """Each second: unload models whose keep-alive ran out; every REWARM_EVERY_SECONDS:
+    re-warm idle models whose pages the OS evicted."""
+    last_rewarm = time.monotonic()
     while True:
         await asyncio.sleep(1.0)
-        state.cache.sweep()
+        try:
+            state.cache.sweep()
+            if time.monotonic() - last_rewarm >= REWARM_EVERY_SECONDS:
+                last_rewarm = time.monotonic()
+                await asyncio.to_thread(state.cache.rewarm)
+        except Exception:  # never let housekeeping end the server
+            log.exception("model cache sweep failed")
 
 
 def create_app(config: ServerConfig, make_scheduler: Any = Scheduler) -> Starlette:

@@ -44,16 +44,14 @@ class Generation:
     entry: ModelEntry | None = None
     prompt_ids: list[int] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
-
-    @property
-    def model_id(self) -> str:
-        return self.entry.id if self.entry else (self.request.model or "")
+    model_id: str = ""  # the served model's id (also after the entry is given back)
 
     async def start(self) -> Generation:
         """Loads (or finds) the model and checks the prompt before any byte is streamed."""
         self.entry = await self.cache.acquire(
             self.request.model, keep_alive=self.request.keep_alive, wait=self.wait
         )
+        self.model_id = self.entry.id
         try:
             self.prompt_ids = build_prompt(self.entry.engine, self.request)
             check_room(self.entry.engine, len(self.prompt_ids), self.request.options)

@@ -50,7 +50,7 @@ async def _ollama(request: Request, state: Any, chat: bool) -> Response:
     if empty:  # Ollama: an empty prompt loads the model, keep_alive 0 unloads it
         entry = state.cache.entry(req.model)
         if req.keep_alive == 0:
-            state.cache.unload(entry.id)
+            state.cache.unload_when_idle(entry.id)
             reason = "unload"
         else:
             entry = await state.cache.acquire(entry.id, keep_alive=req.keep_alive)

@@ -20,6 +20,7 @@ from warmload.errors import ModelLoadError, RequestError, WarmloadError
 log = logging.getLogger("warmload.server")
 
 MODEL_SUFFIXES = (".gguf", ".safetensors")
+REWARM_BELOW = 0.9  # re-warm an idle model when less of its file than this is resident
 
 
 class ModelNotFoundError(RequestError):
@@ -44,6 +45,8 @@ class ModelEntry:
     loaded_at: float = 0.0
     load_seconds: float = 0.0
     nbytes: int = 0
+    progress: float = 0.0  # fraction of the load done (the loader's byte count)
+    rewarm: Any = None  # the background re-warm thread, while one runs
     stats: dict[str, int] = field(default_factory=lambda: {"requests": 0})
 
     @property
@@ -74,14 +77,22 @@ def discover_models(config: ServerConfig) -> dict[str, str]:
 
 
 class ModelCache:
-    def __init__(self, config: ServerConfig, make_scheduler: Any) -> None:
+    def __init__(self, config: ServerConfig, make_scheduler: Any, on_load: Any = None) -> None:
         self.config = config
         self.make_scheduler = make_scheduler
+        self.on_load = on_load  # callback(seconds) after each successful load (metrics)
         self.entries = {
             model_id: ModelEntry(model_id, path, keep_alive=config.keep_alive_seconds)
             for model_id, path in discover_models(config).items()
         }
-        self.counters = {"hits": 0, "misses": 0, "loads": 0, "evictions": 0, "load_failures": 0}
+        self.counters = {
+            "hits": 0,
+            "misses": 0,
+            "loads": 0,
+            "evictions": 0,
+            "load_failures": 0,
+            "rewarms": 0,
+        }
 
     @property
     def default_id(self) -> str | None:
@@ -135,8 +146,14 @@ class ModelCache:
         self._make_room(Path(entry.path))
         self.counters["loads"] += 1
         started = time.perf_counter()
+        entry.progress = 0.0
+
+        def progress(done: int, total: int) -> None:  # called on the loading thread
+            entry.progress = done / total if total else 0.0
+
+        options = {**_load_options(self.config), "progress": progress}
         try:
-            engine = await asyncio.to_thread(load_engine, entry.path, **_load_options(self.config))
+            engine = await asyncio.to_thread(load_engine, entry.path, **options)
         except Exception as exc:  # a failed load is that model's 500, not the server's end
             self.counters["load_failures"] += 1
             entry.error = str(exc) if isinstance(exc, WarmloadError) else f"internal error: {exc}"
@@ -146,7 +163,10 @@ class ModelCache:
         entry.scheduler = self.make_scheduler(engine, self.config)
         entry.load_seconds = time.perf_counter() - started
         entry.loaded_at = entry.last_used = time.monotonic()
-        entry.nbytes = model_nbytes(engine)
+        entry.nbytes = model_nbytes(engine, entry.scheduler)
+        entry.progress = 1.0
+        if self.on_load is not None:
+            self.on_load(entry.load_seconds)
         log.info("loaded %s in %.2f s", entry.id, entry.load_seconds)
 
     def _make_room(self, path: Path) -> None:
@@ -172,8 +192,17 @@ class ModelCache:
             entry.scheduler.close()
         entry.engine.close()
         entry.engine = entry.scheduler = None
+        entry.keep_alive = self.config.keep_alive_seconds  # a request's keep_alive lasts a load
         log.info("unloaded %s", entry.id)
         return True
+
+    def unload_when_idle(self, model_id: str | None) -> ModelEntry:
+        """Unload now, or (while requests use it) as soon as the last one is done."""
+        entry = self.entry(model_id)
+        entry.keep_alive = 0
+        if entry.active == 0:
+            self.unload(entry.id)
+        return entry
 
     def sweep(self) -> None:
         """Unload models whose keep-alive ran out (called periodically)."""
@@ -183,15 +212,40 @@ class ModelCache:
             if entry.active == 0 and expires is not None and expires <= now:
                 self.unload(entry.id)
 
+    def rewarm(self, threshold: float = REWARM_BELOW) -> list[str]:
+        """Start a background warm-up of every idle loaded model whose file the OS has partly
+        evicted from the page cache (residency below `threshold`), so the next request does
+        not pay for page faults; returns the ids being re-warmed."""
+        from warmload.loader.warm import warm_in_background
+
+        started = []
+        for entry in list(self.entries.values()):
+            engine = entry.engine  # read once: a request may unload it meanwhile
+            busy = entry.rewarm is not None and entry.rewarm.is_alive()
+            if engine is None or entry.active or busy:
+                continue
+            try:
+                resident = engine.residency()
+            except (OSError, ValueError) as exc:  # mincore refused, or the file just closed
+                log.debug("residency of %s: %s", entry.id, exc)
+                continue
+            if resident >= threshold:
+                continue
+            log.info("%s: %.0f%% of its file is resident; re-warming", entry.id, resident * 100)
+            self.counters["rewarms"] += 1
+            entry.rewarm = warm_in_background(engine.checkpoint, "auto")
+            started.append(entry.id)
+        return started
+
     def close(self) -> None:
         for model_id in list(self.entries):
             self.unload(model_id)
 
 
-def model_nbytes(engine: Any) -> int:
-    """Memory a loaded model holds: its weights' bytes plus its preallocated KV cache."""
+def model_nbytes(engine: Any, scheduler: Any = None) -> int:
+    """Memory a loaded model holds: its weights' bytes plus its batch's preallocated KV cache."""
     weights = sum(t.nbytes for t in engine.checkpoint.tensors.values())
-    return weights + int(getattr(engine, "kv_cache_nbytes", 0))
+    return weights + int(getattr(scheduler, "kv_cache_nbytes", 0))
 
 
 def _load_options(config: ServerConfig) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""Runs generation requests for one loaded model on a worker thread and streams their chunks
-to the event loop. Cancelling a request (client gone) stops it at the next token.
+"""Runs one loaded model's requests on a worker thread with continuous batching
+(warmload/batch.py) and streams their chunks to the event loop.
 
-This is the sequential scheduler: requests take turns. The batched scheduler replaces the
-worker's loop with steps that decode every active sequence in one forward pass.
+The worker owns the BatchRunner: it takes new requests between steps, runs steps while any
+request is active, and sleeps on its queue when there is none. Cancelling a request (client
+gone) frees its slot and KV row at the next step boundary.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from warmload.batch import BatchRequest, BatchRunner
 from warmload.config import ServerConfig
+from warmload.engine import generation_config
 
 log = logging.getLogger("warmload.server")
 
@@ -24,15 +27,19 @@ _DONE = object()
 
 @dataclass(slots=True)
 class Job:
-    prompt_ids: list[int]
-    options: dict[str, Any]
-    logprobs: int | None
+    """The event-loop side of one request: chunks arrive on `out` from the worker."""
+
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def put(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        """Called from the worker: a Chunk, an exception, or None (the end)."""
+        item = _DONE if item is None else item
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the loop closed (server shutting down): nobody listens
+            pass
 
 
 class RequestStream:
@@ -58,41 +65,60 @@ class RequestStream:
 
 
 class Scheduler:
+    """One model's batched generation: submit() from the event loop, a worker runs steps."""
+
     def __init__(self, engine: Any, config: ServerConfig) -> None:
         self.engine = engine
-        self.jobs: queue.Queue[Job | None] = queue.Queue()
-        self.current: Job | None = None
+        self.runner = BatchRunner(engine, config.max_batch)
+        self.incoming: queue.Queue[BatchRequest | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="warmload-scheduler", daemon=True)
         self.thread.start()
+
+    @property
+    def kv_cache_nbytes(self) -> int:
+        return self.runner.kv_cache_nbytes if self.runner.cache is not None else 0
 
     def submit(
         self, prompt_ids: list[int], options: dict[str, Any], logprobs: int | None = None
     ) -> RequestStream:
-        job = Job(prompt_ids, options, logprobs, asyncio.get_running_loop())
-        self.jobs.put(job)
+        job = Job(asyncio.get_running_loop())
+        request = BatchRequest(
+            list(prompt_ids),
+            generation_config(options),
+            job.put,
+            logprobs=logprobs,
+            cancelled=job.cancelled,
+        )
+        self.incoming.put(request)
         return RequestStream(job)
 
     def _run(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            self.current = job
-            if job.cancelled.is_set():
-                job.put(_DONE)
-                continue
+        try:
+            while self._take_requests():
+                self.runner.step()
+        except Exception:  # a bug in the runner: end every request rather than hang them
+            log.exception("scheduler stopped")
+        finally:
+            self.runner.close()
+
+    def _take_requests(self) -> bool:
+        """Move queued requests into the runner (blocking while it is idle); False: stop."""
+        block = self.runner.idle
+        while True:
             try:
-                for chunk in self.engine.stream_chunks(
-                    job.prompt_ids, logprobs=job.logprobs, **job.options
-                ):
-                    job.put(chunk)
-                    if job.cancelled.is_set():
-                        break
-            except Exception as exc:  # reported to that request only
-                log.exception("generation failed")
-                job.put(exc)
-            job.put(_DONE)
+                request = self.incoming.get(block=block)
+            except queue.Empty:
+                return True
+            if request is None:
+                return False
+            try:
+                self.runner.add(request)
+            except Exception as exc:  # that request's problem only
+                request.emit(exc)
+                request.emit(None)
+            block = self.runner.idle
 
     def close(self) -> None:
-        """Stops after the current token; waits for the worker so no thread outlives it."""
-        if self.current is not None:
-            self.current.cancelled.set()
-        self.jobs.put(None)
+        """Stops after the current step (ending every request); waits for the worker."""
+        self.incoming.put(None)
         self.thread.join(timeout=30)

@@ -1,0 +1,302 @@
+"""Continuous batching: the sequences of one model decode together, one forward pass per step.
+
+Each request gets a slot: one row of a KV cache of `max_batch` rows. Between steps a request
+joins (its prompt is prefilled into its row in chunks, one chunk per step, so the running
+streams keep getting a token every step) or leaves (finished or cancelled: its row is free for
+the next request at once). A decode step feeds every decoding row its last sampled token at
+that row's own position (per-row positions, models/layers.py) and samples each row with its
+own options and RNG (engine.SequenceState, the same code the single-sequence Engine runs).
+
+A freed row keeps its tokens' K/V: a later prompt that starts with them (the next turn of a
+chat) prefills only what is new, as llama.cpp's server reuses a slot's prompt cache. As in
+Engine (engine.reusable_prefix), kept positions are cut back to the start of the forward pass
+that made them, so positions are only ever recomputed pass by pass and a repeated request gets
+the same bits (decode steps and prompt chunks round differently). A decode step gives a batched
+row the same bits as a lone decode (packed kernels, per-row products and attention).
+
+References: Orca (Yu et al., OSDI 2022) iteration-level scheduling; llama.cpp tools/server
+(slots, n_parallel, one batch per update_slots, per-slot prompt cache); vLLM's chunked prefill.
+This class is not thread-safe: one thread owns it (server/scheduler.py runs it on a worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from warmload.config import GenerationConfig
+from warmload.engine import Chunk, SequenceState, common_prefix_length, reusable_prefix
+from warmload.errors import ContextOverflowError, RequestError, WarmloadError
+
+log = logging.getLogger("warmload.batch")
+
+PREFILL_CHUNK = 128  # prompt tokens per step while other rows decode (bounds their stall)
+SOLO_PREFILL_CHUNK = 512  # per step when nothing else decodes (only TTFT matters then)
+MIN_REUSE = 8  # prompt tokens a free row must already hold to be preferred (not just BOS)
+ZERO_AHEAD = 128  # KV positions zeroed past a step's end at once (see _zero_unwritten)
+
+# What a request's emit() receives: a Chunk, an exception (the request failed), or None (end).
+Event = Chunk | BaseException | None
+
+
+@dataclass(eq=False, slots=True)
+class BatchRequest:
+    """One generation request; `emit` is called from the runner's thread."""
+
+    prompt_ids: list[int]
+    cfg: GenerationConfig
+    emit: Callable[[Event], None]
+    logprobs: int | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """One KV-cache row and the request using it (None: free)."""
+
+    row: int
+    request: BatchRequest | None = None
+    seq: SequenceState | None = None
+    cached: list[int] = field(default_factory=list)  # tokens whose K/V this row holds, in order
+    chunk_starts: list[int] = field(default_factory=list)  # first position of each pass
+    prefill_pos: int = 0  # next prompt position to prefill; len(prompt): decoding
+    clean_to: int = 0  # positions < clean_to hold finite numbers (written or zeroed)
+    admitted: int = 0  # admission order: the oldest prefills first
+
+    @property
+    def prefilling(self) -> bool:
+        return self.request is not None and self.prefill_pos < len(self.request.prompt_ids)
+
+    @property
+    def decoding(self) -> bool:
+        return self.request is not None and not self.prefilling
+
+
+class BatchRunner:
+    """Slots over one KV cache; `add` requests, then call `step` until `idle`."""
+
+    def __init__(self, engine: Any, max_batch: int, prefill_chunk: int = PREFILL_CHUNK) -> None:
+        if max_batch < 1 or prefill_chunk < 1:
+            raise RequestError(
+                f"max_batch ({max_batch}) and prefill_chunk ({prefill_chunk}) must be >= 1"
+            )
+        self.engine = engine
+        self.model = engine.model
+        self.ctx = engine.ctx
+        self.prefill_chunk = prefill_chunk
+        self.cache = self.model.new_cache(self.ctx, max_batch)
+        self.slots = [Slot(row) for row in range(max_batch)]
+        self.waiting: deque[BatchRequest] = deque()
+        self._admitted = 0
+        self.steps = 0  # forward passes run (prefill chunks and decode steps)
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and all(s.request is None for s in self.slots)
+
+    @property
+    def active(self) -> int:
+        return sum(s.request is not None for s in self.slots)
+
+    @property
+    def kv_cache_nbytes(self) -> int:
+        return sum(t.nbytes for t in (*self.cache.k, *self.cache.v))
+
+    def add(self, request: BatchRequest) -> None:
+        """Queue a request (admitted at the next step with a free slot, oldest first)."""
+        n = len(request.prompt_ids)
+        if not 0 < n < self.ctx:
+            raise ContextOverflowError(
+                f"the prompt has {n} tokens; it must have 1..{self.ctx - 1} for this context",
+                "prompt",
+            )
+        self.waiting.append(request)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Drop cancelled requests, admit waiting ones, run one prefill chunk (oldest joining
+        request) and one decode step over every decoding row."""
+        self._drop_cancelled()
+        self._admit()
+        joining = [s for s in self.slots if s.prefilling]
+        if joining:
+            slot = min(joining, key=lambda s: s.admitted)
+            self._guard([slot], self._prefill_chunk, slot)
+        decoding = [s for s in self.slots if s.decoding]
+        if decoding:
+            self._guard(decoding, self._decode, decoding)
+
+    def close(self) -> None:
+        """Fail every request still here (the model is going away) and let go of the cache."""
+        gone = WarmloadError("the model was unloaded before this request finished")
+        for request in self.waiting:
+            request.emit(gone)
+            request.emit(None)
+        self.waiting.clear()
+        for slot in self.slots:
+            if slot.request is not None:
+                self._free(slot, gone)
+        self.cache = None
+
+    # -- admission and leaving ----------------------------------------------------------------
+    def _drop_cancelled(self) -> None:
+        for request in [r for r in self.waiting if r.cancelled.is_set()]:
+            self.waiting.remove(request)
+            request.emit(None)
+        for slot in self.slots:
+            if slot.request is not None and slot.request.cancelled.is_set():
+                self._free(slot)
+
+    def _admit(self) -> None:
+        while self.waiting and any(s.request is None for s in self.slots):
+            request = self.waiting.popleft()
+            slot = self._pick_slot(request.prompt_ids)
+            reuse = self._reusable(slot, request.prompt_ids)
+            slot.request, slot.cached, slot.prefill_pos = request, slot.cached[:reuse], reuse
+            slot.seq = SequenceState(
+                self.engine.tokenizer,
+                request.prompt_ids,
+                request.cfg,
+                self.ctx,
+                request.started,
+                request.logprobs,
+            )
+            slot.seq.timings.cached_tokens = reuse
+            self._admitted += 1
+            slot.admitted = self._admitted
+
+    @staticmethod
+    def _reusable(slot: Slot, prompt_ids: list[int]) -> int:
+        """Prompt tokens whose K/V the row keeps (whole forward passes; never the last)."""
+        reuse = reusable_prefix(slot.cached, slot.chunk_starts, prompt_ids)
+        slot.chunk_starts = [s for s in slot.chunk_starts if s < reuse]
+        return reuse
+
+    def _pick_slot(self, prompt_ids: list[int]) -> Slot:
+        """The free row holding the longest prefix of the prompt, else the lowest free row
+        (low rows keep the decoding rows contiguous, so a step spans few idle rows)."""
+        free = [s for s in self.slots if s.request is None]
+        best = max(free, key=lambda s: (common_prefix_length(s.cached, prompt_ids), -s.row))
+        return best if common_prefix_length(best.cached, prompt_ids) >= MIN_REUSE else free[0]
+
+    def _free(self, slot: Slot, error: BaseException | None = None) -> None:
+        request, seq = slot.request, slot.seq
+        slot.request = slot.seq = None
+        assert request is not None and seq is not None
+        try:
+            if error is not None:
+                request.emit(error)
+            elif not request.cancelled.is_set():
+                for chunk in seq.finish():
+                    request.emit(chunk)
+        finally:
+            request.emit(None)
+
+    def _guard(self, slots: list[Slot], fn: Callable[..., None], *args: Any) -> None:
+        """Run a forward pass; if it fails, those slots' requests fail, and only they."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            log.exception("batched step failed for %d sequence(s)", len(slots))
+            for slot in slots:
+                if slot.request is not None:
+                    slot.cached, slot.chunk_starts = [], []  # its K/V may be half-written
+                    self._free(slot, exc)
+
+    # -- forward passes -----------------------------------------------------------------------
+    def _prefill_chunk(self, slot: Slot) -> None:
+        """One chunk of the row's prompt into its KV row, alone; the last one samples."""
+        assert slot.request is not None
+        prompt, start = slot.request.prompt_ids, slot.prefill_pos
+        alone = not any(s.decoding for s in self.slots)
+        size = max(self.prefill_chunk, SOLO_PREFILL_CHUNK) if alone else self.prefill_chunk
+        stop = min(start + size, len(prompt))
+        cache = self.cache.rows(slot.row, slot.row + 1)
+        hidden = self.model(torch.tensor([prompt[start:stop]], dtype=torch.long), cache, start)
+        self.steps += 1
+        slot.prefill_pos, slot.cached = stop, prompt[:stop]
+        slot.chunk_starts.append(start)
+        slot.clean_to = max(slot.clean_to, stop)
+        if stop == len(prompt):
+            self._sample(slot, self.model.compute_logits(hidden[:, -1:])[0, -1].float())
+
+    def _decode(self, decoding: list[Slot]) -> None:
+        """One token for every decoding row, in one forward pass over rows lo..hi."""
+        lo, hi = min(s.row for s in decoding), max(s.row for s in decoding) + 1
+        if len(decoding) == 1:  # the plain single-sequence path (what Engine runs)
+            slot = decoding[0]
+            pos = len(slot.cached)
+            hidden = self.model(self._last_tokens(decoding), self.cache.rows(lo, hi), pos)
+            slot.clean_to = max(slot.clean_to, pos + 1)
+        else:
+            positions = self._positions(lo, hi)
+            self._zero_unwritten(lo, hi, int(positions.max()) + 1)
+            tokens = torch.zeros((hi - lo, 1), dtype=torch.long)
+            tokens[[s.row - lo for s in decoding], 0] = self._last_tokens(decoding)[:, 0]
+            hidden = self.model(tokens, self.cache.rows(lo, hi), positions)
+            hidden = hidden[[s.row - lo for s in decoding]]
+        self.steps += 1
+        logits = self.model.compute_logits(hidden)[:, -1].float()  # (len(decoding), vocab)
+        for slot, row_logits in zip(decoding, logits):
+            assert slot.seq is not None
+            slot.chunk_starts.append(len(slot.cached))  # a decode step is a pass of its own
+            slot.cached.append(slot.seq.history[-1])
+            self._sample(slot, row_logits)
+
+    @staticmethod
+    def _last_tokens(decoding: list[Slot]) -> torch.Tensor:
+        return torch.tensor([[s.seq.history[-1]] for s in decoding], dtype=torch.long)
+
+    def _positions(self, lo: int, hi: int) -> torch.Tensor:
+        """Each row's write position this step. A decoding row writes its next token; a row in
+        the span that is not decoding writes a dummy token where nothing it keeps lives: a
+        joining row at its next prompt position (the next chunk overwrites it), a free row
+        right after its kept tokens, cut to the decoding rows' end so it adds no keys."""
+        span = self.slots[lo:hi]
+        top = max(len(s.cached) for s in span if s.decoding)
+        positions = []
+        for slot in span:
+            if slot.decoding:
+                positions.append(len(slot.cached))
+            elif slot.prefilling:
+                positions.append(slot.prefill_pos)
+            else:
+                slot.cached = slot.cached[: min(len(slot.cached), top)]
+                slot.chunk_starts = [s for s in slot.chunk_starts if s < len(slot.cached)]
+                positions.append(len(slot.cached))
+        return torch.tensor(positions, dtype=torch.long)
+
+    def _zero_unwritten(self, lo: int, hi: int, end: int) -> None:
+        """Masked keys are still multiplied in: every row must hold finite numbers up to end
+        (the cache starts as torch.empty; zeroing lazily keeps unused rows untouched). Zeroes
+        ZERO_AHEAD positions more at a time, so this is not a fill per row and step."""
+        for slot in self.slots[lo:hi]:
+            if slot.clean_to < end:
+                stop = min(self.ctx, end + ZERO_AHEAD)
+                self.cache.clear(slot.row, slot.clean_to, stop)
+                slot.clean_to = stop
+
+    def _sample(self, slot: Slot, logits: torch.Tensor) -> None:
+        """Sample the row's next token, stream it, and free the row when the sequence ends."""
+        request, seq = slot.request, slot.seq
+        assert request is not None and seq is not None
+        if seq.first_token_at is None:
+            seq.prefilled()  # the prompt's last token just went through the model
+        try:
+            chunk = seq.step(logits)
+        except Exception as exc:  # this request's options or tokens: its failure only
+            log.exception("sampling failed")
+            self._free(slot, exc)
+            return
+        if chunk is not None:
+            request.emit(chunk)
+        if seq.done:
+            self._free(slot)
