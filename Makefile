@@ -29,15 +29,22 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Peers for benchmarks and optional reference tests; never runtime dependencies.
+# llama.cpp's AMX kernels crash on this machine's CPUs (a segfault in ggml_backend_amx_mul_mat on
+# the first eval), and a native build turns them on: build for AVX2/AVX-512/VNNI without AMX.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX_VNNI=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
 bench-peers: $(STAMP)
 	$(PIP) install -q transformers accelerate sentencepiece protobuf
-	$(PIP) install -q "llama-cpp-python[server]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q --no-cache-dir "llama-cpp-python[server]==0.3.36"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_open.py
 	$(PY) benchmarks/bench_dequant.py
 	$(PY) benchmarks/bench_tokenizer.py
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_decode_profile.py
 	$(PY) benchmarks/bench_quantize.py --model smollm2 --runs 3
 
 clean:
