@@ -23,7 +23,7 @@ from warmload.models import fused
 def decode_logits(model, prompt: list[int], steps: list[int], planned: bool, monkeypatch):
     if not planned:
         monkeypatch.setattr(fused, "_build", lambda model, cache: None)
-    model._decode_plan = None
+    model.__dict__.pop("_plans", None)
     with torch.inference_mode():
         cache = model.new_cache(len(prompt) + len(steps))
         model(torch.tensor([prompt]), cache, 0)
@@ -41,7 +41,7 @@ def test_plan_matches_modules_on_a_tiny_packed_llama(tmp_path: Path, monkeypatch
         model, _ = load_model(ck)
     prompt, steps = [3, 17, 9, 41], [0, 25, 25, 7, 33, 12]
     planned = decode_logits(model, prompt, steps, True, monkeypatch)
-    assert fused.decode_plan(model, model._decode_plan[0]) is not None
+    assert [p for p in model._plans.values() if p is not None]
     modules = decode_logits(model, prompt, steps, False, monkeypatch)
     assert torch.equal(planned, modules)
 
@@ -56,11 +56,36 @@ def test_plan_matches_modules_on_the_real_models(name: str, request, monkeypatch
     assert torch.equal(planned, modules)
 
 
-def test_no_plan_for_unpacked_weights_or_batches(tmp_path: Path):
+def test_no_plan_for_unpacked_weights(tmp_path: Path):
     path, _ = llama_file(tmp_path, tied=True)
     with open_checkpoint(path) as ck:
         model, _ = load_model(ck, LoadConfig(packed=False))
         packed, _ = load_model(ck)
     assert fused.decode_plan(model, model.new_cache(8)) is None
-    assert fused.decode_plan(packed, packed.new_cache(8, batch_size=2)) is None
     assert fused.decode_plan(packed, packed.new_cache(8)) is not None
+
+
+@pytest.mark.parametrize("name", ["smollm2_path", "gemma3_path"])
+def test_batched_plan_matches_modules(name: str, request, monkeypatch):
+    """Rows at their own positions (the server's batched decoding), through the plan of the
+    cache's row range, equal the module path bit for bit."""
+    model = load_engine(request.getfixturevalue(name)).model
+    prompts = [list(range(100, 110)), list(range(200, 205)), list(range(300, 317))]
+
+    def step(planned: bool) -> torch.Tensor:
+        if not planned:
+            monkeypatch.setattr(fused, "_build", lambda model, cache: None)
+        model.__dict__.pop("_plans", None)
+        with torch.inference_mode():
+            cache = model.new_cache(64, 4)
+            for row, prompt in enumerate(prompts):
+                model(torch.tensor([prompt]), cache.rows(row + 1, row + 2), 0)
+            positions = torch.tensor([len(p) for p in prompts])
+            tokens = torch.tensor([[5], [6], [7]])
+            out = model.compute_logits(model(tokens, cache.rows(1, 4), positions))
+        monkeypatch.undo()
+        return out
+
+    planned = step(True)
+    assert [p for p in model._plans.values() if p is not None and p.cache.batch_size == 3]
+    assert torch.equal(planned, step(False))

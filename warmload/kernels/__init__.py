@@ -43,11 +43,16 @@ def plan_new(dims: tuple, layers: tuple) -> object:
     return _cpu.plan_new(dims, layers)
 
 
-def plan_step(plan: object, x: torch.Tensor, position: int) -> None:
-    """x (hidden,) float32 contiguous through the plan's layers at `position`, in place."""
+def plan_step(plan: object, x: torch.Tensor, positions: int | torch.Tensor) -> None:
+    """x (rows, ..., hidden) float32 contiguous through the plan's layers, in place: every row
+    at one position (int), or row b at positions[b] (int64 tensor (rows,))."""
     if x.dtype != torch.float32 or not x.is_contiguous():
         raise ValueError("plan_step needs a contiguous float32 hidden state")
-    _cpu.plan_step(plan, x.data_ptr(), position)
+    if isinstance(positions, torch.Tensor):
+        positions = positions.to(torch.int64).contiguous()
+        _cpu.plan_step(plan, x.data_ptr(), positions.data_ptr(), 0)
+    else:
+        _cpu.plan_step(plan, x.data_ptr(), 0, positions)
 
 
 def set_threads(n: int) -> None:

@@ -59,16 +59,19 @@ void rms_norm_rows(const float *x, const float *w, int64_t n_rows, int64_t dim, 
    positions is NULL): rotate q and the new k, store k and v in the row's cache at the position,
    attend each query head over keys [pos - window + 1, pos] (0..pos when window <= 0) of its KV
    head. q, out (B, H, D); k, v (B, KV, D); caches (B, KV, max_ctx, D); row b's rope angles at
-   cos + b * rope_row, sin + b * rope_row, one every rope_step floats; scores: max_ctx floats. */
+   cos + b * rope.row + pos * rope.pos (sin alike), one every rope.step floats: gathered per-row
+   tables (row) or whole tables indexed by position (pos); scores: max_ctx floats. */
 void attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
                  int64_t B, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
                  const int64_t *positions, int64_t pos0, int64_t window, float scale,
-                 const float *cos, const float *sin, int64_t rope_row, int64_t rope_step,
-                 int interleaved, float *scores, float *out) {
+                 rope_t rope, float *scores, float *out) {
     float qh[MAX_HEAD_DIM];
     for (int64_t b = 0; b < B; ++b) {
         int64_t pos = positions ? positions[b] : pos0;
-        const float *cs = cos + b * rope_row, *sn = sin + b * rope_row;
+        int64_t at = b * rope.row + pos * rope.pos;
+        const float *cs = rope.cos + at, *sn = rope.sin + at;
+        int64_t rope_step = rope.step;
+        int interleaved = rope.interleaved;
         for (int64_t g = 0; g < KV; ++g) {
             float *kdst = cache_k + ((b * KV + g) * max_ctx + pos) * D;
             memcpy(kdst, k + (b * KV + g) * D, sizeof(float) * D);

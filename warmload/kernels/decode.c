@@ -15,14 +15,16 @@ void plan_free(plan_t *P) {
     free(P);
 }
 
-plan_t *plan_alloc(int64_t n_layers, int64_t hidden, int64_t H, int64_t KV, int64_t D,
-                   int64_t inter, int64_t max_ctx) {
+plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t hidden, int64_t H, int64_t KV,
+                   int64_t D, int64_t inter, int64_t max_ctx) {
     plan_t *P = calloc(1, sizeof(plan_t));
     if (!P) return NULL;
-    P->n_layers = n_layers;
+    P->n_layers = n_layers, P->rows = rows;
     P->hidden = hidden, P->H = H, P->KV = KV, P->D = D, P->inter = inter, P->max_ctx = max_ctx;
     P->layers = calloc((size_t)n_layers, sizeof(layer_plan_t));
-    int64_t sizes[] = {hidden, H * D, KV * D, KV * D, H * D, hidden, inter, inter, max_ctx};
+    int64_t B = rows;
+    int64_t sizes[] = {B * hidden, B * H * D, B * KV * D, B * KV * D, B * H * D,
+                       B * hidden, B * inter, B * inter, max_ctx};
     int64_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) total += sizes[i];
     P->buffer = malloc(sizeof(float) * (size_t)total);
@@ -43,39 +45,42 @@ static void add_into(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-static int run_layer(const plan_t *P, const layer_plan_t *L, float *x, int64_t pos) {
-    int64_t hidden = P->hidden, H = P->H, KV = P->KV, D = P->D;
+static int run_layer(const plan_t *P, const layer_plan_t *L, float *x,
+                     const int64_t *positions, int64_t pos0) {
+    int64_t B = P->rows, hidden = P->hidden, H = P->H, KV = P->KV, D = P->D;
     int rc;
-    rms_norm_rows(x, L->w_in, 1, hidden, P->eps, P->offset, P->h);
+    rms_norm_rows(x, L->w_in, B, hidden, P->eps, P->offset, P->h);
     part_t qkv[3] = {L->q, L->k, L->v};
-    if ((rc = product(qkv, 3, P->h, hidden, 1))) return rc;
+    if ((rc = product(qkv, 3, P->h, hidden, B))) return rc;
     if (L->w_q_norm) {
-        rms_norm_rows(P->q, L->w_q_norm, H, D, P->eps, P->offset, P->q);
-        rms_norm_rows(P->k, L->w_k_norm, KV, D, P->eps, P->offset, P->k);
+        rms_norm_rows(P->q, L->w_q_norm, B * H, D, P->eps, P->offset, P->q);
+        rms_norm_rows(P->k, L->w_k_norm, B * KV, D, P->eps, P->offset, P->k);
     }
-    attend_step(P->q, P->k, P->v, L->cache_k, L->cache_v, 1, H, KV, D, P->max_ctx, NULL, pos,
-                L->window, L->scale, L->cos + pos * L->rope_pos_stride,
-                L->sin + pos * L->rope_pos_stride, 0, L->rope_step, L->interleaved, P->scores,
-                P->att);
+    rope_t rope = {L->cos, L->sin, 0, L->rope_pos_stride, L->rope_step, L->interleaved};
+    attend_step(P->q, P->k, P->v, L->cache_k, L->cache_v, B, H, KV, D, P->max_ctx, positions,
+                pos0, L->window, L->scale, rope, P->scores, P->att);
     part_t o = L->o;
-    if ((rc = product(&o, 1, P->att, H * D, 1))) return rc;
-    if (L->w_attn_out) rms_norm_rows(P->o, L->w_attn_out, 1, hidden, P->eps, P->offset, P->o);
-    add_into(x, P->o, hidden);
-    rms_norm_rows(x, L->w_ffn_in, 1, hidden, P->eps, P->offset, P->h);
+    if ((rc = product(&o, 1, P->att, H * D, B))) return rc;
+    if (L->w_attn_out) rms_norm_rows(P->o, L->w_attn_out, B, hidden, P->eps, P->offset, P->o);
+    add_into(x, P->o, B * hidden);
+    rms_norm_rows(x, L->w_ffn_in, B, hidden, P->eps, P->offset, P->h);
     part_t gate_up[2] = {L->gate, L->up};
-    if ((rc = product(gate_up, 2, P->h, hidden, 1))) return rc;
-    act_mul(P->g, P->u, P->inter, P->act, P->g);
+    if ((rc = product(gate_up, 2, P->h, hidden, B))) return rc;
+    act_mul(P->g, P->u, B * P->inter, P->act, P->g);
     part_t down = L->down;
-    if ((rc = product(&down, 1, P->g, P->inter, 1))) return rc;
-    if (L->w_ffn_out) rms_norm_rows(P->o, L->w_ffn_out, 1, hidden, P->eps, P->offset, P->o);
-    add_into(x, P->o, hidden);
+    if ((rc = product(&down, 1, P->g, P->inter, B))) return rc;
+    if (L->w_ffn_out) rms_norm_rows(P->o, L->w_ffn_out, B, hidden, P->eps, P->offset, P->o);
+    add_into(x, P->o, B * hidden);
     return 0;
 }
 
-int plan_run(const plan_t *P, float *x, int64_t pos) {
-    if (pos < 0 || pos >= P->max_ctx) return -3;
+int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0) {
+    for (int64_t b = 0; b < P->rows; ++b) {
+        int64_t pos = positions ? positions[b] : pos0;
+        if (pos < 0 || pos >= P->max_ctx) return -3;
+    }
     for (int64_t i = 0; i < P->n_layers; ++i) {
-        int rc = run_layer(P, &P->layers[i], x, pos);
+        int rc = run_layer(P, &P->layers[i], x, positions, pos0);
         if (rc) return rc;
     }
     return 0;

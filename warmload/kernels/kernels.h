@@ -29,7 +29,7 @@
 typedef struct {
     part_t q, k, v, o, gate, up, down; /* outputs point into the plan's buffers */
     const float *w_in, *w_attn_out, *w_ffn_in, *w_ffn_out, *w_q_norm, *w_k_norm; /* or NULL */
-    float *cache_k, *cache_v;           /* (KV, max_ctx, D) of the single row */
+    float *cache_k, *cache_v;           /* (rows, KV, max_ctx, D) */
     const float *cos, *sin;             /* angle j of position p at [p * pos_stride + j * step] */
     int64_t rope_pos_stride, rope_step;
     int interleaved;
@@ -38,19 +38,20 @@ typedef struct {
 } layer_plan_t;
 
 typedef struct {
-    int64_t n_layers, hidden, H, KV, D, inter, max_ctx;
+    int64_t n_layers, rows, hidden, H, KV, D, inter, max_ctx;
     float eps, offset;
     int act; /* 0 silu, 1 gelu (tanh) */
     layer_plan_t *layers;
     float *buffer, *h, *q, *k, *v, *att, *o, *g, *u, *scores;
 } plan_t;
 
-plan_t *plan_alloc(int64_t n_layers, int64_t hidden, int64_t H, int64_t KV, int64_t D,
-                   int64_t inter, int64_t max_ctx);
+plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t hidden, int64_t H, int64_t KV,
+                   int64_t D, int64_t inter, int64_t max_ctx);
 void plan_free(plan_t *P);
-/* x (hidden,) through every layer at position pos, in place; 0 or a product() error, -3 for
-   a position outside the cache. The caller holds kernels_lock(). */
-int plan_run(const plan_t *P, float *x, int64_t pos);
+/* x (rows, hidden) through every layer, row b at positions[b] (or every row at pos0 when
+   positions is NULL), in place; 0 or a product() error, -3 for a position outside the cache.
+   The caller holds kernels_lock(). */
+int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0);
 
 #endif
 
@@ -83,7 +84,7 @@ static inline float fp16_to_f32(uint16_t h) {
 typedef struct {
     part_t q, k, v, o, gate, up, down; /* outputs point into the plan's buffers */
     const float *w_in, *w_attn_out, *w_ffn_in, *w_ffn_out, *w_q_norm, *w_k_norm; /* or NULL */
-    float *cache_k, *cache_v;           /* (KV, max_ctx, D) of the single row */
+    float *cache_k, *cache_v;           /* (rows, KV, max_ctx, D) */
     const float *cos, *sin;             /* angle j of position p at [p * pos_stride + j * step] */
     int64_t rope_pos_stride, rope_step;
     int interleaved;
@@ -92,19 +93,20 @@ typedef struct {
 } layer_plan_t;
 
 typedef struct {
-    int64_t n_layers, hidden, H, KV, D, inter, max_ctx;
+    int64_t n_layers, rows, hidden, H, KV, D, inter, max_ctx;
     float eps, offset;
     int act; /* 0 silu, 1 gelu (tanh) */
     layer_plan_t *layers;
     float *buffer, *h, *q, *k, *v, *att, *o, *g, *u, *scores;
 } plan_t;
 
-plan_t *plan_alloc(int64_t n_layers, int64_t hidden, int64_t H, int64_t KV, int64_t D,
-                   int64_t inter, int64_t max_ctx);
+plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t hidden, int64_t H, int64_t KV,
+                   int64_t D, int64_t inter, int64_t max_ctx);
 void plan_free(plan_t *P);
-/* x (hidden,) through every layer at position pos, in place; 0 or a product() error, -3 for
-   a position outside the cache. The caller holds kernels_lock(). */
-int plan_run(const plan_t *P, float *x, int64_t pos);
+/* x (rows, hidden) through every layer, row b at positions[b] (or every row at pos0 when
+   positions is NULL), in place; 0 or a product() error, -3 for a position outside the cache.
+   The caller holds kernels_lock(). */
+int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0);
 
 #endif
 }
@@ -182,11 +184,16 @@ void rope_head(float *x, int d, const float *cos, const float *sin, int64_t step
 void attend_head(const float *q, const float *keys, const float *values, int64_t lo,
                  int64_t pos, int64_t d, float scale, float *scores, float *out);
 #define MAX_HEAD_DIM 1024
+/* Where a row's rope angles are: cos/sin + row * b + pos * position, one every step floats. */
+typedef struct {
+    const float *cos, *sin;
+    int64_t row, pos, step;
+    int interleaved;
+} rope_t;
 void attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
                  int64_t B, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
                  const int64_t *positions, int64_t pos0, int64_t window, float scale,
-                 const float *cos, const float *sin, int64_t rope_row, int64_t rope_step,
-                 int interleaved, float *scores, float *out);
+                 rope_t rope, float *scores, float *out);
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1 };
 /* out = act(gate) * up, element-wise (out may be gate) */
 void act_mul(const float *gate, const float *up, int64_t n, int act, float *out);
@@ -198,7 +205,7 @@ void rms_norm_rows(const float *x, const float *w, int64_t n_rows, int64_t dim, 
 typedef struct {
     part_t q, k, v, o, gate, up, down; /* outputs point into the plan's buffers */
     const float *w_in, *w_attn_out, *w_ffn_in, *w_ffn_out, *w_q_norm, *w_k_norm; /* or NULL */
-    float *cache_k, *cache_v;           /* (KV, max_ctx, D) of the single row */
+    float *cache_k, *cache_v;           /* (rows, KV, max_ctx, D) */
     const float *cos, *sin;             /* angle j of position p at [p * pos_stride + j * step] */
     int64_t rope_pos_stride, rope_step;
     int interleaved;
@@ -207,18 +214,19 @@ typedef struct {
 } layer_plan_t;
 
 typedef struct {
-    int64_t n_layers, hidden, H, KV, D, inter, max_ctx;
+    int64_t n_layers, rows, hidden, H, KV, D, inter, max_ctx;
     float eps, offset;
     int act; /* 0 silu, 1 gelu (tanh) */
     layer_plan_t *layers;
     float *buffer, *h, *q, *k, *v, *att, *o, *g, *u, *scores;
 } plan_t;
 
-plan_t *plan_alloc(int64_t n_layers, int64_t hidden, int64_t H, int64_t KV, int64_t D,
-                   int64_t inter, int64_t max_ctx);
+plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t hidden, int64_t H, int64_t KV,
+                   int64_t D, int64_t inter, int64_t max_ctx);
 void plan_free(plan_t *P);
-/* x (hidden,) through every layer at position pos, in place; 0 or a product() error, -3 for
-   a position outside the cache. The caller holds kernels_lock(). */
-int plan_run(const plan_t *P, float *x, int64_t pos);
+/* x (rows, hidden) through every layer, row b at positions[b] (or every row at pos0 when
+   positions is NULL), in place; 0 or a product() error, -3 for a position outside the cache.
+   The caller holds kernels_lock(). */
+int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0);
 
 #endif

@@ -108,9 +108,10 @@ static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
     float *scores = malloc(sizeof(float) * (size_t)max_ctx);
     if (!scores) return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
+    rope_t rope = {PTR(const float, cos), PTR(const float, sin), rope_row, 0, rope_step,
+                   interleaved};
     attend_step(PTR(const float, q), PTR(const float, k), PTR(const float, v), PTR(float, ck),
-                PTR(float, cv), B, H, KV, D, max_ctx, positions, pos0, window, (float)scale,
-                PTR(const float, cos), PTR(const float, sin), rope_row, rope_step, interleaved,
+                PTR(float, cv), B, H, KV, D, max_ctx, positions, pos0, window, (float)scale, rope,
                 scores, PTR(float, out));
     Py_END_ALLOW_THREADS
     free(scores);
@@ -175,18 +176,18 @@ static int parse_layer(PyObject *item, plan_t *P, layer_plan_t *L) {
 
 static PyObject *py_plan_new(PyObject *self, PyObject *args) {
     (void)self;
-    long long hidden, H, KV, D, inter, max_ctx;
+    long long rows, hidden, H, KV, D, inter, max_ctx;
     double eps, offset;
     int act;
     PyObject *layers;
-    if (!PyArg_ParseTuple(args, "(LLLLLLddi)O!", &hidden, &H, &KV, &D, &inter, &max_ctx, &eps,
-                          &offset, &act, &PyTuple_Type, &layers))
+    if (!PyArg_ParseTuple(args, "(LLLLLLLddi)O!", &rows, &hidden, &H, &KV, &D, &inter, &max_ctx,
+                          &eps, &offset, &act, &PyTuple_Type, &layers))
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(layers);
-    if (n < 1 || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > MAX_HEAD_DIM ||
+    if (n < 1 || rows < 1 || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > MAX_HEAD_DIM ||
         hidden % QK || (H * D) % QK || inter % QK || max_ctx <= 0 || (act != 0 && act != 1))
         return PyErr_Format(PyExc_ValueError, "unsupported decode plan dimensions");
-    plan_t *P = plan_alloc(n, hidden, H, KV, D, inter, max_ctx);
+    plan_t *P = plan_alloc(n, rows, hidden, H, KV, D, inter, max_ctx);
     if (!P) return PyErr_NoMemory();
     P->eps = (float)eps, P->offset = (float)offset, P->act = act;
     for (Py_ssize_t i = 0; i < n; ++i) {
@@ -203,15 +204,15 @@ static PyObject *py_plan_new(PyObject *self, PyObject *args) {
 static PyObject *py_plan_step(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *capsule;
-    unsigned long long x;
-    long long pos;
-    if (!PyArg_ParseTuple(args, "OKL", &capsule, &x, &pos)) return NULL;
+    unsigned long long x, positions;
+    long long pos0;
+    if (!PyArg_ParseTuple(args, "OKKL", &capsule, &x, &positions, &pos0)) return NULL;
     plan_t *P = PyCapsule_GetPointer(capsule, "warmload.plan");
     if (!P) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     kernels_lock();
-    rc = plan_run(P, PTR(float, x), pos);
+    rc = plan_run(P, PTR(float, x), PTR(const int64_t, positions), pos0);
     kernels_unlock();
     Py_END_ALLOW_THREADS
     if (rc) return product_error(rc);
@@ -268,9 +269,10 @@ static PyMethodDef METHODS[] = {
      "window, scale, cos, sin, rope_row, rope_step, interleaved, out): rope, cache write and\n"
      "attention of one decode step"},
     {"plan_new", py_plan_new, METH_VARARGS,
-     "plan_new((hidden, H, KV, D, inter, max_ctx, eps, offset, act), layers): a decode plan"},
+     "plan_new((rows, hidden, H, KV, D, inter, max_ctx, eps, offset, act), layers): a plan"},
     {"plan_step", py_plan_step, METH_VARARGS,
-     "plan_step(plan, x_ptr, pos): one token's hidden state through every layer, in place"},
+     "plan_step(plan, x_ptr, positions_ptr, pos0): each row's next token through every layer,\n"
+     "in place; row b at positions[b] (int64), or all at pos0 when positions_ptr is 0"},
     {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads per product"},
     {"get_threads", py_get_threads, METH_NOARGS, "threads per product"},
     {"types", py_types, METH_NOARGS, "{ggml type id: 'int8' | 'float'} of the kernels"},

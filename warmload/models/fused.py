@@ -1,4 +1,4 @@
-"""The decoder stack of one sequence's decode step in one C call (warmload.kernels plan_step).
+"""The decoder stack of a decode step in one C call (warmload.kernels plan_step).
 
 A decode step through the nn.Modules costs ~300 Python-level operations (module calls, views,
 small allocations): at 30 layers that was a third of SmolLM2's step. When every matrix of
@@ -8,8 +8,10 @@ pointers of all weights, norms, rope tables and the cache's rows, and `DecodePla
 the layers in C on preallocated buffers (warmload/kernels/decode.c, which follows the modules
 step for step; tests check both give the same logits).
 
-The plan belongs to one KV cache (batch 1) and holds references to it and to the rope tables,
-so the memory its pointers name stays alive; a model keeps the plan of its last cache.
+A step is one token for each row of a KV cache (batched decoding: each row at its own
+position). A plan belongs to the memory of one cache (or of a row range of one, as the server's
+batch runner views them): it holds references to it and to the rope tables, so the memory its
+pointers name stays alive. A model keeps the plans of its last few caches.
 """
 
 from __future__ import annotations
@@ -33,25 +35,37 @@ _PROJECTIONS = (
 )
 
 
+MAX_PLANS = 8  # per model: the engine's cache and a few row ranges of a batch runner's
+
+
 class DecodePlan:
     def __init__(self, capsule: Any, cache: KVCache, keep: list[Any]) -> None:
         self.capsule, self.cache, self._keep = capsule, cache, keep
 
-    def step(self, x: torch.Tensor, position: int) -> torch.Tensor:
-        """x (1, 1, hidden) float32: through every layer at `position`, in place."""
-        kernels.plan_step(self.capsule, x, position)
+    def step(self, x: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
+        """x (rows, 1, hidden) float32: through every layer, each row at its position (an int
+        for all, or an int64 tensor (rows,)), in place."""
+        kernels.plan_step(self.capsule, x, positions)
         return x
+
+
+def cache_key(cache: KVCache) -> tuple[int, ...]:
+    """The memory a plan names: the first layer's keys and values, rows and context."""
+    return (cache.k[0].data_ptr(), cache.v[0].data_ptr(), cache.batch_size, cache.max_ctx)
 
 
 def decode_plan(model: nn.Module, cache: KVCache) -> DecodePlan | None:
     """The model's plan for `cache` (made on first use), or None when a layer is not packed."""
-    cached = getattr(model, "_decode_plan", None)
-    if cached is not None and cached[0] is cache:
-        return cached[1]
-    plan = _build(model, cache) if kernels.AVAILABLE and cache.batch_size == 1 else None
+    plans: dict[tuple[int, ...], DecodePlan | None] = model.__dict__.setdefault("_plans", {})
+    key = cache_key(cache)
+    if key in plans:
+        return plans[key]
+    plan = _build(model, cache) if kernels.AVAILABLE else None
     lazy = getattr(model, "lazy_weights", None)
     if plan is not None or lazy is None or not lazy.pending:  # else: ask again once loaded
-        model._decode_plan = (cache, plan)
+        if len(plans) >= MAX_PLANS:
+            plans.pop(next(iter(plans)))
+        plans[key] = plan
     return plan
 
 
@@ -94,6 +108,7 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
         return None
     config = model.config
     dims = (
+        cache.batch_size,
         config.hidden_size,
         attn.n_heads,
         attn.n_kv_heads,

@@ -173,8 +173,8 @@ class Gemma3ForCausalLM(nn.Module):
         cache.check(start_pos, T, B)
         tokens = tokens.to(self.embed_scale.device)  # ids may come from the CPU
         x = self.model.embed_tokens(tokens) * self.embed_scale  # (B, T, hidden)
-        if B == T == 1 and isinstance(start_pos, int):
-            plan = decode_plan(self, cache)  # every layer in one C call, when all are packed
+        if T == 1:  # a decode step: every layer in one C call, when all are packed
+            plan = decode_plan(self, cache)
             if plan is not None:
                 return self.model.norm(plan.step(x.contiguous(), start_pos))
         if isinstance(start_pos, torch.Tensor):
