@@ -358,6 +358,75 @@ static float dot_q8_0(const uint8_t *w, const xblock *x, int nb) {
 #endif
 }
 
+#if HAVE_AVX2
+/* ------------------------------------------------ several rows of x per weight row (prompts) */
+/* A prompt chunk dots each weight row with every token's x: unpack each block once and dot it
+   with up to NT tokens, instead of unpacking it again per token. Same sums, same order, as the
+   one-token dots, so a row's result does not depend on how many tokens share the call. */
+
+#define NT 4
+
+/* One unpacked block: quants (unsigned, or signed for Q8_0), scale d, offset coefficient c
+   (the block's value is d * q + c per element, c multiplying x's d * sum(q)). */
+typedef void (*unpack_fn)(const uint8_t *w, __m256i *q, float *d, float *c);
+
+static inline void unp_q4_0(const uint8_t *w, __m256i *q, float *d, float *c) {
+    *q = nibbles32(w + 2), *d = rdf16(w), *c = -8.0f * *d;
+}
+static inline void unp_q4_1(const uint8_t *w, __m256i *q, float *d, float *c) {
+    *q = nibbles32(w + 4), *d = rdf16(w), *c = rdf16(w + 2);
+}
+static inline void unp_q5_0(const uint8_t *w, __m256i *q, float *d, float *c) {
+    *q = _mm256_or_si256(nibbles32(w + 6), _mm256_and_si256(bits32(w + 2), _mm256_set1_epi8(0x10)));
+    *d = rdf16(w), *c = -16.0f * *d;
+}
+static inline void unp_q5_1(const uint8_t *w, __m256i *q, float *d, float *c) {
+    *q = _mm256_or_si256(nibbles32(w + 8), _mm256_and_si256(bits32(w + 4), _mm256_set1_epi8(0x10)));
+    *d = rdf16(w), *c = rdf16(w + 2);
+}
+static inline void unp_q8_0(const uint8_t *w, __m256i *q, float *d, float *c) {
+    *q = _mm256_loadu_si256((const __m256i *)(w + 2)), *d = rdf16(w), *c = 0.0f;
+}
+
+/* out[t * out_stride] = row . x_t for nt <= NT tokens whose blocks start x_stride apart. */
+static inline void dots_n(const uint8_t *w, const xblock *x, int nb, int size, int nt,
+                          int64_t x_stride, float *out, int64_t out_stride, unpack_fn unpack,
+                          int is_signed) {
+    __m256 a0[NT], a1[NT];
+    float o0[NT], o1[NT];
+    for (int t = 0; t < nt; ++t) a0[t] = a1[t] = _mm256_setzero_ps(), o0[t] = o1[t] = 0.0f;
+    for (int i = 0; i < nb; ++i) {
+        __m256i q;
+        float d, c;
+        unpack(w + i * size, &q, &d, &c);
+        __m256i aq = is_signed ? _mm256_sign_epi8(q, q) : q;
+        for (int t = 0; t < nt; ++t) {
+            const xblock *xb = x + t * x_stride + i;
+            __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q);
+            __m256i p = dot_u8s8(aq, is_signed ? _mm256_sign_epi8(xq, q) : xq);
+            /* the one-token dots' two chains, so the sums round alike */
+            __m256 *acc = (i & 1) ? &a1[t] : &a0[t];
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb->d), _mm256_cvtepi32_ps(p), *acc);
+            if (i & 1) o1[t] += c * xb->s;
+            else o0[t] += c * xb->s;
+        }
+    }
+    for (int t = 0; t < nt; ++t)
+        out[t * out_stride] = hsum_ps(_mm256_add_ps(a0[t], a1[t])) + (o0[t] + o1[t]);
+}
+
+#define DOTN(name, size, unpack, is_signed)                                                   \
+    static void name(const uint8_t *w, const xblock *x, int nb, int nt, int64_t x_stride,      \
+                     float *out, int64_t out_stride) {                                         \
+        dots_n(w, x, nb, size, nt, x_stride, out, out_stride, unpack, is_signed);              \
+    }
+DOTN(dotn_q4_0, 18, unp_q4_0, 0)
+DOTN(dotn_q4_1, 20, unp_q4_1, 0)
+DOTN(dotn_q5_0, 22, unp_q5_0, 0)
+DOTN(dotn_q5_1, 24, unp_q5_1, 0)
+DOTN(dotn_q8_0, 34, unp_q8_0, 1)
+#endif
+
 /* ---------------------------------------------------------- row dots, K-quants (256 blocks) */
 
 static float dot_q4_k(const uint8_t *w, const xblock *x, int nb) {
@@ -514,10 +583,50 @@ static float dot_q6_k(const uint8_t *w, const xblock *x, int nb) {
 
 /* ------------------------------------------------------------------------- dispatch table */
 
+#if HAVE_AVX2
+#define DOTN_OF(f) f
+
+/* Dequantization of the 32-element types, 8 floats at a time: y = d * (q - offset) or d * q + m,
+   the scalar formulas' order. Prompt chunks dequantize every weight row once per chunk. */
+static inline void deq_avx(__m256i q, int is_signed, int offset, float d, float m, float *y) {
+    __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+    for (int k = 0; k < 4; ++k) {
+        __m256i v = is_signed ? _mm256_cvtepi8_epi32(part[k]) : _mm256_cvtepu8_epi32(part[k]);
+        __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(offset)));
+        _mm256_storeu_ps(y + 8 * k, m != 0.0f ? _mm256_fmadd_ps(vd, f, vm) : _mm256_mul_ps(vd, f));
+    }
+}
+
+static void deqv_q4_0(const uint8_t *b, float *y) { deq_avx(nibbles32(b + 2), 0, 8, rdf16(b), 0.0f, y); }
+static void deqv_q4_1(const uint8_t *b, float *y) {
+    deq_avx(nibbles32(b + 4), 0, 0, rdf16(b), rdf16(b + 2), y);
+}
+static void deqv_q5_0(const uint8_t *b, float *y) {
+    __m256i q = _mm256_or_si256(nibbles32(b + 6), _mm256_and_si256(bits32(b + 2), _mm256_set1_epi8(0x10)));
+    deq_avx(q, 0, 16, rdf16(b), 0.0f, y);
+}
+static void deqv_q5_1(const uint8_t *b, float *y) {
+    __m256i q = _mm256_or_si256(nibbles32(b + 8), _mm256_and_si256(bits32(b + 4), _mm256_set1_epi8(0x10)));
+    deq_avx(q, 0, 0, rdf16(b), rdf16(b + 2), y);
+}
+static void deqv_q8_0(const uint8_t *b, float *y) {
+    deq_avx(_mm256_loadu_si256((const __m256i *)(b + 2)), 1, 0, rdf16(b), 0.0f, y);
+}
+#define DEQ_OF(scalar, vector) vector
+#else
+#define DEQ_OF(scalar, vector) scalar
+#define DOTN_OF(f) NULL
+#endif
+
 const qtype QTYPES[] = {
-    {T_Q4_0, 32, 18, dot_q4_0, deq_q4_0},     {T_Q4_1, 32, 20, dot_q4_1, deq_q4_1},
-    {T_Q5_0, 32, 22, dot_q5_0, deq_q5_0},     {T_Q5_1, 32, 24, dot_q5_1, deq_q5_1},
-    {T_Q8_0, 32, 34, dot_q8_0, deq_q8_0},     {T_Q4_K, 256, 144, dot_q4_k, deq_q4_k},
+    {T_Q4_0, 32, 18, dot_q4_0, DEQ_OF(deq_q4_0, deqv_q4_0), DOTN_OF(dotn_q4_0)},
+    {T_Q4_1, 32, 20, dot_q4_1, DEQ_OF(deq_q4_1, deqv_q4_1), DOTN_OF(dotn_q4_1)},
+    {T_Q5_0, 32, 22, dot_q5_0, DEQ_OF(deq_q5_0, deqv_q5_0), DOTN_OF(dotn_q5_0)},
+    {T_Q5_1, 32, 24, dot_q5_1, DEQ_OF(deq_q5_1, deqv_q5_1), DOTN_OF(dotn_q5_1)},
+    {T_Q8_0, 32, 34, dot_q8_0, DEQ_OF(deq_q8_0, deqv_q8_0), DOTN_OF(dotn_q8_0)},
+    {T_Q4_K, 256, 144, dot_q4_k, deq_q4_k},
     {T_Q5_K, 256, 176, dot_q5_k, deq_q5_k},   {T_Q6_K, 256, 210, dot_q6_k, deq_q6_k},
     {T_Q2_K, 256, 84, NULL, deq_q2_k},    {T_Q3_K, 256, 110, NULL, deq_q3_k},
     {T_IQ4_NL, 32, 18, NULL, deq_iq4_nl}, {T_IQ4_XS, 256, 136, NULL, deq_iq4_xs},

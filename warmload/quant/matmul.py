@@ -103,14 +103,14 @@ def project_packed(x: torch.Tensor, layers: Sequence[QuantLinear]) -> list[torch
     torch's GEMM. Each row's arithmetic depends only on that rule, never on how many other
     rows share the call, so batched and single decoding agree bit for bit."""
     lead = x.shape[:-1]
-    decode_step = x.dim() < 2 or x.shape[-2] == 1
+    int8 = x.dim() < 2 or x.shape[-2] == 1  # a decode step
     x2 = x.reshape(-1, layers[0].in_features)
     if x2.dtype != torch.float32 or not x2.is_contiguous():
         x2 = x2.float().contiguous()
-    if not decode_step and x2.shape[0] >= PREFILL_TOKENS:
+    if not int8 and x2.shape[0] >= PREFILL_TOKENS:
         outs = [gemm(x2, m) for m in layers]
     else:
-        outs = kernels.quantized_matmul(x2, [(m.blocks, m.ggml_type) for m in layers], decode_step)
+        outs = kernels.quantized_matmul(x2, [(m.blocks, m.ggml_type) for m in layers], int8)
     return [y.view(*lead, y.shape[-1]) for y in outs]
 
 
