@@ -24,35 +24,6 @@
 #define HAVE_AVX2 1
 #else
 #define HAVE_AVX2 0
-/* ------------------------------------------------------------------------ decode.c */
-
-typedef struct {
-    part_t q, k, v, o, gate, up, down; /* outputs point into the plan's buffers */
-    const float *w_in, *w_attn_out, *w_ffn_in, *w_ffn_out, *w_q_norm, *w_k_norm; /* or NULL */
-    float *cache_k, *cache_v;           /* (rows, KV, max_ctx, D) */
-    const float *cos, *sin;             /* angle j of position p at [p * pos_stride + j * step] */
-    int64_t rope_pos_stride, rope_step;
-    int interleaved;
-    int64_t window; /* <= 0: global */
-    float scale;
-} layer_plan_t;
-
-typedef struct {
-    int64_t n_layers, rows, hidden, H, KV, D, inter, max_ctx;
-    float eps, offset;
-    int act; /* 0 silu, 1 gelu (tanh) */
-    layer_plan_t *layers;
-    float *buffer, *h, *q, *k, *v, *att, *o, *g, *u, *scores;
-} plan_t;
-
-plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t hidden, int64_t H, int64_t KV,
-                   int64_t D, int64_t inter, int64_t max_ctx);
-void plan_free(plan_t *P);
-/* x (rows, hidden) through every layer, row b at positions[b] (or every row at pos0 when
-   positions is NULL), in place; 0 or a product() error, -3 for a position outside the cache.
-   The caller holds kernels_lock(). */
-int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0);
-
 #endif
 
 /* ---------------------------------------------------------------- types and block layouts */
@@ -79,35 +50,6 @@ static inline float fp16_to_f32(uint16_t h) {
     } else if (exp == 31) { bits = sign | 0x7f800000 | (man << 13); }
     else { bits = sign | ((exp + 112) << 23) | (man << 13); }
     float out; memcpy(&out, &bits, 4); return out;
-/* ------------------------------------------------------------------------ decode.c */
-
-typedef struct {
-    part_t q, k, v, o, gate, up, down; /* outputs point into the plan's buffers */
-    const float *w_in, *w_attn_out, *w_ffn_in, *w_ffn_out, *w_q_norm, *w_k_norm; /* or NULL */
-    float *cache_k, *cache_v;           /* (rows, KV, max_ctx, D) */
-    const float *cos, *sin;             /* angle j of position p at [p * pos_stride + j * step] */
-    int64_t rope_pos_stride, rope_step;
-    int interleaved;
-    int64_t window; /* <= 0: global */
-    float scale;
-} layer_plan_t;
-
-typedef struct {
-    int64_t n_layers, rows, hidden, H, KV, D, inter, max_ctx;
-    float eps, offset;
-    int act; /* 0 silu, 1 gelu (tanh) */
-    layer_plan_t *layers;
-    float *buffer, *h, *q, *k, *v, *att, *o, *g, *u, *scores;
-} plan_t;
-
-plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t hidden, int64_t H, int64_t KV,
-                   int64_t D, int64_t inter, int64_t max_ctx);
-void plan_free(plan_t *P);
-/* x (rows, hidden) through every layer, row b at positions[b] (or every row at pos0 when
-   positions is NULL), in place; 0 or a product() error, -3 for a position outside the cache.
-   The caller holds kernels_lock(). */
-int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0);
-
 #endif
 }
 
