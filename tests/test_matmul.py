@@ -74,9 +74,11 @@ def test_product_matches_the_dequantized_reference(ggml_type: str, shape: tuple[
     assert relative_error(got.reshape(-1, N), x_seen @ weight.T) < 1e-5
 
 
-def test_a_rows_result_does_not_depend_on_its_batch():
-    blocks = random_blocks("Q4_K", seed=11)
-    layer = QuantLinear(blocks, "Q4_K", K)
+@pytest.mark.parametrize("ggml_type", ["Q4_1", "Q5_0", "Q8_0", "Q4_K"])
+def test_a_rows_result_does_not_depend_on_its_batch(ggml_type: str):
+    """5 decode rows: 32-element types dot 4 of them per block unpack, then 1 alone."""
+    blocks = random_blocks(ggml_type, seed=11)
+    layer = QuantLinear(blocks, ggml_type, K)
     x = torch.randn(5, 1, K)
     together = layer(x)
     assert all(torch.equal(together[i], layer(x[i : i + 1])[0]) for i in range(5))

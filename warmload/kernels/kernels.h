@@ -72,9 +72,9 @@ static inline void scale_min_k4(int j, const uint8_t *q, int *d, int *m) {
 /* ------------------------------------------------------------------------ quants.c */
 
 typedef float (*dot_fn)(const uint8_t *, const xblock *, int);
-/* up to 4 tokens at once: out[t * out_stride] = row . x_t, x_t = x + t * x_stride blocks */
-typedef void (*dotn_fn)(const uint8_t *w, const xblock *x, int nb, int nt, int64_t x_stride,
-                        float *out, int64_t out_stride);
+/* 4 rows of x at once: out[t * out_stride] = row . x_t, x_t = x + t * x_stride blocks */
+typedef void (*dotn_fn)(const uint8_t *w, const xblock *x, int nb, int64_t x_stride, float *out,
+                        int64_t out_stride);
 typedef void (*deq_fn)(const uint8_t *, float *);
 
 typedef struct {
@@ -83,7 +83,7 @@ typedef struct {
     int type_size;  /* bytes per weight block */
     dot_fn dot;     /* integer path (x quantized), or NULL */
     deq_fn deq;     /* float path: one block -> floats */
-    dotn_fn dotn;   /* integer path for several tokens at once, or NULL */
+    dotn_fn dotn;   /* integer path for 4 rows of x at once, or NULL */
 } qtype;
 
 extern const qtype QTYPES[];

@@ -48,12 +48,10 @@ static void run_rows(const job_t *j, const part_t *p, int64_t r0, int64_t r1, fl
         const uint8_t *w = p->w + r * p->row_bytes;
         if (p->mode == MODE_INT8) {
             int64_t t = 0;
-            if (p->type->dotn) /* unpack each block once for up to 4 tokens */
-                for (; t + 1 < j->n_tokens; t += 4) {
-                    int nt = j->n_tokens - t < 4 ? (int)(j->n_tokens - t) : 4;
-                    p->type->dotn(w, j->xq + t * nb32, (int)nb32, nt, nb32,
-                                  p->y + t * p->n_rows + r, p->n_rows);
-                }
+            if (p->type->dotn) /* unpack each block once for 4 rows of x */
+                for (; t + 4 <= j->n_tokens; t += 4)
+                    p->type->dotn(w, j->xq + t * nb32, (int)nb32, nb32, p->y + t * p->n_rows + r,
+                                  p->n_rows);
             for (; t < j->n_tokens; ++t)
                 p->y[t * p->n_rows + r] = p->type->dot(w, j->xq + t * nb32, (int)nb32);
             continue;

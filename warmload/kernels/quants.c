@@ -360,11 +360,9 @@ static float dot_q8_0(const uint8_t *w, const xblock *x, int nb) {
 
 #if HAVE_AVX2
 /* ------------------------------------------------ several rows of x per weight row (prompts) */
-/* A prompt chunk dots each weight row with every token's x: unpack each block once and dot it
-   with up to NT tokens, instead of unpacking it again per token. Same sums, same order, as the
-   one-token dots, so a row's result does not depend on how many tokens share the call. */
-
-#define NT 4
+/* Several rows of x (a batched decode step) dot each weight row: unpack each block once for 4
+   of them, instead of again per row. Same sums, same order, as the one-row dots, so a row's
+   result does not depend on how many rows share the call. */
 
 /* One unpacked block: quants (unsigned, or signed for Q8_0), scale d, offset coefficient c
    (the block's value is d * q + c per element, c multiplying x's d * sum(q)). */
@@ -388,37 +386,47 @@ static inline void unp_q8_0(const uint8_t *w, __m256i *q, float *d, float *c) {
     *q = _mm256_loadu_si256((const __m256i *)(w + 2)), *d = rdf16(w), *c = 0.0f;
 }
 
-/* out[t * out_stride] = row . x_t for nt <= NT tokens whose blocks start x_stride apart. */
-static inline void dots_n(const uint8_t *w, const xblock *x, int nb, int size, int nt,
-                          int64_t x_stride, float *out, int64_t out_stride, unpack_fn unpack,
-                          int is_signed) {
-    __m256 a0[NT], a1[NT];
-    float o0[NT], o1[NT];
-    for (int t = 0; t < nt; ++t) a0[t] = a1[t] = _mm256_setzero_ps(), o0[t] = o1[t] = 0.0f;
+/* One token's share of a block: the integer dot on its chain (even blocks on one, odd on the
+   other, as dot_blocks) and the offset term. */
+#define TOKEN_STEP(acc, off, t)                                                                \
+    do {                                                                                       \
+        const xblock *xb = x + (t) * x_stride + i;                                             \
+        __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q);                               \
+        __m256i p = dot_u8s8(aq, is_signed ? _mm256_sign_epi8(xq, q) : xq);                    \
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb->d), _mm256_cvtepi32_ps(p), acc);          \
+        off += c * xb->s;                                                                      \
+    } while (0)
+
+/* out[t * out_stride] = row . x_t for 4 tokens whose blocks start x_stride apart, with the
+   one-token dots' arithmetic (dot_blocks): the same bits, in registers, one unpack per block. */
+static inline void dots_4(const uint8_t *w, const xblock *x, int nb, int size, int64_t x_stride,
+                          float *out, int64_t out_stride, unpack_fn unpack, int is_signed) {
+    __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0; /* even blocks */
+    __m256 u0 = e0, u1 = e0, u2 = e0, u3 = e0;                  /* odd blocks */
+    float oe0 = 0, oe1 = 0, oe2 = 0, oe3 = 0, ou0 = 0, ou1 = 0, ou2 = 0, ou3 = 0;
     for (int i = 0; i < nb; ++i) {
         __m256i q;
         float d, c;
         unpack(w + i * size, &q, &d, &c);
         __m256i aq = is_signed ? _mm256_sign_epi8(q, q) : q;
-        for (int t = 0; t < nt; ++t) {
-            const xblock *xb = x + t * x_stride + i;
-            __m256i xq = _mm256_loadu_si256((const __m256i *)xb->q);
-            __m256i p = dot_u8s8(aq, is_signed ? _mm256_sign_epi8(xq, q) : xq);
-            /* the one-token dots' two chains, so the sums round alike */
-            __m256 *acc = (i & 1) ? &a1[t] : &a0[t];
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb->d), _mm256_cvtepi32_ps(p), *acc);
-            if (i & 1) o1[t] += c * xb->s;
-            else o0[t] += c * xb->s;
+        if (i & 1) {
+            TOKEN_STEP(u0, ou0, 0); TOKEN_STEP(u1, ou1, 1);
+            TOKEN_STEP(u2, ou2, 2); TOKEN_STEP(u3, ou3, 3);
+        } else {
+            TOKEN_STEP(e0, oe0, 0); TOKEN_STEP(e1, oe1, 1);
+            TOKEN_STEP(e2, oe2, 2); TOKEN_STEP(e3, oe3, 3);
         }
     }
-    for (int t = 0; t < nt; ++t)
-        out[t * out_stride] = hsum_ps(_mm256_add_ps(a0[t], a1[t])) + (o0[t] + o1[t]);
+    out[0] = hsum_ps(_mm256_add_ps(e0, u0)) + (oe0 + ou0);
+    out[out_stride] = hsum_ps(_mm256_add_ps(e1, u1)) + (oe1 + ou1);
+    out[2 * out_stride] = hsum_ps(_mm256_add_ps(e2, u2)) + (oe2 + ou2);
+    out[3 * out_stride] = hsum_ps(_mm256_add_ps(e3, u3)) + (oe3 + ou3);
 }
 
 #define DOTN(name, size, unpack, is_signed)                                                   \
-    static void name(const uint8_t *w, const xblock *x, int nb, int nt, int64_t x_stride,      \
-                     float *out, int64_t out_stride) {                                         \
-        dots_n(w, x, nb, size, nt, x_stride, out, out_stride, unpack, is_signed);              \
+    static void name(const uint8_t *w, const xblock *x, int nb, int64_t x_stride, float *out,  \
+                     int64_t out_stride) {                                                     \
+        dots_4(w, x, nb, size, x_stride, out, out_stride, unpack, is_signed);                  \
     }
 DOTN(dotn_q4_0, 18, unp_q4_0, 0)
 DOTN(dotn_q4_1, 20, unp_q4_1, 0)
