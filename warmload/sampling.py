@@ -23,11 +23,15 @@ def penalty_window(history: Sequence[int], repeat_last_n: int) -> Sequence[int]:
     return history[-repeat_last_n:]
 
 
+def penalized(cfg: GenerationConfig) -> bool:
+    return cfg.repeat_penalty != 1.0 or cfg.frequency_penalty != 0 or cfg.presence_penalty != 0
+
+
 def apply_penalties(logits: torch.Tensor, recent: Sequence[int], cfg: GenerationConfig) -> None:
     """In place, as llama.cpp's penalties sampler: repeat penalty divides positive logits and
     multiplies negative ones; frequency and presence penalties subtract (OpenAI's rule)."""
     no_repeat = cfg.repeat_penalty == 1.0
-    if not recent or (no_repeat and cfg.frequency_penalty == 0 and cfg.presence_penalty == 0):
+    if not recent or not penalized(cfg):
         return
     ids, counts = torch.tensor(recent, dtype=torch.long).unique(return_counts=True)
     selected = logits[ids]
@@ -68,8 +72,10 @@ def sample_token(
 ) -> int:
     """Pick the next token from float32 logits of shape (vocab,); `history` is every token
     in the context so far (prompt and generated), for the penalties."""
-    logits = logits.float().clone()
-    apply_penalties(logits, penalty_window(history, cfg.repeat_last_n), cfg)
+    logits = logits.float()
+    if penalized(cfg):  # penalties write into the row: work on a copy of the caller's
+        logits = logits.clone()
+        apply_penalties(logits, penalty_window(history, cfg.repeat_last_n), cfg)
     if cfg.temperature <= 0.0:
         return int(torch.argmax(logits).item())
     values, ids = filter_candidates(logits, cfg)
