@@ -26,6 +26,7 @@ from warmload import kernels
 from warmload.quant.dequant import dequantize_rows, row_nbytes
 
 PREFILL_TOKENS = 8  # prompt rows from which torch's GEMM beats dotting dequantized rows in C
+SCRATCH_FLOATS = 1 << 22  # 16 MiB: weight rows dequantized at a time for a GEMM
 
 _scratch = threading.local()
 
@@ -33,9 +34,6 @@ _scratch = threading.local()
 def has_kernel(ggml_type: str) -> bool:
     """Whether products on `ggml_type` weights run on packed blocks here."""
     return ggml_type in kernels.KERNEL_TYPES
-
-
-SCRATCH_FLOATS = 1 << 22  # 16 MiB: weight rows dequantized at a time for a GEMM
 
 
 def gemm(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
