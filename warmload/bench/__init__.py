@@ -81,15 +81,22 @@ def prompt_ids_for(model_path: Path, n_tokens: int) -> list[int]:
     return ids[:n_tokens]
 
 
-def run_spec(spec: BenchSpec, timeout_s: float = 1800) -> dict:
-    """Runs one worker process and returns its JSON result."""
-    cmd = [sys.executable, "-m", "warmload.bench.worker", json.dumps(asdict(spec))]
+def run_worker(module: str, payload: object, what: str, timeout_s: float) -> dict:
+    """`python -m module JSON(payload)` in a fresh process: its last JSON line, or a
+    WarmloadError naming `what` with the end of its output."""
+    cmd = [sys.executable, "-m", module, json.dumps(asdict(payload))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise WarmloadError(f"{spec.backend} on {spec.model} failed: " + " | ".join(tail))
+        raise WarmloadError(f"{what} failed: " + " | ".join(tail))
     return json.loads(lines[-1])
+
+
+def run_spec(spec: BenchSpec, timeout_s: float = 1800) -> dict:
+    """Runs one worker process and returns its JSON result."""
+    what = f"{spec.backend} on {spec.model}"
+    return run_worker("warmload.bench.worker", spec, what, timeout_s)
 
 
 def run_bench(

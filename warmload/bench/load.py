@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from warmload.errors import WarmloadError
+from warmload.bench import run_worker
 
 READ_CHUNK_BYTES = 64 << 20
 FORWARD_TOKENS = 8
@@ -151,13 +150,7 @@ def run_case(case: LoadCase, timeout_s: float = 3600) -> dict:
         evict(case.path)
     else:
         plain_read(case.path)  # resident, as far as memory allows
-    cmd = [sys.executable, "-m", "warmload.bench.load", json.dumps(asdict(case))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise WarmloadError(f"load bench {case}: failed: " + " | ".join(tail))
-    return json.loads(lines[-1])
+    return run_worker("warmload.bench.load", case, f"load bench {case}:", timeout_s)
 
 
 def memory_needed(path: str, mode: str, lazy: bool, forward: bool) -> int:
