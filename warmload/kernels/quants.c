@@ -214,15 +214,16 @@ static inline __m256i dot_s8s8(__m256i a, __m256i b) {
     return dot_u8s8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
 }
 
-static inline __m256 dot_u8_f(const uint8_t *unused, __m256i a, const xblock *x) {
-    (void)unused;
+static inline __m256 dot_u8_f(__m256i a, const xblock *x) {
     return _mm256_cvtepi32_ps(dot_u8s8(a, _mm256_loadu_si256((const __m256i *)x->q)));
 }
 #endif
 
 /* ------------------------------------------------------- row dots, 32-element block types */
-
+/* Integer dots need AVX2; without it every type takes the float path (dequantized rows dotted
+   with the float x: make_part falls back when a type has no dot). */
 #if HAVE_AVX2
+
 /* Sum over nb blocks of `size` bytes with two accumulators: one FMA chain per block would
    bound a row at 4 cycles per block (FMA latency) while the block's own work takes ~3. */
 typedef __m256 (*block_fn)(const uint8_t *, const xblock *, __m256, float *);
@@ -243,12 +244,12 @@ static inline float dot_blocks(const uint8_t *w, const xblock *x, int nb, int si
 static inline __m256 blk_q4_0(const uint8_t *w, const xblock *x, __m256 acc, float *off) {
     float d = rdf16(w);
     *off -= 8.0f * d * x->s;
-    return _mm256_fmadd_ps(_mm256_set1_ps(d * x->d), dot_u8_f(w, nibbles32(w + 2), x), acc);
+    return _mm256_fmadd_ps(_mm256_set1_ps(d * x->d), dot_u8_f(nibbles32(w + 2), x), acc);
 }
 
 static inline __m256 blk_q4_1(const uint8_t *w, const xblock *x, __m256 acc, float *off) {
     *off += rdf16(w + 2) * x->s;
-    return _mm256_fmadd_ps(_mm256_set1_ps(rdf16(w) * x->d), dot_u8_f(w, nibbles32(w + 4), x), acc);
+    return _mm256_fmadd_ps(_mm256_set1_ps(rdf16(w) * x->d), dot_u8_f(nibbles32(w + 4), x), acc);
 }
 
 static inline __m256 blk_q5_0(const uint8_t *w, const xblock *x, __m256 acc, float *off) {
@@ -256,14 +257,14 @@ static inline __m256 blk_q5_0(const uint8_t *w, const xblock *x, __m256 acc, flo
     __m256i q = _mm256_or_si256(nibbles32(w + 6),
                                 _mm256_and_si256(bits32(w + 2), _mm256_set1_epi8(0x10)));
     *off -= 16.0f * d * x->s;
-    return _mm256_fmadd_ps(_mm256_set1_ps(d * x->d), dot_u8_f(w, q, x), acc);
+    return _mm256_fmadd_ps(_mm256_set1_ps(d * x->d), dot_u8_f(q, x), acc);
 }
 
 static inline __m256 blk_q5_1(const uint8_t *w, const xblock *x, __m256 acc, float *off) {
     __m256i q = _mm256_or_si256(nibbles32(w + 8),
                                 _mm256_and_si256(bits32(w + 4), _mm256_set1_epi8(0x10)));
     *off += rdf16(w + 2) * x->s;
-    return _mm256_fmadd_ps(_mm256_set1_ps(rdf16(w) * x->d), dot_u8_f(w, q, x), acc);
+    return _mm256_fmadd_ps(_mm256_set1_ps(rdf16(w) * x->d), dot_u8_f(q, x), acc);
 }
 
 static inline __m256 blk_q8_0(const uint8_t *w, const xblock *x, __m256 acc, float *off) {
@@ -272,94 +273,30 @@ static inline __m256 blk_q8_0(const uint8_t *w, const xblock *x, __m256 acc, flo
     __m256i p = dot_s8s8(q, _mm256_loadu_si256((const __m256i *)x->q));
     return _mm256_fmadd_ps(_mm256_set1_ps(rdf16(w) * x->d), _mm256_cvtepi32_ps(p), acc);
 }
-#endif
 
 /* Each returns sum_k W[row, k] * x[k] for one row of nb 32-blocks (nb = K / 32). */
 
 static float dot_q4_0(const uint8_t *w, const xblock *x, int nb) {
-#if HAVE_AVX2
     return dot_blocks(w, x, nb, 18, blk_q4_0);
-#else
-    float sum = 0.0f;
-    for (int i = 0; i < nb; ++i, w += 18) {
-        int acc = 0;
-        for (int j = 0; j < 16; ++j)
-            acc += ((w[2 + j] & 0xF) - 8) * x[i].q[j] + ((w[2 + j] >> 4) - 8) * x[i].q[j + 16];
-        sum += rdf16(w) * x[i].d * acc;
-    }
-    return sum;
-#endif
 }
 
 static float dot_q4_1(const uint8_t *w, const xblock *x, int nb) {
-#if HAVE_AVX2
     return dot_blocks(w, x, nb, 20, blk_q4_1);
-#else
-    float sum = 0.0f;
-    for (int i = 0; i < nb; ++i, w += 20) {
-        int acc = 0;
-        for (int j = 0; j < 16; ++j)
-            acc += (w[4 + j] & 0xF) * x[i].q[j] + (w[4 + j] >> 4) * x[i].q[j + 16];
-        sum += rdf16(w) * x[i].d * acc + rdf16(w + 2) * x[i].s;
-    }
-    return sum;
-#endif
 }
 
 static float dot_q5_0(const uint8_t *w, const xblock *x, int nb) {
-#if HAVE_AVX2
     return dot_blocks(w, x, nb, 22, blk_q5_0);
-#else
-    float sum = 0.0f;
-    for (int i = 0; i < nb; ++i, w += 22) {
-        uint32_t qh; memcpy(&qh, w + 2, 4);
-        int acc = 0;
-        for (int j = 0; j < 16; ++j) {
-            int lo = (w[6 + j] & 0xF) | (((qh >> j) & 1) << 4);
-            int hi = (w[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-            acc += (lo - 16) * x[i].q[j] + (hi - 16) * x[i].q[j + 16];
-        }
-        sum += rdf16(w) * x[i].d * acc;
-    }
-    return sum;
-#endif
 }
 
 static float dot_q5_1(const uint8_t *w, const xblock *x, int nb) {
-#if HAVE_AVX2
     return dot_blocks(w, x, nb, 24, blk_q5_1);
-#else
-    float sum = 0.0f;
-    for (int i = 0; i < nb; ++i, w += 24) {
-        uint32_t qh; memcpy(&qh, w + 4, 4);
-        int acc = 0;
-        for (int j = 0; j < 16; ++j) {
-            int lo = (w[8 + j] & 0xF) | (((qh >> j) & 1) << 4);
-            int hi = (w[8 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-            acc += lo * x[i].q[j] + hi * x[i].q[j + 16];
-        }
-        sum += rdf16(w) * x[i].d * acc + rdf16(w + 2) * x[i].s;
-    }
-    return sum;
-#endif
 }
 
 static float dot_q8_0(const uint8_t *w, const xblock *x, int nb) {
-#if HAVE_AVX2
     return dot_blocks(w, x, nb, 34, blk_q8_0);
-#else
-    float sum = 0.0f;
-    for (int i = 0; i < nb; ++i, w += 34) {
-        int acc = 0;
-        for (int j = 0; j < 32; ++j) acc += (int8_t)w[2 + j] * x[i].q[j];
-        sum += rdf16(w) * x[i].d * acc;
-    }
-    return sum;
-#endif
 }
 
-#if HAVE_AVX2
-/* ------------------------------------------------ several rows of x per weight row (prompts) */
+/* ------------------------------------- several rows of x per weight row (batched decode) */
 /* Several rows of x (a batched decode step) dot each weight row: unpack each block once for 4
    of them, instead of again per row. Same sums, same order, as the one-row dots, so a row's
    result does not depend on how many rows share the call. */
@@ -433,7 +370,6 @@ DOTN(dotn_q4_1, 20, unp_q4_1, 0)
 DOTN(dotn_q5_0, 22, unp_q5_0, 0)
 DOTN(dotn_q5_1, 24, unp_q5_1, 0)
 DOTN(dotn_q8_0, 34, unp_q8_0, 1)
-#endif
 
 /* ---------------------------------------------------------- row dots, K-quants (256 blocks) */
 
@@ -447,30 +383,17 @@ static float dot_q4_k(const uint8_t *w, const xblock *x, int nb) {
         for (int j = 0; j < 8; ++j) scale_min_k4(j, scales, &sc[j], &mn[j]);
         float off = 0.0f;
         for (int j = 0; j < 8; ++j) off += mn[j] * x[j].s;
-#if HAVE_AVX2
         __m256 acc = _mm256_setzero_ps();
         for (int j = 0; j < 4; ++j) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
             __m256i lo = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
             acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j] * x[2 * j].d),
-                                  dot_u8_f(NULL, lo, &x[2 * j]), acc);
+                                  dot_u8_f(lo, &x[2 * j]), acc);
             acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j + 1] * x[2 * j + 1].d),
-                                  dot_u8_f(NULL, hi, &x[2 * j + 1]), acc);
+                                  dot_u8_f(hi, &x[2 * j + 1]), acc);
         }
         sum += d * hsum_ps(acc) - dmin * off;
-#else
-        float acc = 0.0f;
-        for (int j = 0; j < 4; ++j) {
-            int a = 0, b = 0;
-            for (int l = 0; l < 32; ++l) {
-                a += (qs[32 * j + l] & 0xF) * x[2 * j].q[l];
-                b += (qs[32 * j + l] >> 4) * x[2 * j + 1].q[l];
-            }
-            acc += sc[2 * j] * x[2 * j].d * a + sc[2 * j + 1] * x[2 * j + 1].d * b;
-        }
-        sum += d * acc - dmin * off;
-#endif
     }
     return sum;
 }
@@ -485,7 +408,6 @@ static float dot_q5_k(const uint8_t *w, const xblock *x, int nb) {
         for (int j = 0; j < 8; ++j) scale_min_k4(j, scales, &sc[j], &mn[j]);
         float off = 0.0f;
         for (int j = 0; j < 8; ++j) off += mn[j] * x[j].s;
-#if HAVE_AVX2
         __m256 acc = _mm256_setzero_ps();
         const __m256i hbits = _mm256_loadu_si256((const __m256i *)qh);
         const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
@@ -500,25 +422,11 @@ static float dot_q5_k(const uint8_t *w, const xblock *x, int nb) {
             __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), h1);
             __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h2);
             acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j] * x[2 * j].d),
-                                  dot_u8_f(NULL, lo, &x[2 * j]), acc);
+                                  dot_u8_f(lo, &x[2 * j]), acc);
             acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j + 1] * x[2 * j + 1].d),
-                                  dot_u8_f(NULL, hi, &x[2 * j + 1]), acc);
+                                  dot_u8_f(hi, &x[2 * j + 1]), acc);
         }
         sum += d * hsum_ps(acc) - dmin * off;
-#else
-        float acc = 0.0f;
-        for (int j = 0; j < 4; ++j) {
-            int a = 0, b = 0;
-            for (int l = 0; l < 32; ++l) {
-                int lo = (qs[32 * j + l] & 0xF) | ((qh[l] >> (2 * j)) & 1) << 4;
-                int hi = (qs[32 * j + l] >> 4) | ((qh[l] >> (2 * j + 1)) & 1) << 4;
-                a += lo * x[2 * j].q[l];
-                b += hi * x[2 * j + 1].q[l];
-            }
-            acc += sc[2 * j] * x[2 * j].d * a + sc[2 * j + 1] * x[2 * j + 1].d * b;
-        }
-        sum += d * acc - dmin * off;
-#endif
     }
     return sum;
 }
@@ -530,7 +438,6 @@ static float dot_q6_k(const uint8_t *w, const xblock *x, int nb) {
         const uint8_t *ql = w, *qh = w + 128;
         const int8_t *sc = (const int8_t *)(w + 192);
         float d = rdf16(w + 208);
-#if HAVE_AVX2
         __m256 acc = _mm256_setzero_ps();
         const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
         const __m256i m32 = _mm256_set1_epi8(32);
@@ -566,32 +473,16 @@ static float dot_q6_k(const uint8_t *w, const xblock *x, int nb) {
             }
         }
         sum += d * hsum_ps(acc);
-#else
-        float acc = 0.0f;
-        for (int half = 0; half < 2; ++half) {
-            const uint8_t *l = ql + 64 * half, *h = qh + 32 * half;
-            const int8_t *s = sc + 8 * half;
-            const xblock *xb = x + 4 * half;
-            for (int g = 0; g < 4; ++g) {
-                int a = 0, b = 0;
-                for (int k = 0; k < 32; ++k) {
-                    int lo = g & 1 ? l[32 + k] : l[k];
-                    lo = g >= 2 ? lo >> 4 : lo & 0xF;
-                    int q = (lo | (((h[k] >> (2 * g)) & 3) << 4)) - 32;
-                    if (k < 16) a += q * xb[g].q[k]; else b += q * xb[g].q[k];
-                }
-                acc += xb[g].d * (s[2 * g] * a + s[2 * g + 1] * b);
-            }
-        }
-        sum += d * acc;
-#endif
     }
     return sum;
 }
 
+#endif
+
 /* ------------------------------------------------------------------------- dispatch table */
 
 #if HAVE_AVX2
+#define DOT_OF(f) f
 #define DOTN_OF(f) f
 
 /* Dequantization of the 32-element types, 8 floats at a time: y = d * (q - offset) or d * q + m,
@@ -625,17 +516,18 @@ static void deqv_q8_0(const uint8_t *b, float *y) {
 #define DEQ_OF(scalar, vector) vector
 #else
 #define DEQ_OF(scalar, vector) scalar
+#define DOT_OF(f) NULL
 #define DOTN_OF(f) NULL
 #endif
 
 const qtype QTYPES[] = {
-    {T_Q4_0, 32, 18, dot_q4_0, DEQ_OF(deq_q4_0, deqv_q4_0), DOTN_OF(dotn_q4_0)},
-    {T_Q4_1, 32, 20, dot_q4_1, DEQ_OF(deq_q4_1, deqv_q4_1), DOTN_OF(dotn_q4_1)},
-    {T_Q5_0, 32, 22, dot_q5_0, DEQ_OF(deq_q5_0, deqv_q5_0), DOTN_OF(dotn_q5_0)},
-    {T_Q5_1, 32, 24, dot_q5_1, DEQ_OF(deq_q5_1, deqv_q5_1), DOTN_OF(dotn_q5_1)},
-    {T_Q8_0, 32, 34, dot_q8_0, DEQ_OF(deq_q8_0, deqv_q8_0), DOTN_OF(dotn_q8_0)},
-    {T_Q4_K, 256, 144, dot_q4_k, deq_q4_k},
-    {T_Q5_K, 256, 176, dot_q5_k, deq_q5_k},   {T_Q6_K, 256, 210, dot_q6_k, deq_q6_k},
+    {T_Q4_0, 32, 18, DOT_OF(dot_q4_0), DEQ_OF(deq_q4_0, deqv_q4_0), DOTN_OF(dotn_q4_0)},
+    {T_Q4_1, 32, 20, DOT_OF(dot_q4_1), DEQ_OF(deq_q4_1, deqv_q4_1), DOTN_OF(dotn_q4_1)},
+    {T_Q5_0, 32, 22, DOT_OF(dot_q5_0), DEQ_OF(deq_q5_0, deqv_q5_0), DOTN_OF(dotn_q5_0)},
+    {T_Q5_1, 32, 24, DOT_OF(dot_q5_1), DEQ_OF(deq_q5_1, deqv_q5_1), DOTN_OF(dotn_q5_1)},
+    {T_Q8_0, 32, 34, DOT_OF(dot_q8_0), DEQ_OF(deq_q8_0, deqv_q8_0), DOTN_OF(dotn_q8_0)},
+    {T_Q4_K, 256, 144, DOT_OF(dot_q4_k), deq_q4_k},
+    {T_Q5_K, 256, 176, DOT_OF(dot_q5_k), deq_q5_k},   {T_Q6_K, 256, 210, DOT_OF(dot_q6_k), deq_q6_k},
     {T_Q2_K, 256, 84, NULL, deq_q2_k},    {T_Q3_K, 256, 110, NULL, deq_q3_k},
     {T_IQ4_NL, 32, 18, NULL, deq_iq4_nl}, {T_IQ4_XS, 256, 136, NULL, deq_iq4_xs},
     {T_F16, 32, 64, NULL, deq_f16},       {T_BF16, 32, 64, NULL, deq_bf16},
