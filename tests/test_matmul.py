@@ -90,7 +90,7 @@ def test_a_rows_result_does_not_depend_on_its_batch(ggml_type: str):
     """5 decode rows: 32-element types dot 4 of them per block unpack, then 1 alone."""
     blocks = random_blocks(ggml_type, seed=11)
     layer = QuantLinear(blocks, ggml_type, K)
-    x = torch.randn(5, 1, K)
+    x = torch.randn(5, 1, K, generator=torch.Generator().manual_seed(1))
     together = layer(x)
     assert all(torch.equal(together[i], layer(x[i : i + 1])[0]) for i in range(5))
 
@@ -101,7 +101,7 @@ def test_prompt_sized_batches_use_the_float_product(ggml_type: str, slice_rows, 
     if slice_rows:  # the weight is dequantized 10 rows at a time
         monkeypatch.setattr(quant_matmul, "SCRATCH_FLOATS", slice_rows * K)
     blocks = random_blocks(ggml_type, seed=3)
-    x = torch.randn(2, PREFILL_TOKENS, K)
+    x = torch.randn(2, PREFILL_TOKENS, K, generator=torch.Generator().manual_seed(2))
     got = QuantLinear(blocks, ggml_type, K)(x)
     want = x @ dequantize(blocks, ggml_type, (N, K)).T
     assert got.shape == (2, PREFILL_TOKENS, N)
@@ -111,7 +111,7 @@ def test_prompt_sized_batches_use_the_float_product(ggml_type: str, slice_rows, 
 def test_threads_do_not_change_results():
     blocks = random_blocks("Q4_K", seed=5)
     layer = QuantLinear(blocks, "Q4_K", K)
-    x = torch.randn(4, 1, K)
+    x = torch.randn(4, 1, K, generator=torch.Generator().manual_seed(3))
     try:
         kernels.set_threads(1)
         one = layer(x)
@@ -134,8 +134,9 @@ def test_embedding_dequantizes_only_gathered_rows_and_ties_to_the_output():
 
 @pytest.mark.parametrize("offset", [0.0, 1.0])
 def test_rms_norm_matches_torch(offset: float):
-    x = torch.randn(3, 5, 576) * 7
-    w = torch.randn(576)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 5, 576, generator=g) * 7
+    w = torch.randn(576, generator=g)
     want = torch.nn.functional.rms_norm(x, (576,), w + offset, 1e-6)
     assert torch.allclose(kernels.rms_norm(x, w, 1e-6, offset), want, rtol=1e-5, atol=1e-6)
 

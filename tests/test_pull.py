@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,7 @@ import warmload.pull as pull_mod
 from warmload.errors import DownloadError, HashMismatchError
 from warmload.pull import lookup_verified, pull, verify
 
-CONTENT = os.urandom(3 * (1 << 20) + 12345)
+CONTENT = random.Random(7).randbytes(3 * (1 << 20) + 12345)  # deterministic
 SHA = hashlib.sha256(CONTENT).hexdigest()
 
 
@@ -200,8 +201,8 @@ def test_verify_uses_record_until_the_file_changes(server: _Server, tmp_path: Pa
     path = pull(server.url, tmp_path, sha256=SHA).path
     v = verify(path, SHA)
     assert v.ok and v.from_record
-    with open(path, "r+b") as f:  # same size, new content and mtime
-        f.write(b"\0")
+    with open(path, "r+b") as f:  # same size, new content (first byte flipped) and mtime
+        f.write(bytes([CONTENT[0] ^ 0xFF]))
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     assert lookup_verified(path) is None
     v = verify(path, SHA)
