@@ -14,7 +14,7 @@ setup(
         Extension(
             "warmload.kernels._cpu",
             sorted(str(p) for p in Path("warmload/kernels").glob("*.c")),
-            depends=["warmload/kernels/kernels.h"],
+            depends=["warmload/kernels/kernels.h", "warmload/kernels/blocks.h"],
             extra_compile_args=[
                 "-O3",
                 "-march=native",

@@ -1,6 +1,8 @@
 """Hugging Face model folders: the real GGUF models written out by scripts/export_hf.py load
 through the same pipeline and give the same logits, tokens and chat prompts as the GGUF files.
 
+The GGUF side loads with packed=False: its weights dequantized to float, as the folder's, so both
+run the same float products (packed GGUF weights take 8-bit activations on short prompts).
 Tolerances follow the exported dtype. F32: the weights are the GGUF's dequantized values
 exactly, only the rope path differs (GGUF's permuted rows with adjacent-pair rotation vs HF's
 rows with rotate_half), so logits agree to float32 rounding accumulated over the layers:
@@ -62,7 +64,7 @@ def engines(request, tmp_path_factory, export_hf):
     name = request.param
     dtype, shard_mb, _ = EXPORTS[name]
     folder = export_hf.export_hf(name, tmp_path_factory.mktemp(name), dtype, shard_mb)
-    gguf, hf = warmload.load(name), warmload.load(folder)
+    gguf, hf = warmload.load(name, packed=False), warmload.load(folder)
     yield gguf, hf, folder
     gguf.close()
     hf.close()

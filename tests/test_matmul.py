@@ -18,11 +18,25 @@ import torch
 from warmload import kernels
 from warmload.quant import matmul as quant_matmul
 from warmload.quant.dequant import dequantize
-from warmload.quant.matmul import PREFILL_TOKENS, QuantEmbedding, QuantLinear
+from warmload.quant.matmul import GEMM_TOKENS, PREFILL_TOKENS, QuantEmbedding, QuantLinear
 from warmload.quant.quantize import QUANTIZERS, quantize
 
 INT8_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 FLOAT_TYPES = ["Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS", "F16", "BF16"]
+# types with an integer prompt product (kernels/gemm.c), on machines with VNNI
+PROMPT_INT8_TYPES = [
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "Q3_K",
+    "IQ4_NL",
+    "IQ4_XS",
+]
 N, K = 72, 512
 
 
@@ -32,6 +46,15 @@ def test_the_extension_is_built():
     assert set(kernels.KERNEL_TYPES) == set(INT8_TYPES + FLOAT_TYPES)
     int8 = {t for t, kind in kernels.KERNEL_TYPES.items() if kind == "int8"}
     assert int8 == (set(INT8_TYPES) if cpu_has("avx2") else set())  # else all dequantize
+    vnni = cpu_has("avx512_vnni") or cpu_has("avx_vnni")
+    assert kernels.GEMM_TYPES == (set(PROMPT_INT8_TYPES) if vnni else set())
+
+
+def seen_as_int8(ggml_type: str, tokens: int) -> bool:
+    """Whether a product of `tokens` rows per sequence quantizes x to 8 bits (else float)."""
+    if tokens == 1:
+        return kernels.KERNEL_TYPES[ggml_type] == "int8"
+    return tokens < GEMM_TOKENS and ggml_type in kernels.GEMM_TYPES
 
 
 def cpu_has(flag: str) -> bool:
@@ -66,7 +89,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 # (sequences, tokens each): decode steps (one token per sequence) and prompt chunks
-SHAPES = [(1, 1), (3, 1), (8, 1), (1, 3), (1, PREFILL_TOKENS - 1)]
+SHAPES = [(1, 1), (3, 1), (8, 1), (1, 3), (1, PREFILL_TOKENS - 1), (2, 21)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -77,10 +100,8 @@ def test_product_matches_the_dequantized_reference(ggml_type: str, shape: tuple[
     x = torch.randn(*shape, K, generator=torch.Generator().manual_seed(sum(shape)))
     x[..., 7] *= 50.0  # an outlier channel, as real hidden states have
     got = QuantLinear(blocks, ggml_type, K)(x)
-    decode_step = shape[1] == 1
     rows = x.reshape(-1, K)
-    int8 = kernels.KERNEL_TYPES[ggml_type] == "int8" and decode_step
-    x_seen = quantized_activations(rows) if int8 else rows
+    x_seen = quantized_activations(rows) if seen_as_int8(ggml_type, shape[1]) else rows
     assert got.shape == (*shape, N)
     assert relative_error(got.reshape(-1, N), x_seen @ weight.T) < 1e-5
 
@@ -95,16 +116,31 @@ def test_a_rows_result_does_not_depend_on_its_batch(ggml_type: str):
     assert all(torch.equal(together[i], layer(x[i : i + 1])[0]) for i in range(5))
 
 
+@pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "IQ4_XS"])
+def test_a_prompt_tokens_result_does_not_depend_on_its_chunk(ggml_type: str):
+    """The integer prompt product takes tokens 8 at a time over each unpacked row, then the
+    rest: every token's sums run in one order, so 11 tokens together equal each alone."""
+    if ggml_type not in kernels.GEMM_TYPES:
+        pytest.skip("no integer prompt product on this machine (no VNNI)")
+    blocks = random_blocks(ggml_type, seed=12)
+    x = torch.randn(11, K, generator=torch.Generator().manual_seed(5))
+    weights = [(blocks, ggml_type)]
+    together = kernels.quantized_matmul(x, weights, "gemm")[0]
+    alone = [kernels.quantized_matmul(x[i : i + 1], weights, "gemm")[0] for i in range(11)]
+    assert torch.equal(together, torch.cat(alone))
+
+
 @pytest.mark.parametrize("slice_rows", [None, 10])
 @pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "F16"])
-def test_prompt_sized_batches_use_the_float_product(ggml_type: str, slice_rows, monkeypatch):
+def test_long_prompt_chunks_use_the_float_product(ggml_type: str, slice_rows, monkeypatch):
     if slice_rows:  # the weight is dequantized 10 rows at a time
         monkeypatch.setattr(quant_matmul, "SCRATCH_FLOATS", slice_rows * K)
     blocks = random_blocks(ggml_type, seed=3)
-    x = torch.randn(2, PREFILL_TOKENS, K, generator=torch.Generator().manual_seed(2))
+    tokens = max(GEMM_TOKENS, PREFILL_TOKENS)
+    x = torch.randn(2, tokens, K, generator=torch.Generator().manual_seed(2))
     got = QuantLinear(blocks, ggml_type, K)(x)
     want = x @ dequantize(blocks, ggml_type, (N, K)).T
-    assert got.shape == (2, PREFILL_TOKENS, N)
+    assert got.shape == (2, tokens, N)
     assert relative_error(got, want) < 1e-6
 
 

@@ -95,8 +95,9 @@ def reusable_prefix(
     """How many cached positions a new prompt may keep: its common prefix with the cache, less
     the last prompt token (it must yield logits), cut back to the start of the forward pass
     that computed it. Positions are then only ever recomputed whole-pass by whole-pass, exactly
-    as before, so a repeated request gets the very same bits: decode steps (8-bit activations)
-    and prompt chunks (float32) round differently, and splitting a chunk would mix them."""
+    as before, so a repeated request gets the very same bits: a product's arithmetic depends on
+    its chunk's length (decode steps and short chunks take 8-bit activations, long chunks
+    float32; see quant.matmul), so splitting a chunk could change the rounding."""
     reuse = min(common_prefix_length(cached, prompt), len(prompt) - 1)
     return max((s for s in chunk_starts if s <= reuse), default=0)
 
@@ -224,8 +225,8 @@ class Engine:
 
         Positions before `decode_from` go through the model in prompt-sized chunks; from
         `decode_from` on, one token per forward pass, as generation computes a prompt and its
-        continuation (decode_from=len(prompt)). Single steps run on the 8-bit-activation
-        kernels, chunks in float32: the two differ in the last digits."""
+        continuation (decode_from=len(prompt)). The kernels' arithmetic depends on a pass's
+        length (quant.matmul.project_packed), so the two ways differ in the last digits."""
         ids = self._check_ids(token_ids)
         decode_from = len(ids) if decode_from is None else max(1, min(decode_from, len(ids)))
         cache = self.model.new_cache(len(ids), batch_size=1)

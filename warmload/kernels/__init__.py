@@ -33,6 +33,14 @@ KERNEL_TYPES: dict[str, str] = (
 )
 
 
+# Types whose prompt chunks (several tokens) run as integer products here (VNNI machines).
+GEMM_TYPES: frozenset[str] = (
+    frozenset()
+    if _cpu is None
+    else frozenset(name for name, i in _TYPE_IDS.items() if i in _cpu.gemm_types())
+)
+
+
 def type_id(ggml_type: str) -> int:
     return _TYPE_IDS[ggml_type]
 
@@ -61,7 +69,8 @@ def set_threads(n: int) -> None:
         _cpu.set_threads(n)
 
 
-_MODE_FLOAT, _MODE_INT8, _MODE_DEQUANT = 0, 1, 2  # kernels.h
+_MODE_FLOAT, _MODE_INT8, _MODE_DEQUANT, _MODE_GEMM = 0, 1, 2, 3  # kernels.h
+_MODES = {"float": _MODE_FLOAT, "int8": _MODE_INT8, "gemm": _MODE_GEMM}
 
 
 def dequantize(blocks: torch.Tensor, ggml_type: str, out: torch.Tensor) -> torch.Tensor:
@@ -75,14 +84,16 @@ def dequantize(blocks: torch.Tensor, ggml_type: str, out: torch.Tensor) -> torch
 
 
 def quantized_matmul(
-    x: torch.Tensor, weights: Sequence[tuple[torch.Tensor, str]], int8: bool
+    x: torch.Tensor, weights: Sequence[tuple[torch.Tensor, str]], mode: str
 ) -> list[torch.Tensor]:
     """x (T, K) float32 contiguous times each weight: [x @ W.T (T, N_i) float32, ...] for the
-    (blocks (N_i, row_nbytes) uint8, ggml type) pairs, in one call. int8: x is quantized to 8
-    bits once and dotted in integers (types with an integer dot); else each weight row is
-    dequantized once and dotted in float32 with every row of x."""
+    (blocks (N_i, row_nbytes) uint8, ggml type) pairs, in one call. Modes: "int8", x quantized
+    to 8 bits once and each row of x dotted in integers (types with an integer dot); "gemm", the
+    same 8-bit x against weight rows unpacked once for all rows of x (GEMM_TYPES); "float", each
+    weight row dequantized once and dotted in float32 with every row of x. A type without the
+    asked mode takes "float"."""
     n_tokens, k = x.shape
-    mode = _MODE_INT8 if int8 else _MODE_FLOAT
+    mode = _MODES[mode]
     outs = [torch.empty((n_tokens, blocks.shape[0]), dtype=torch.float32) for blocks, _ in weights]
     if n_tokens:
         parts = tuple(

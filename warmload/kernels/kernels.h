@@ -1,6 +1,7 @@
 /* Shared declarations of warmload's CPU kernels (the extension warmload.kernels._cpu).
 
    quants.c     GGML block formats: row dots against 8-bit activations, block dequantizers
+   gemm.c       prompt chunks: unpacked weight rows times many 8-bit tokens (VNNI)
    pool.c       the thread team and `product`: x times one or more packed weight matrices
    attention.c  one decode step of attention (rope, cache write, softmax over the window)
    decode.c     a whole decoder layer stack for one token, on preplanned buffers
@@ -76,6 +77,9 @@ typedef float (*dot_fn)(const uint8_t *, const xblock *, int);
 typedef void (*dotn_fn)(const uint8_t *w, const xblock *x, int nb, int64_t x_stride, float *out,
                         int64_t out_stride);
 typedef void (*deq_fn)(const uint8_t *, float *);
+/* One block -> signed bytes q, a float scale per 4 values and, for types with mins, an offset
+   coefficient c per 32 values: the block's values are scale * q + c (gemm.c). */
+typedef void (*to_s8_fn)(const uint8_t *block, int8_t *q, float *scale, float *c);
 
 typedef struct {
     int id;
@@ -84,6 +88,8 @@ typedef struct {
     dot_fn dot;     /* integer path (x quantized), or NULL */
     deq_fn deq;     /* float path: one block -> floats */
     dotn_fn dotn;   /* integer path for 4 rows of x at once, or NULL */
+    to_s8_fn to_s8; /* prompt products (gemm.c), or NULL */
+    int has_min;    /* to_s8 writes offset coefficients */
 } qtype;
 
 extern const qtype QTYPES[];
@@ -98,8 +104,10 @@ void quantize_x(const float *x, xblock *out, int nb);
 #define MAX_THREADS 64
 
 /* How a part is computed: integer dots on the 8-bit x (types with a dot only), dequantized rows
-   dotted with the float x, or no product at all: the dequantized rows written to y (n_rows, k). */
-enum { MODE_FLOAT = 0, MODE_INT8 = 1, MODE_DEQUANT = 2 };
+   dotted with the float x, or no product at all: the dequantized rows written to y (n_rows, k);
+   MODE_GEMM: integer products of whole unpacked rows with many tokens (gemm.c; types with
+   to_s8 on a VNNI machine, else it falls back to MODE_FLOAT). */
+enum { MODE_FLOAT = 0, MODE_INT8 = 1, MODE_DEQUANT = 2, MODE_GEMM = 3 };
 
 /* One weight matrix of a product: y[t, n] = W[n] . x[t] for n < n_rows. */
 typedef struct {
@@ -121,6 +129,22 @@ void kernels_unlock(void);
 int product(part_t *parts, int n_parts, const float *x, int64_t k, int64_t n_tokens);
 int set_thread_count(int n); /* 0, or -1 if threads could not start */
 int thread_count(void);
+
+/* -------------------------------------------------------------------------- gemm.c */
+
+/* x of a prompt chunk, quantized for gemm_rows (see gemm.c). */
+typedef struct {
+    int64_t n_tokens, kp, nb; /* kp: k padded to whole vectors; nb = k / 32 */
+    uint8_t *q;               /* (n_tokens, kp): q + 128 */
+    float *scale;             /* (n_tokens, kp / 4): the block's d, once per 4 values */
+    float *sum;               /* (n_tokens, nb): d * sum(q) per block */
+} gemm_x_t;
+
+int gemm_available(void); /* 1 where the VNNI products are compiled in */
+/* gx <- x (n_tokens, k), in a buffer owned by gemm.c; 0, or -1 (no memory / no VNNI). */
+int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens);
+/* p->y[t, r] for rows r0..r1 of part p and every token of gx. */
+void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1);
 
 /* --------------------------------------------------------------------- attention.c */
 

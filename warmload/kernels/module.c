@@ -15,7 +15,7 @@ static int parse_part(PyObject *item, long long k, part_t *p) {
     unsigned long long w, y;
     long long n_rows;
     if (!PyArg_ParseTuple(item, "iKLKi", &type_id, &w, &n_rows, &y, &mode)) return -1;
-    if (mode < MODE_FLOAT || mode > MODE_DEQUANT) {
+    if (mode < MODE_FLOAT || mode > MODE_GEMM) {
         PyErr_Format(PyExc_ValueError, "unknown product mode %d", mode);
         return -1;
     }
@@ -255,11 +255,24 @@ static PyObject *py_types(PyObject *self, PyObject *args) {
     return out;
 }
 
+static PyObject *py_gemm_types(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    PyObject *out = PyList_New(0);
+    for (int i = 0; out && i < N_QTYPES; ++i) {
+        if (!QTYPES[i].to_s8 || !gemm_available()) continue;
+        PyObject *id = PyLong_FromLong(QTYPES[i].id);
+        if (!id || PyList_Append(out, id) < 0) Py_CLEAR(out);
+        Py_XDECREF(id);
+    }
+    return out;
+}
+
 static PyMethodDef METHODS[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(k, x_ptr, n_tokens, ((ggml_type, w_ptr, n_rows, y_ptr, mode), ...)): per part,\n"
      "y[t, n] = W[n] . x[t] (x float32 (n_tokens, k); W GGML rows; y float32 (n_tokens, n_rows));\n"
-     "mode 0: float dots, 1: 8-bit x and integer dots, 2: y (n_rows, k) = W dequantized"},
+     "mode 0: float dots, 1: 8-bit x and integer dots, 2: y (n_rows, k) = W dequantized,\n"
+     "3: 8-bit x and unpacked weight rows for many tokens (gemm_types only, else mode 0)"},
     {"rms_norm", py_rms_norm, METH_VARARGS,
      "rms_norm(x_ptr, w_ptr, n_rows, dim, eps, offset, y_ptr): float32 RMSNorm of each row"},
     {"act_mul", py_act_mul, METH_VARARGS,
@@ -276,6 +289,7 @@ static PyMethodDef METHODS[] = {
     {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads per product"},
     {"get_threads", py_get_threads, METH_NOARGS, "threads per product"},
     {"types", py_types, METH_NOARGS, "{ggml type id: 'int8' | 'float'} of the kernels"},
+    {"gemm_types", py_gemm_types, METH_NOARGS, "ggml type ids with integer prompt products"},
     {NULL, NULL, 0, NULL},
 };
 

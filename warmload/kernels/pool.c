@@ -19,6 +19,7 @@ typedef struct {
     int64_t k, n_tokens;
     const float *x;
     const xblock *xq;
+    gemm_x_t gx; /* x of MODE_GEMM parts */
     atomic_ullong claim;
     atomic_llong done;  /* chunks finished */
 } job_t;
@@ -91,7 +92,9 @@ static void work_on(job_t *j, unsigned gen, int slot) {
             p = &j->parts[i];
         if (p->mode == MODE_FLOAT && !row && !(row = row_scratch(slot, j->k))) abort();
         int64_t r0 = ((int64_t)idx - p->first_chunk) * p->chunk, r1 = r0 + p->chunk;
-        run_rows(j, p, r0, r1 < p->n_rows ? r1 : p->n_rows, row);
+        if (r1 > p->n_rows) r1 = p->n_rows;
+        if (p->mode != MODE_GEMM) run_rows(j, p, r0, r1, row);
+        else gemm_rows(&j->gx, p, r0, r1);
         atomic_fetch_add(&j->done, 1);
         c = atomic_load(&j->claim);
     }
@@ -184,16 +187,18 @@ void make_part(part_t *p, const qtype *type, const void *w, int64_t n_rows, int6
     p->n_rows = n_rows;
     p->row_bytes = k / type->block * type->type_size;
     p->mode = mode == MODE_INT8 && !type->dot ? MODE_FLOAT : mode;
+    if (mode == MODE_GEMM && (!type->to_s8 || !gemm_available())) p->mode = MODE_FLOAT;
 }
 
 void kernels_lock(void) { pthread_mutex_lock(&g_submit_mu); }
 void kernels_unlock(void) { pthread_mutex_unlock(&g_submit_mu); }
 
 int product(part_t *parts, int n_parts, const float *x, int64_t k, int64_t n_tokens) {
-    int any_int8 = 0, any_float = 0;
+    int any_int8 = 0, any_float = 0, any_gemm = 0;
     for (int i = 0; i < n_parts; ++i) {
         any_int8 |= parts[i].mode == MODE_INT8;
         any_float |= parts[i].mode == MODE_FLOAT;
+        any_gemm |= parts[i].mode == MODE_GEMM;
     }
     size_t need = (size_t)(n_tokens * (k / QK));
     if (any_int8 && need > g_xq_cap) {
@@ -203,6 +208,7 @@ int product(part_t *parts, int n_parts, const float *x, int64_t k, int64_t n_tok
     }
     if ((any_int8 && !g_xq) || (any_float && !row_scratch(0, k))) return -1;
     job_t *j = &g_job;
+    if (any_gemm && gemm_prepare_x(&j->gx, x, k, n_tokens)) return -1;
     if (any_int8)
         for (int64_t t = 0; t < n_tokens; ++t)
             quantize_x(x + t * k, g_xq + t * (k / QK), (int)(k / QK));

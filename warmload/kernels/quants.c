@@ -4,6 +4,7 @@
    (dequantize_row_*), ggml-cpu/arch/x86/quants.c (integer dots). */
 
 #include "kernels.h"
+#include "blocks.h"
 
 static const int8_t IQ4NL_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                         1,    13,   25,  38,  53,  69,  89,  113};
@@ -173,31 +174,6 @@ static void deq_bf16(const uint8_t *b, float *y) {
 /* --------------------------------------------------------------- AVX2 building blocks */
 
 #if HAVE_AVX2
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* 16 bytes of nibbles -> 32 bytes: the 16 low nibbles, then the 16 high nibbles. */
-static inline __m256i nibbles32(const uint8_t *p) {
-    __m128i t = _mm_loadu_si128((const __m128i *)p);
-    __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
-    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
-}
-
-/* 32 bits -> 32 bytes, 0xFF where the bit is set. */
-static inline __m256i bits32(const uint8_t *p) {
-    uint32_t x;
-    memcpy(&x, p, 4);
-    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                           0x0101010101010101, 0x0000000000000000);
-    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
-    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
-    return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1));
-}
-
 /* Unsigned bytes a times signed bytes b, summed in pairs of pairs: 8 int32. */
 static inline __m256i dot_u8s8(__m256i a, __m256i b) {
 #if defined(__AVXVNNI__)
@@ -300,28 +276,6 @@ static float dot_q8_0(const uint8_t *w, const xblock *x, int nb) {
 /* Several rows of x (a batched decode step) dot each weight row: unpack each block once for 4
    of them, instead of again per row. Same sums, same order, as the one-row dots, so a row's
    result does not depend on how many rows share the call. */
-
-/* One unpacked block: quants (unsigned, or signed for Q8_0), scale d, offset coefficient c
-   (the block's value is d * q + c per element, c multiplying x's d * sum(q)). */
-typedef void (*unpack_fn)(const uint8_t *w, __m256i *q, float *d, float *c);
-
-static inline void unp_q4_0(const uint8_t *w, __m256i *q, float *d, float *c) {
-    *q = nibbles32(w + 2), *d = rdf16(w), *c = -8.0f * *d;
-}
-static inline void unp_q4_1(const uint8_t *w, __m256i *q, float *d, float *c) {
-    *q = nibbles32(w + 4), *d = rdf16(w), *c = rdf16(w + 2);
-}
-static inline void unp_q5_0(const uint8_t *w, __m256i *q, float *d, float *c) {
-    *q = _mm256_or_si256(nibbles32(w + 6), _mm256_and_si256(bits32(w + 2), _mm256_set1_epi8(0x10)));
-    *d = rdf16(w), *c = -16.0f * *d;
-}
-static inline void unp_q5_1(const uint8_t *w, __m256i *q, float *d, float *c) {
-    *q = _mm256_or_si256(nibbles32(w + 8), _mm256_and_si256(bits32(w + 4), _mm256_set1_epi8(0x10)));
-    *d = rdf16(w), *c = rdf16(w + 2);
-}
-static inline void unp_q8_0(const uint8_t *w, __m256i *q, float *d, float *c) {
-    *q = _mm256_loadu_si256((const __m256i *)(w + 2)), *d = rdf16(w), *c = 0.0f;
-}
 
 /* One token's share of a block: the integer dot on its chain (even blocks on one, odd on the
    other, as dot_blocks) and the offset term. */
@@ -479,6 +433,166 @@ static float dot_q6_k(const uint8_t *w, const xblock *x, int nb) {
 
 #endif
 
+/* ------------------------------------------ blocks as signed bytes (prompt products, gemm.c) */
+/* Each writes a block's values as scale * q + c: q signed bytes, one scale per 4 values (a VNNI
+   lane), c per 32 values for the types with mins. */
+
+#if HAVE_AVX2
+static inline void put_s8(int8_t *q, __m256i v) { _mm256_storeu_si256((__m256i *)q, v); }
+static inline void put_scale(float *s, float d) { _mm256_storeu_ps(s, _mm256_set1_ps(d)); }
+
+static void s8_q4_0(const uint8_t *b, int8_t *q, float *s, float *c) {
+    (void)c;
+    put_s8(q, _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8)));
+    put_scale(s, rdf16(b));
+}
+
+static void s8_q4_1(const uint8_t *b, int8_t *q, float *s, float *c) {
+    put_s8(q, nibbles32(b + 4));
+    put_scale(s, rdf16(b));
+    c[0] = rdf16(b + 2);
+}
+
+static void s8_q5_0(const uint8_t *b, int8_t *q, float *s, float *c) {
+    __m256i v;
+    float d, unused;
+    (void)c;
+    unp_q5_0(b, &v, &d, &unused);
+    put_s8(q, _mm256_sub_epi8(v, _mm256_set1_epi8(16)));
+    put_scale(s, d);
+}
+
+static void s8_q5_1(const uint8_t *b, int8_t *q, float *s, float *c) {
+    __m256i v;
+    float d;
+    unp_q5_1(b, &v, &d, c);
+    put_s8(q, v);
+    put_scale(s, d);
+}
+
+static void s8_q8_0(const uint8_t *b, int8_t *q, float *s, float *c) {
+    (void)c;
+    memcpy(q, b + 2, 32);
+    put_scale(s, rdf16(b));
+}
+
+static void s8_q4_k(const uint8_t *b, int8_t *q, float *s, float *c) {
+    float d = rdf16(b), dmin = rdf16(b + 2);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int j = 0; j < 8; ++j) {
+        int sc, mn;
+        scale_min_k4(j, b + 4, &sc, &mn);
+        put_scale(s + 8 * j, d * sc);
+        c[j] = -dmin * mn;
+    }
+    for (int j = 0; j < 4; ++j) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * j));
+        put_s8(q + 64 * j, _mm256_and_si256(v, m4));
+        put_s8(q + 64 * j + 32, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+    }
+}
+
+static void s8_q5_k(const uint8_t *b, int8_t *q, float *s, float *c) {
+    float d = rdf16(b), dmin = rdf16(b + 2);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+    const __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 16));
+    for (int j = 0; j < 8; ++j) {
+        int sc, mn;
+        scale_min_k4(j, b + 4, &sc, &mn);
+        put_scale(s + 8 * j, d * sc);
+        c[j] = -dmin * mn;
+    }
+    for (int j = 0; j < 4; ++j) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * j));
+        __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j))), u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
+        __m256i h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1), b4);
+        __m256i h2 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2), b4);
+        put_s8(q + 64 * j, _mm256_or_si256(_mm256_and_si256(v, m4), h1));
+        put_s8(q + 64 * j + 32, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), h2));
+    }
+}
+
+static void s8_q6_k(const uint8_t *b, int8_t *q, float *s, float *c) {
+    (void)c;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = rdf16(b + 208);
+    for (int i = 0; i < 64; ++i) s[i] = d * sc[i / 4]; /* 16 sub-blocks of 16 values */
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03), m32 = _mm256_set1_epi8(32);
+    for (int half = 0; half < 2; ++half, q += 128) {
+        const uint8_t *l = b + 64 * half, *h = b + 128 + 32 * half;
+        __m256i q0 = _mm256_loadu_si256((const __m256i *)l);
+        __m256i q1 = _mm256_loadu_si256((const __m256i *)(l + 32));
+        __m256i hh = _mm256_loadu_si256((const __m256i *)h);
+        __m256i v0 = _mm256_or_si256(_mm256_and_si256(q0, m4),
+                                     _mm256_slli_epi16(_mm256_and_si256(hh, m2), 4));
+        __m256i v1 = _mm256_or_si256(
+            _mm256_and_si256(q1, m4),
+            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 2), m2), 4));
+        __m256i v2 = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(q0, 4), m4),
+            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 4), m2), 4));
+        __m256i v3 = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(q1, 4), m4),
+            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 6), m2), 4));
+        put_s8(q, _mm256_sub_epi8(v0, m32));
+        put_s8(q + 32, _mm256_sub_epi8(v1, m32));
+        put_s8(q + 64, _mm256_sub_epi8(v2, m32));
+        put_s8(q + 96, _mm256_sub_epi8(v3, m32));
+    }
+}
+#endif
+
+/* The rarer types, unpacked value by value (as their dequantizers). */
+
+static void s8_q3_k(const uint8_t *b, int8_t *q, float *s, float *c) {
+    (void)c;
+    const uint8_t *hm = b, *qs = b + 32;
+    uint32_t aux[4];
+    memcpy(aux, b + 96, 12);
+    float d_all = rdf16(b + 108);
+    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f, tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+    const int8_t *scales = (const int8_t *)aux;
+    int is = 0;
+    uint8_t m = 1;
+    for (int n = 0; n < QK_K; n += 128, qs += 32) {
+        for (int shift = 0; shift < 8; shift += 2, m <<= 1) {
+            for (int half = 0; half < 2; ++half, ++is) {
+                for (int i = 0; i < 4; ++i) s[4 * is + i] = d_all * (scales[is] - 32);
+                for (int l = 16 * half; l < 16 * half + 16; ++l)
+                    *q++ = (int8_t)((int)((qs[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
+            }
+        }
+    }
+}
+
+static void s8_iq4_nl(const uint8_t *b, int8_t *q, float *s, float *c) {
+    (void)c;
+    for (int j = 0; j < 16; ++j) {
+        q[j] = IQ4NL_VALUES[b[2 + j] & 0xF];
+        q[j + 16] = IQ4NL_VALUES[b[2 + j] >> 4];
+    }
+    for (int i = 0; i < 8; ++i) s[i] = rdf16(b);
+}
+
+static void s8_iq4_xs(const uint8_t *b, int8_t *q, float *s, float *c) {
+    (void)c;
+    float d = rdf16(b);
+    uint16_t scales_h = rd16(b + 2);
+    const uint8_t *scales_l = b + 4, *qs = b + 8;
+    for (int ib = 0; ib < 8; ++ib, q += 32, qs += 16, s += 8) {
+        int ls = ((scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((scales_h >> 2 * ib) & 3) << 4);
+        for (int i = 0; i < 8; ++i) s[i] = d * (ls - 32);
+        for (int j = 0; j < 16; ++j) {
+            q[j] = IQ4NL_VALUES[qs[j] & 0xF];
+            q[j + 16] = IQ4NL_VALUES[qs[j] >> 4];
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------- dispatch table */
 
 #if HAVE_AVX2
@@ -514,23 +628,29 @@ static void deqv_q8_0(const uint8_t *b, float *y) {
     deq_avx(_mm256_loadu_si256((const __m256i *)(b + 2)), 1, 0, rdf16(b), 0.0f, y);
 }
 #define DEQ_OF(scalar, vector) vector
+#define S8_OF(f) f
 #else
+#define S8_OF(f) NULL
 #define DEQ_OF(scalar, vector) scalar
 #define DOT_OF(f) NULL
 #define DOTN_OF(f) NULL
 #endif
 
 const qtype QTYPES[] = {
-    {T_Q4_0, 32, 18, DOT_OF(dot_q4_0), DEQ_OF(deq_q4_0, deqv_q4_0), DOTN_OF(dotn_q4_0)},
-    {T_Q4_1, 32, 20, DOT_OF(dot_q4_1), DEQ_OF(deq_q4_1, deqv_q4_1), DOTN_OF(dotn_q4_1)},
-    {T_Q5_0, 32, 22, DOT_OF(dot_q5_0), DEQ_OF(deq_q5_0, deqv_q5_0), DOTN_OF(dotn_q5_0)},
-    {T_Q5_1, 32, 24, DOT_OF(dot_q5_1), DEQ_OF(deq_q5_1, deqv_q5_1), DOTN_OF(dotn_q5_1)},
-    {T_Q8_0, 32, 34, DOT_OF(dot_q8_0), DEQ_OF(deq_q8_0, deqv_q8_0), DOTN_OF(dotn_q8_0)},
-    {T_Q4_K, 256, 144, DOT_OF(dot_q4_k), deq_q4_k},
-    {T_Q5_K, 256, 176, DOT_OF(dot_q5_k), deq_q5_k},   {T_Q6_K, 256, 210, DOT_OF(dot_q6_k), deq_q6_k},
-    {T_Q2_K, 256, 84, NULL, deq_q2_k},    {T_Q3_K, 256, 110, NULL, deq_q3_k},
-    {T_IQ4_NL, 32, 18, NULL, deq_iq4_nl}, {T_IQ4_XS, 256, 136, NULL, deq_iq4_xs},
-    {T_F16, 32, 64, NULL, deq_f16},       {T_BF16, 32, 64, NULL, deq_bf16},
+    {T_Q4_0, 32, 18, DOT_OF(dot_q4_0), DEQ_OF(deq_q4_0, deqv_q4_0), DOTN_OF(dotn_q4_0), S8_OF(s8_q4_0), 0},
+    {T_Q4_1, 32, 20, DOT_OF(dot_q4_1), DEQ_OF(deq_q4_1, deqv_q4_1), DOTN_OF(dotn_q4_1), S8_OF(s8_q4_1), 1},
+    {T_Q5_0, 32, 22, DOT_OF(dot_q5_0), DEQ_OF(deq_q5_0, deqv_q5_0), DOTN_OF(dotn_q5_0), S8_OF(s8_q5_0), 0},
+    {T_Q5_1, 32, 24, DOT_OF(dot_q5_1), DEQ_OF(deq_q5_1, deqv_q5_1), DOTN_OF(dotn_q5_1), S8_OF(s8_q5_1), 1},
+    {T_Q8_0, 32, 34, DOT_OF(dot_q8_0), DEQ_OF(deq_q8_0, deqv_q8_0), DOTN_OF(dotn_q8_0), S8_OF(s8_q8_0), 0},
+    {T_Q4_K, 256, 144, DOT_OF(dot_q4_k), deq_q4_k, NULL, S8_OF(s8_q4_k), 1},
+    {T_Q5_K, 256, 176, DOT_OF(dot_q5_k), deq_q5_k, NULL, S8_OF(s8_q5_k), 1},
+    {T_Q6_K, 256, 210, DOT_OF(dot_q6_k), deq_q6_k, NULL, S8_OF(s8_q6_k), 0},
+    {T_Q2_K, 256, 84, NULL, deq_q2_k, NULL, NULL, 0}, /* mins per 16 values: float path */
+    {T_Q3_K, 256, 110, NULL, deq_q3_k, NULL, s8_q3_k, 0},
+    {T_IQ4_NL, 32, 18, NULL, deq_iq4_nl, NULL, s8_iq4_nl, 0},
+    {T_IQ4_XS, 256, 136, NULL, deq_iq4_xs, NULL, s8_iq4_xs, 0},
+    {T_F16, 32, 64, NULL, deq_f16},
+    {T_BF16, 32, 64, NULL, deq_bf16},
 };
 
 const int N_QTYPES = sizeof QTYPES / sizeof QTYPES[0];

@@ -39,7 +39,7 @@ from warmload.loader.transform import transform_tensor
 from warmload.loader.warm import lock, warm_in_background
 from warmload.loader.warm import warm as warm_pages
 from warmload.models import ARCHITECTURES
-from warmload.quant.matmul import QuantEmbedding, QuantLinear, has_kernel
+from warmload.quant.matmul import QuantEmbedding, QuantLinear, has_kernel, integer_prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,11 @@ def load_model(
         with stats.timed("verify"):
             verify_loaded(model, str(checkpoint.path))
         if device.type == "cpu":
-            one_torch_thread_per_step(model, cfg.threads or torch.get_num_threads())
+            packed_types = {t.ggml_type for t in plan.tensors if t.transform == "pack"}
+            in_kernels_below = max(2, integer_prompt_tokens(packed_types))
+            one_torch_thread_per_step(
+                model, cfg.threads or torch.get_num_threads(), in_kernels_below
+            )
         if not cfg.lazy and not cfg.mlock and (cfg.warmup == "none" or cfg.warmup_sync):
             checkpoint.source.release()  # the file's pages/buffer, unless tensors alias them
     stats.wall_seconds = time.perf_counter() - started
@@ -282,15 +286,17 @@ def assign_parameter(model: nn.Module, load: TensorLoad, tensor: torch.Tensor) -
     setattr(module, leaf, nn.Parameter(tensor, requires_grad=False))
 
 
-def one_torch_thread_per_step(model: nn.Module, threads: int) -> None:
-    """Decode-sized forward passes run torch's own (tiny) ops on one thread; prompt-sized ones on
-    `threads`. The packed kernels keep their own threads; had torch's OpenMP team been waiting
-    for the core a kernel thread holds, each small op would stall (measured: SDPA for one token
-    went from 0.05 ms to 5 ms on 2 cores)."""
+def one_torch_thread_per_step(model: nn.Module, threads: int, in_kernels_below: int) -> None:
+    """Forward passes whose products all run in the packed kernels (fewer than
+    `in_kernels_below` tokens: decode steps, and short prompt chunks where the integer prompt
+    product covers every weight) run torch's own small ops on one thread; the others on
+    `threads`. The kernels keep their own threads; had torch's
+    OpenMP team been spinning on the core a kernel thread needs, each would stall (measured:
+    SDPA for one token went from 0.05 ms to 5 ms on 2 cores; a 20-token product took 2x)."""
 
     def before(module: nn.Module, args: tuple[Any, ...]) -> None:
-        tokens = args[0]  # (B, T)
-        torch.set_num_threads(1 if tokens.shape[-1] == 1 else threads)
+        tokens = args[0].shape[-1]  # (B, T)
+        torch.set_num_threads(1 if tokens < in_kernels_below else threads)
 
     def after(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         torch.set_num_threads(threads)

@@ -5,10 +5,12 @@ on a mapped GGUF file is a view of the page cache (zero copy, zero conversion at
 product runs in the C kernels of warmload.kernels: activations quantized to 8-bit blocks and integer
 dot products per weight block for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (as
 llama.cpp's CPU backend computes), block-wise dequantization and float dots for Q2_K, Q3_K,
-IQ4_NL, IQ4_XS, F16 and BF16. That is for decode steps (one token per sequence); prompt chunks
-stay float32: below PREFILL_TOKENS rows each weight row is dequantized once in C and dotted with
-every row, above it torch's GEMM runs on weight slices dequantized into a bounded scratch
-buffer.
+IQ4_NL, IQ4_XS, F16 and BF16. That is for decode steps (one token per sequence). Short prompt
+chunks (below GEMM_TOKENS rows) take the same 8-bit activations against weight rows unpacked
+once per call for all rows (VNNI machines; every type but Q2_K, F16, BF16); longer ones, and
+every chunk elsewhere, stay float32: below PREFILL_TOKENS rows each weight row is dequantized
+once in C and dotted with every row, above it torch's GEMM runs on weight slices dequantized
+into a bounded scratch buffer.
 
 QuantEmbedding dequantizes only the rows it gathers; `as_linear()` gives the tied output layer
 over the same bytes. Reference for the layouts: llama.cpp ggml/src/ggml-common.h.
@@ -17,7 +19,7 @@ over the same bytes. Reference for the layouts: llama.cpp ggml/src/ggml-common.h
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +28,7 @@ from warmload import kernels
 from warmload.quant.dequant import dequantize_rows, row_nbytes
 
 PREFILL_TOKENS = 8  # prompt rows from which torch's GEMM beats dotting dequantized rows in C
+GEMM_TOKENS = 64  # prompt rows from which torch's GEMM beats the integer prompt product
 SCRATCH_FLOATS = 1 << 22  # 16 MiB: weight rows dequantized at a time for a GEMM
 
 _scratch = threading.local()
@@ -97,19 +100,36 @@ def project_packed(x: torch.Tensor, layers: Sequence[QuantLinear]) -> list[torch
     """[layer(x) for layer in layers] for layers of one input size, in one kernel call.
 
     x (..., T, K): a decode step (T == 1, any number of sequences) runs on 8-bit activations,
-    as llama.cpp's; prompt chunks (T > 1) stay float32, in C below PREFILL_TOKENS rows, else on
-    torch's GEMM. Each row's arithmetic depends only on that rule, never on how many other
-    rows share the call, so batched and single decoding agree bit for bit."""
+    as llama.cpp's. So do prompt chunks of fewer than GEMM_TOKENS rows where the kernels have an
+    integer prompt product for the types (kernels.GEMM_TYPES: VNNI machines); other chunks stay
+    float32, in C below PREFILL_TOKENS rows, else on torch's GEMM. Each row's arithmetic depends
+    only on that rule, never on how many other rows share the call, so batched and single
+    decoding agree bit for bit."""
     lead = x.shape[:-1]
-    int8 = x.dim() < 2 or x.shape[-2] == 1  # a decode step
     x2 = x.reshape(-1, layers[0].in_features)
     if x2.dtype != torch.float32 or not x2.is_contiguous():
         x2 = x2.float().contiguous()
-    if not int8 and x2.shape[0] >= PREFILL_TOKENS:
-        outs = [gemm(x2, m) for m in layers]
-    else:
-        outs = kernels.quantized_matmul(x2, [(m.blocks, m.ggml_type) for m in layers], int8)
+    outs = _product(x2, layers, decode_step=x.dim() < 2 or x.shape[-2] == 1)
     return [y.view(*lead, y.shape[-1]) for y in outs]
+
+
+def _product(x: torch.Tensor, layers: Sequence[QuantLinear], decode_step: bool) -> list:
+    weights = [(m.blocks, m.ggml_type) for m in layers]
+    if decode_step:
+        return kernels.quantized_matmul(x, weights, "int8")
+    rows = x.shape[0]
+    if rows < GEMM_TOKENS and all(m.ggml_type in kernels.GEMM_TYPES for m in layers):
+        return kernels.quantized_matmul(x, weights, "gemm")
+    if rows >= PREFILL_TOKENS:
+        return [gemm(x, m) for m in layers]
+    return kernels.quantized_matmul(x, weights, "float")
+
+
+def integer_prompt_tokens(packed_types: Iterable[str]) -> int:
+    """Prompt chunks shorter than this run every product of a model whose packed weights have
+    these types in the kernels' integer prompt product (0 when some type has none here)."""
+    types = set(packed_types)
+    return GEMM_TOKENS if types and types <= kernels.GEMM_TYPES else 0
 
 
 class QuantEmbedding(nn.Module):

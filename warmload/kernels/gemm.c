@@ -1,0 +1,316 @@
+/* Prompt chunks (several tokens at once) in integers, with the VNNI dot instruction (AVX-512
+   VNNI, or AVX-VNNI on 256-bit machines); without VNNI there is no prompt product here and the
+   callers keep their float path.
+
+   x is quantized as a decode step's (8-bit blocks of 32, quantize_x: the same d and q) and stored
+   as unsigned bytes q + 128. Each weight row is unpacked once per call into signed bytes, a float
+   scale per 4 values (a VNNI int32 lane) and, for types with mins, an offset coefficient per 32
+   values; the row then meets every token of the chunk:
+
+       W[n] . x[t] = sum over lanes of scale_w * d_x * (sum_4 (q_x + 128) q_w - 128 sum_4 q_w)
+                     + sum over blocks of c_w * d_x * sum(q_x)
+
+   where the -128 correction is the accumulator that dpbusd starts from, so it costs nothing.
+   Every token's sums are taken in the same order however many tokens share the call. */
+
+#include "kernels.h"
+#include "blocks.h"
+
+#if defined(__AVX512VNNI__) && defined(__AVX512F__) && defined(__AVX512BW__)
+#define GEMM_VNNI 1
+#define VB 64 /* bytes per vector */
+typedef __m512i vi;
+typedef __m512 vf;
+#define LOADI(p) _mm512_loadu_si512((const void *)(p))
+#define STOREI(p, v) _mm512_storeu_si512((void *)(p), v)
+#define LOADF(p) _mm512_loadu_ps(p)
+#define ZEROF() _mm512_setzero_ps()
+#define ZEROI() _mm512_setzero_si512()
+#define DPBUSD(acc, u8, s8) _mm512_dpbusd_epi32(acc, u8, s8)
+#define CVT(v) _mm512_cvtepi32_ps(v)
+#define MUL(a, b) _mm512_mul_ps(a, b)
+#define FMADD(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define ONES8() _mm512_set1_epi8(1)
+#define SUBI(a, b) _mm512_sub_epi32(a, b)
+#define SLLI7(v) _mm512_slli_epi32(v, 7)
+#define REDUCE(v) _mm512_reduce_add_ps(v)
+#elif defined(__AVXVNNI__)
+#define GEMM_VNNI 1
+#define VB 32
+typedef __m256i vi;
+typedef __m256 vf;
+#define LOADI(p) _mm256_loadu_si256((const __m256i *)(p))
+#define STOREI(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+#define LOADF(p) _mm256_loadu_ps(p)
+#define ZEROF() _mm256_setzero_ps()
+#define ZEROI() _mm256_setzero_si256()
+#define DPBUSD(acc, u8, s8) _mm256_dpbusd_avx_epi32(acc, u8, s8)
+#define CVT(v) _mm256_cvtepi32_ps(v)
+#define MUL(a, b) _mm256_mul_ps(a, b)
+#define FMADD(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define ONES8() _mm256_set1_epi8(1)
+#define SUBI(a, b) _mm256_sub_epi32(a, b)
+#define SLLI7(v) _mm256_slli_epi32(v, 7)
+static inline float REDUCE(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#else
+#define GEMM_VNNI 0
+#endif
+
+int gemm_available(void) { return GEMM_VNNI; }
+
+#if GEMM_VNNI
+
+#define LANES (VB / 4) /* int32 lanes (and lane scales) per vector */
+#define TILE 8         /* tokens per pass over a row (accumulators in registers) */
+
+static int64_t padded(int64_t k) { return (k + VB - 1) / VB * VB; }
+
+/* --------------------------------------------------------------------------- x of a chunk */
+
+static struct {
+    int64_t cap;     /* bytes */
+    uint8_t *buffer;
+} g_x;
+
+int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
+    int64_t kp = padded(k), nb = k / QK;
+    int64_t need = n_tokens * (kp + kp + nb * 4) + (int64_t)sizeof(xblock) * nb;
+    if (g_x.cap < need) {
+        free(g_x.buffer);
+        g_x.buffer = aligned_alloc(64, (size_t)((need + 63) / 64 * 64));
+        g_x.cap = g_x.buffer ? need : 0;
+        if (!g_x.buffer) return -1;
+    }
+    gx->n_tokens = n_tokens, gx->kp = kp, gx->nb = nb;
+    gx->q = g_x.buffer;
+    gx->scale = (float *)(g_x.buffer + n_tokens * kp);
+    gx->sum = gx->scale + n_tokens * (kp / 4);
+    xblock *row = (xblock *)(gx->sum + n_tokens * nb);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        quantize_x(x + t * k, row, (int)nb);
+        uint8_t *q = gx->q + t * kp;
+        float *scale = gx->scale + t * (kp / 4);
+        for (int64_t b = 0; b < nb; ++b) {
+            for (int j = 0; j < QK; ++j) q[b * QK + j] = (uint8_t)(row[b].q[j] + 128);
+            for (int j = 0; j < QK / 4; ++j) scale[b * (QK / 4) + j] = row[b].d;
+            gx->sum[t * nb + b] = row[b].s;
+        }
+        memset(q + k, 128, (size_t)(kp - k)); /* padding: q_x 0 against w 0, scale 0 */
+        memset(scale + k / 4, 0, sizeof(float) * (size_t)((kp - k) / 4));
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- the product */
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* One vector of a weight row (VB signed bytes w, their lane scales s) against nt tokens: the
+   -128 correction is computed from w (exact integers) and starts each token's dpbusd. */
+ALWAYS_INLINE void tokens_step(vi w, vf s, const uint8_t *xq, const float *xs, int64_t kp, int nt,
+                               vf *acc) {
+    vi corr = SUBI(ZEROI(), SLLI7(DPBUSD(ZEROI(), ONES8(), w)));
+    for (int i = 0; i < nt; ++i) {
+        vi p = DPBUSD(corr, LOADI(xq + i * kp), w);
+        acc[i] = FMADD(CVT(p), MUL(s, LOADF(xs + i * (kp / 4))), acc[i]);
+    }
+}
+
+#define UNIT 256 /* values of a row unpacked at once */
+
+/* Any type with to_s8: a unit of blocks unpacked into a buffer, then read back vector by
+   vector (zeros after the row's last value, as the padding of x). */
+ALWAYS_INLINE void row_buffered(const qtype *type, const uint8_t *w, int64_t nb, const uint8_t *xq,
+                                const float *xs, int64_t kp, int nt, float *c, vf *acc) {
+    int8_t q[UNIT] __attribute__((aligned(64)));
+    float s[UNIT / 4] __attribute__((aligned(64)));
+    int64_t blocks = nb * QK / type->block, per_unit = UNIT / type->block;
+    for (int64_t b0 = 0; b0 < blocks; b0 += per_unit) {
+        int64_t n = blocks - b0 < per_unit ? blocks - b0 : per_unit, values = n * type->block;
+        for (int64_t b = 0; b < n; ++b)
+            type->to_s8(w + (b0 + b) * type->type_size, q + b * type->block,
+                        s + b * (type->block / 4), c + (b0 + b) * (type->block / QK));
+        if (values % VB) {
+            memset(q + values, 0, (size_t)(VB - values % VB));
+            memset(s + values / 4, 0, sizeof(float) * (size_t)((VB - values % VB) / 4));
+        }
+        int64_t at = b0 * type->block;
+        for (int64_t g = 0; g * VB < values; ++g)
+            tokens_step(LOADI(q + g * VB), LOADF(s + g * LANES), xq + at + g * VB,
+                        xs + (at + g * VB) / 4, kp, nt, acc);
+    }
+}
+
+#if VB == 64
+/* The common types unpacked straight into registers (AVX-512): the same bytes and scales as
+   their to_s8, so the same sums as row_buffered. */
+
+ALWAYS_INLINE __m512i join_i(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+ALWAYS_INLINE __m512 join_f(__m256 lo, __m256 hi) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+
+/* Block `w` of a 32-value type as signed bytes, its scale, and its min (types with mins). */
+ALWAYS_INLINE void block32(int id, const uint8_t *w, __m256i *q, float *d, float *c) {
+    switch (id) {
+    case T_Q4_0: unp_q4_0(w, q, d, c); *q = _mm256_sub_epi8(*q, _mm256_set1_epi8(8)); break;
+    case T_Q4_1: unp_q4_1(w, q, d, c); break;
+    case T_Q5_0: unp_q5_0(w, q, d, c); *q = _mm256_sub_epi8(*q, _mm256_set1_epi8(16)); break;
+    case T_Q5_1: unp_q5_1(w, q, d, c); break;
+    default: unp_q8_0(w, q, d, c); break;
+    }
+}
+
+/* 32-value types: two blocks per vector. */
+ALWAYS_INLINE void row_32(int id, int size, int has_min, const uint8_t *w, int64_t nb,
+                          const uint8_t *xq, const float *xs, int64_t kp, int nt, float *c,
+                          vf *acc) {
+    for (int64_t b = 0; b < nb; b += 2, w += 2 * size) {
+        __m256i q0, q1 = _mm256_setzero_si256();
+        float d0, d1 = 0.0f, c0, c1;
+        block32(id, w, &q0, &d0, &c0);
+        if (b + 1 < nb) block32(id, w + size, &q1, &d1, &c1);
+        if (has_min) {
+            c[b] = c0;
+            if (b + 1 < nb) c[b + 1] = c1;
+        }
+        tokens_step(join_i(q0, q1), join_f(_mm256_set1_ps(d0), _mm256_set1_ps(d1)),
+                    xq + b * QK, xs + b * (QK / 4), kp, nt, acc);
+    }
+}
+
+/* Q4_K and Q5_K: a super-block of 8 x 32 values with 6-bit scales and mins: 4 vectors. */
+ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, const uint8_t *xq,
+                             const float *xs, int64_t kp, int nt, float *c, vf *acc) {
+    const int size = five ? 176 : 144;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+    for (int64_t b = 0; b < nb; b += 8, w += size) {
+        float d = rdf16(w), dmin = rdf16(w + 2), scale[8];
+        for (int j = 0; j < 8; ++j) {
+            int sc, mn;
+            scale_min_k4(j, w + 4, &sc, &mn);
+            scale[j] = d * sc;
+            c[b + j] = -dmin * mn;
+        }
+        const uint8_t *qs = w + (five ? 48 : 16);
+        __m256i hbits = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : m4;
+        for (int j = 0; j < 4; ++j) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if (five) {
+                __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j)));
+                __m256i u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1), b4));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2), b4));
+            }
+            int64_t at = (b + 2 * j) * QK;
+            tokens_step(join_i(lo, hi),
+                        join_f(_mm256_set1_ps(scale[2 * j]), _mm256_set1_ps(scale[2 * j + 1])),
+                        xq + at, xs + at / 4, kp, nt, acc);
+        }
+    }
+}
+
+/* Q6_K: 256 values, 16 sub-blocks of 16 with int8 scales: 4 vectors of 4 sub-blocks each. */
+ALWAYS_INLINE void row_q6_k(const uint8_t *w, int64_t nb, const uint8_t *xq, const float *xs,
+                            int64_t kp, int nt, vf *acc) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
+    const __m256i m32 = _mm256_set1_epi8(32);
+    const __m512i quarter = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    for (int64_t b = 0; b < nb; b += 8, w += 210) {
+        __m512 d = _mm512_set1_ps(rdf16(w + 208));
+        __m512 scales = _mm512_mul_ps(
+            d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 192)))));
+        for (int half = 0; half < 2; ++half) {
+            const uint8_t *l = w + 64 * half, *h = w + 128 + 32 * half;
+            __m256i q0 = _mm256_loadu_si256((const __m256i *)l);
+            __m256i q1 = _mm256_loadu_si256((const __m256i *)(l + 32));
+            __m256i hh = _mm256_loadu_si256((const __m256i *)h);
+            __m256i v[4] = {
+                _mm256_or_si256(_mm256_and_si256(q0, m4), _mm256_slli_epi16(_mm256_and_si256(hh, m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(q1, m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 2), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 4), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 6), m2), 4)),
+            };
+            for (int g = 0; g < 2; ++g) {
+                int group = 2 * half + g; /* values 64 * group .. + 63: sub-blocks 4 * group .. + 3 */
+                __m512i w8 = join_i(_mm256_sub_epi8(v[2 * g], m32), _mm256_sub_epi8(v[2 * g + 1], m32));
+                __m512 s = _mm512_permutexvar_ps(
+                    _mm512_add_epi32(quarter, _mm512_set1_epi32(4 * group)), scales);
+                int64_t at = b * QK + 64 * group;
+                tokens_step(w8, s, xq + at, xs + at / 4, kp, nt, acc);
+            }
+        }
+    }
+}
+#endif
+
+/* out[i] = the row's lane sums with token i of nt (c: the row's mins, where the type has). */
+ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, const uint8_t *xq,
+                              const float *xs, int64_t kp, int nt, float *c, float *out) {
+    vf acc[TILE];
+    for (int i = 0; i < nt; ++i) acc[i] = ZEROF();
+    switch (type->id) {
+#if VB == 64
+    case T_Q4_0: row_32(T_Q4_0, 18, 0, w, nb, xq, xs, kp, nt, c, acc); break;
+    case T_Q4_1: row_32(T_Q4_1, 20, 1, w, nb, xq, xs, kp, nt, c, acc); break;
+    case T_Q5_0: row_32(T_Q5_0, 22, 0, w, nb, xq, xs, kp, nt, c, acc); break;
+    case T_Q5_1: row_32(T_Q5_1, 24, 1, w, nb, xq, xs, kp, nt, c, acc); break;
+    case T_Q8_0: row_32(T_Q8_0, 34, 0, w, nb, xq, xs, kp, nt, c, acc); break;
+    case T_Q4_K: row_q45_k(0, w, nb, xq, xs, kp, nt, c, acc); break;
+    case T_Q5_K: row_q45_k(1, w, nb, xq, xs, kp, nt, c, acc); break;
+    case T_Q6_K: row_q6_k(w, nb, xq, xs, kp, nt, acc); break;
+#endif
+    default: row_buffered(type, w, nb, xq, xs, kp, nt, c, acc); break;
+    }
+    for (int i = 0; i < nt; ++i) out[i] = REDUCE(acc[i]);
+}
+
+/* Tokens t0 .. t0 + nt of rows r0 .. r1 (nt a constant after inlining). */
+ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1,
+                             int64_t t0, int nt, float *c) {
+    int64_t kp = gx->kp, nb = gx->nb;
+    const uint8_t *xq = gx->q + t0 * kp;
+    const float *xs = gx->scale + t0 * (kp / 4);
+    for (int64_t r = r0; r < r1; ++r) {
+        float out[TILE];
+        row_tokens(p->type, p->w + r * p->row_bytes, nb, xq, xs, kp, nt, c, out);
+        for (int i = 0; i < nt; ++i) {
+            float y = out[i];
+            if (p->type->has_min) y += dot_f32(c, gx->sum + (t0 + i) * nb, (int)nb);
+            p->y[(t0 + i) * p->n_rows + r] = y;
+        }
+    }
+}
+
+void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1) {
+    float c[gx->nb];
+    int64_t t = 0;
+    for (; t + 8 <= gx->n_tokens; t += 8) rows_tile(gx, p, r0, r1, t, 8, c);
+    if (t + 4 <= gx->n_tokens) rows_tile(gx, p, r0, r1, t, 4, c), t += 4;
+    if (t + 2 <= gx->n_tokens) rows_tile(gx, p, r0, r1, t, 2, c), t += 2;
+    if (t < gx->n_tokens) rows_tile(gx, p, r0, r1, t, 1, c);
+}
+
+#else
+
+int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
+    (void)gx, (void)x, (void)k, (void)n_tokens;
+    return -1;
+}
+
+void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1) {
+    (void)gx, (void)p, (void)r0, (void)r1;
+}
+
+#endif
