@@ -45,9 +45,12 @@ def test_the_extension_is_built():
     assert kernels.AVAILABLE, "warmload/kernels/*.c were not built: make install"
     assert set(kernels.KERNEL_TYPES) == set(INT8_TYPES + FLOAT_TYPES)
     int8 = {t for t, kind in kernels.KERNEL_TYPES.items() if kind == "int8"}
-    assert int8 == (set(INT8_TYPES) if cpu_has("avx2") else set())  # else all dequantize
     vnni = cpu_has("avx512_vnni") or cpu_has("avx_vnni")
     assert kernels.GEMM_TYPES == (set(PROMPT_INT8_TYPES) if vnni else set())
+    if cpu_has("avx512_vnni"):  # decode steps take the prompt products' arithmetic
+        assert int8 == set(PROMPT_INT8_TYPES)
+    else:  # row dots where AVX2 is, else everything dequantizes
+        assert int8 == (set(INT8_TYPES) if cpu_has("avx2") else set())
 
 
 def seen_as_int8(ggml_type: str, tokens: int) -> bool:
@@ -108,7 +111,7 @@ def test_product_matches_the_dequantized_reference(ggml_type: str, shape: tuple[
 
 @pytest.mark.parametrize("ggml_type", ["Q4_1", "Q5_0", "Q8_0", "Q4_K"])
 def test_a_rows_result_does_not_depend_on_its_batch(ggml_type: str):
-    """5 decode rows: 32-element types dot 4 of them per block unpack, then 1 alone."""
+    """5 decode rows: taken 4 (AVX2 row dots) or 4 + 1 (AVX-512 products) per weight unpack."""
     blocks = random_blocks(ggml_type, seed=11)
     layer = QuantLinear(blocks, ggml_type, K)
     x = torch.randn(5, 1, K, generator=torch.Generator().manual_seed(1))
@@ -128,6 +131,20 @@ def test_a_prompt_tokens_result_does_not_depend_on_its_chunk(ggml_type: str):
     together = kernels.quantized_matmul(x, weights, "gemm")[0]
     alone = [kernels.quantized_matmul(x[i : i + 1], weights, "gemm")[0] for i in range(11)]
     assert torch.equal(together, torch.cat(alone))
+
+
+@pytest.mark.parametrize("ggml_type", ["Q4_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K", "IQ4_NL"])
+def test_decode_steps_and_short_prompts_share_one_arithmetic(ggml_type: str):
+    """On AVX-512 VNNI a token's product is the same bits as a decode step, in a batch of
+    decode steps, or inside a prompt chunk."""
+    if not cpu_has("avx512_vnni"):
+        pytest.skip("decode steps take per-row dots without AVX-512 VNNI")
+    layer = QuantLinear(random_blocks(ggml_type, seed=13), ggml_type, K)
+    x = torch.randn(1, 13, K, generator=torch.Generator().manual_seed(6))
+    chunk = layer(x)[0]
+    batch = layer(x.transpose(0, 1))[:, 0]  # 13 sequences, one decode step each
+    steps = torch.cat([layer(x[:, i : i + 1])[0] for i in range(13)])
+    assert torch.equal(chunk, batch) and torch.equal(chunk, steps)
 
 
 @pytest.mark.parametrize("slice_rows", [None, 10])

@@ -61,7 +61,15 @@ static inline float REDUCE(__m256 v) {
 #define GEMM_VNNI 0
 #endif
 
-int gemm_available(void) { return GEMM_VNNI; }
+int gemm_available(void) {
+#if !GEMM_VNNI
+    return 0;
+#elif VB == 64
+    return GEMM_IN_REGISTERS;
+#else
+    return GEMM_BUFFERED;
+#endif
+}
 
 #if GEMM_VNNI
 
@@ -77,9 +85,36 @@ static struct {
     uint8_t *buffer;
 } g_x;
 
+/* One block of 32 values as quantize_x makes it (d = max|x| / 127, q = nearest(x * (1 / d)),
+   sum = d * sum(q)), stored as q and as q + 128, with d once per lane. */
+static void quantize_block(const float *x, int8_t *qs, uint8_t *q, float *scale, float *sum) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float d = _mm_cvtss_f32(h) / 127.0f, id = d ? 1.0f / d : 0.0f;
+    __m256i n[4];
+    for (int i = 0; i < 4; ++i) n[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
+    __m256i total = _mm256_add_epi32(_mm256_add_epi32(n[0], n[1]), _mm256_add_epi32(n[2], n[3]));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+    __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+    bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, bytes);
+    _mm256_storeu_si256((__m256i *)q, _mm256_xor_si256(bytes, _mm256_set1_epi8((char)0x80)));
+    _mm256_storeu_ps(scale, _mm256_set1_ps(d));
+    *sum = d * (float)_mm_cvtsi128_si32(t);
+}
+
 int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
     int64_t kp = padded(k), nb = k / QK;
-    int64_t need = n_tokens * (kp + kp + nb * 4) + (int64_t)sizeof(xblock) * nb;
+    int64_t need = n_tokens * (3 * kp + nb * 4);
     if (g_x.cap < need) {
         free(g_x.buffer);
         g_x.buffer = aligned_alloc(64, (size_t)((need + 63) / 64 * 64));
@@ -88,19 +123,18 @@ int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
     }
     gx->n_tokens = n_tokens, gx->kp = kp, gx->nb = nb;
     gx->q = g_x.buffer;
-    gx->scale = (float *)(g_x.buffer + n_tokens * kp);
+    gx->qs = (int8_t *)(g_x.buffer + n_tokens * kp);
+    gx->scale = (float *)(g_x.buffer + 2 * n_tokens * kp);
     gx->sum = gx->scale + n_tokens * (kp / 4);
-    xblock *row = (xblock *)(gx->sum + n_tokens * nb);
     for (int64_t t = 0; t < n_tokens; ++t) {
-        quantize_x(x + t * k, row, (int)nb);
         uint8_t *q = gx->q + t * kp;
+        int8_t *qs = gx->qs + t * kp;
         float *scale = gx->scale + t * (kp / 4);
-        for (int64_t b = 0; b < nb; ++b) {
-            for (int j = 0; j < QK; ++j) q[b * QK + j] = (uint8_t)(row[b].q[j] + 128);
-            for (int j = 0; j < QK / 4; ++j) scale[b * (QK / 4) + j] = row[b].d;
-            gx->sum[t * nb + b] = row[b].s;
-        }
+        for (int64_t b = 0; b < nb; ++b)
+            quantize_block(x + t * k + b * QK, qs + b * QK, q + b * QK, scale + b * (QK / 4),
+                           gx->sum + t * nb + b);
         memset(q + k, 128, (size_t)(kp - k)); /* padding: q_x 0 against w 0, scale 0 */
+        memset(qs + k, 0, (size_t)(kp - k));
         memset(scale + k / 4, 0, sizeof(float) * (size_t)((kp - k) / 4));
     }
     return 0;
@@ -110,30 +144,43 @@ int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* One vector of a weight row (VB signed bytes w, their lane scales s) against nt tokens: the
-   -128 correction is computed from w (exact integers) and starts each token's dpbusd. */
-ALWAYS_INLINE void tokens_step(vi w, vf s, const uint8_t *xq, const float *xs, int64_t kp, int nt,
-                               vf *acc) {
-    vi corr = SUBI(ZEROI(), SLLI7(DPBUSD(ZEROI(), ONES8(), w)));
+/* x of a tile of tokens from value `at` on: signed q, q + 128, lane scales. */
+typedef struct {
+    const int8_t *qs;
+    const uint8_t *q;
+    const float *scale;
+    int64_t kp;
+} xtile_t;
+
+ALWAYS_INLINE xtile_t x_at(xtile_t x, int64_t at) {
+    return (xtile_t){x.qs + at, x.q + at, x.scale + at / 4, x.kp};
+}
+
+/* One vector of a weight row (VB bytes w, their lane scales s) against nt tokens. Unsigned w
+   meets x's signed q directly; signed w meets q + 128, and the -128 * sum(w) correction,
+   computed from w (exact integers), starts each token's dpbusd. */
+ALWAYS_INLINE void tokens_step(vi w, vf s, int unsigned_w, xtile_t x, int nt, vf *acc) {
+    vi corr = unsigned_w ? ZEROI() : SUBI(ZEROI(), SLLI7(DPBUSD(ZEROI(), ONES8(), w)));
     for (int i = 0; i < nt; ++i) {
-        vi p = DPBUSD(corr, LOADI(xq + i * kp), w);
-        acc[i] = FMADD(CVT(p), MUL(s, LOADF(xs + i * (kp / 4))), acc[i]);
+        vi p = unsigned_w ? DPBUSD(ZEROI(), w, LOADI(x.qs + i * x.kp))
+                          : DPBUSD(corr, LOADI(x.q + i * x.kp), w);
+        acc[i] = FMADD(CVT(p), MUL(s, LOADF(x.scale + i * (x.kp / 4))), acc[i]);
     }
 }
 
 #define UNIT 256 /* values of a row unpacked at once */
 
-/* Any type with to_s8: a unit of blocks unpacked into a buffer, then read back vector by
+/* Any type with to_q8: a unit of blocks unpacked into a buffer, then read back vector by
    vector (zeros after the row's last value, as the padding of x). */
-ALWAYS_INLINE void row_buffered(const qtype *type, const uint8_t *w, int64_t nb, const uint8_t *xq,
-                                const float *xs, int64_t kp, int nt, float *c, vf *acc) {
+ALWAYS_INLINE void row_buffered(const qtype *type, const uint8_t *w, int64_t nb, xtile_t x,
+                                int nt, float *c, vf *acc) {
     int8_t q[UNIT] __attribute__((aligned(64)));
     float s[UNIT / 4] __attribute__((aligned(64)));
     int64_t blocks = nb * QK / type->block, per_unit = UNIT / type->block;
     for (int64_t b0 = 0; b0 < blocks; b0 += per_unit) {
         int64_t n = blocks - b0 < per_unit ? blocks - b0 : per_unit, values = n * type->block;
         for (int64_t b = 0; b < n; ++b)
-            type->to_s8(w + (b0 + b) * type->type_size, q + b * type->block,
+            type->to_q8(w + (b0 + b) * type->type_size, q + b * type->block,
                         s + b * (type->block / 4), c + (b0 + b) * (type->block / QK));
         if (values % VB) {
             memset(q + values, 0, (size_t)(VB - values % VB));
@@ -141,54 +188,49 @@ ALWAYS_INLINE void row_buffered(const qtype *type, const uint8_t *w, int64_t nb,
         }
         int64_t at = b0 * type->block;
         for (int64_t g = 0; g * VB < values; ++g)
-            tokens_step(LOADI(q + g * VB), LOADF(s + g * LANES), xq + at + g * VB,
-                        xs + (at + g * VB) / 4, kp, nt, acc);
+            tokens_step(LOADI(q + g * VB), LOADF(s + g * LANES), type->q_unsigned,
+                        x_at(x, at + g * VB), nt, acc);
     }
 }
 
 #if VB == 64
 /* The common types unpacked straight into registers (AVX-512): the same bytes and scales as
-   their to_s8, so the same sums as row_buffered. */
+   their to_q8, so the same sums as row_buffered. */
 
 ALWAYS_INLINE __m512i join_i(__m256i lo, __m256i hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
-ALWAYS_INLINE __m512 join_f(__m256 lo, __m256 hi) {
-    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+ALWAYS_INLINE __m512 join_f(float lo, float hi) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi), 1);
 }
 
-/* Block `w` of a 32-value type as signed bytes, its scale, and its min (types with mins). */
+/* Block `w` of a 32-value type: bytes, scale and offset coefficient (as its to_q8). */
 ALWAYS_INLINE void block32(int id, const uint8_t *w, __m256i *q, float *d, float *c) {
     switch (id) {
-    case T_Q4_0: unp_q4_0(w, q, d, c); *q = _mm256_sub_epi8(*q, _mm256_set1_epi8(8)); break;
+    case T_Q4_0: unp_q4_0(w, q, d, c); break;
     case T_Q4_1: unp_q4_1(w, q, d, c); break;
-    case T_Q5_0: unp_q5_0(w, q, d, c); *q = _mm256_sub_epi8(*q, _mm256_set1_epi8(16)); break;
+    case T_Q5_0: unp_q5_0(w, q, d, c); break;
     case T_Q5_1: unp_q5_1(w, q, d, c); break;
     default: unp_q8_0(w, q, d, c); break;
     }
 }
 
-/* 32-value types: two blocks per vector. */
-ALWAYS_INLINE void row_32(int id, int size, int has_min, const uint8_t *w, int64_t nb,
-                          const uint8_t *xq, const float *xs, int64_t kp, int nt, float *c,
-                          vf *acc) {
+/* 32-value types: two blocks per vector (the second zeros past the row's end). */
+ALWAYS_INLINE void row_32(int id, int size, const uint8_t *w, int64_t nb, xtile_t x, int nt,
+                          float *c, vf *acc) {
+    const int unsigned_q = id != T_Q8_0;
     for (int64_t b = 0; b < nb; b += 2, w += 2 * size) {
         __m256i q0, q1 = _mm256_setzero_si256();
-        float d0, d1 = 0.0f, c0, c1;
-        block32(id, w, &q0, &d0, &c0);
-        if (b + 1 < nb) block32(id, w + size, &q1, &d1, &c1);
-        if (has_min) {
-            c[b] = c0;
-            if (b + 1 < nb) c[b + 1] = c1;
-        }
-        tokens_step(join_i(q0, q1), join_f(_mm256_set1_ps(d0), _mm256_set1_ps(d1)),
-                    xq + b * QK, xs + b * (QK / 4), kp, nt, acc);
+        float d0, d1 = 0.0f;
+        block32(id, w, &q0, &d0, &c[b]);
+        if (b + 1 < nb) block32(id, w + size, &q1, &d1, &c[b + 1]);
+        tokens_step(join_i(q0, q1), join_f(d0, d1), unsigned_q, x_at(x, b * QK), nt, acc);
     }
 }
 
 /* Q4_K and Q5_K: a super-block of 8 x 32 values with 6-bit scales and mins: 4 vectors. */
-ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, const uint8_t *xq,
-                             const float *xs, int64_t kp, int nt, float *c, vf *acc) {
+ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, xtile_t x, int nt, float *c,
+                             vf *acc) {
     const int size = five ? 176 : 144;
     const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
     for (int64_t b = 0; b < nb; b += 8, w += size) {
@@ -203,75 +245,72 @@ ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, const uint8
         __m256i hbits = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : m4;
         for (int j = 0; j < 4; ++j) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
-            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            __m256i lo = _mm256_and_si256(v, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
             if (five) {
                 __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j)));
                 __m256i u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
-                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1), b4));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2), b4));
+                __m256i h1 = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1);
+                __m256i h2 = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(h1, b4));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(h2, b4));
             }
-            int64_t at = (b + 2 * j) * QK;
-            tokens_step(join_i(lo, hi),
-                        join_f(_mm256_set1_ps(scale[2 * j]), _mm256_set1_ps(scale[2 * j + 1])),
-                        xq + at, xs + at / 4, kp, nt, acc);
+            tokens_step(join_i(lo, hi), join_f(scale[2 * j], scale[2 * j + 1]), 1,
+                        x_at(x, (b + 2 * j) * QK), nt, acc);
         }
     }
 }
 
 /* Q6_K: 256 values, 16 sub-blocks of 16 with int8 scales: 4 vectors of 4 sub-blocks each. */
-ALWAYS_INLINE void row_q6_k(const uint8_t *w, int64_t nb, const uint8_t *xq, const float *xs,
-                            int64_t kp, int nt, vf *acc) {
+ALWAYS_INLINE void row_q6_k(const uint8_t *w, int64_t nb, xtile_t x, int nt, vf *acc) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
     const __m256i m32 = _mm256_set1_epi8(32);
     const __m512i quarter = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     for (int64_t b = 0; b < nb; b += 8, w += 210) {
-        __m512 d = _mm512_set1_ps(rdf16(w + 208));
-        __m512 scales = _mm512_mul_ps(
-            d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 192)))));
+        __m128i sc = _mm_loadu_si128((const __m128i *)(w + 192));
+        __m512 scales = _mm512_mul_ps(_mm512_set1_ps(rdf16(w + 208)),
+                                      _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
         for (int half = 0; half < 2; ++half) {
             const uint8_t *l = w + 64 * half, *h = w + 128 + 32 * half;
             __m256i q0 = _mm256_loadu_si256((const __m256i *)l);
             __m256i q1 = _mm256_loadu_si256((const __m256i *)(l + 32));
             __m256i hh = _mm256_loadu_si256((const __m256i *)h);
-            __m256i v[4] = {
-                _mm256_or_si256(_mm256_and_si256(q0, m4), _mm256_slli_epi16(_mm256_and_si256(hh, m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(q1, m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 2), m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 4), m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 6), m2), 4)),
-            };
-            for (int g = 0; g < 2; ++g) {
-                int group = 2 * half + g; /* values 64 * group .. + 63: sub-blocks 4 * group .. + 3 */
-                __m512i w8 = join_i(_mm256_sub_epi8(v[2 * g], m32), _mm256_sub_epi8(v[2 * g + 1], m32));
+            __m256i v[4];
+            for (int k = 0; k < 4; ++k) {
+                __m256i lowbits = _mm256_and_si256(k < 2 ? (k ? q1 : q0) :
+                                                   _mm256_srli_epi16(k == 2 ? q0 : q1, 4), m4);
+                __m256i highbits = _mm256_and_si256(_mm256_srli_epi16(hh, 2 * k), m2);
+                v[k] = _mm256_sub_epi8(_mm256_or_si256(lowbits, _mm256_slli_epi16(highbits, 4)), m32);
+            }
+            for (int g = 0; g < 2; ++g) { /* values 64 * group ..: sub-blocks 4 * group .. */
+                int group = 2 * half + g;
                 __m512 s = _mm512_permutexvar_ps(
                     _mm512_add_epi32(quarter, _mm512_set1_epi32(4 * group)), scales);
-                int64_t at = b * QK + 64 * group;
-                tokens_step(w8, s, xq + at, xs + at / 4, kp, nt, acc);
+                tokens_step(join_i(v[2 * g], v[2 * g + 1]), s, 0, x_at(x, b * QK + 64 * group),
+                            nt, acc);
             }
         }
     }
 }
 #endif
 
-/* out[i] = the row's lane sums with token i of nt (c: the row's mins, where the type has). */
-ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, const uint8_t *xq,
-                              const float *xs, int64_t kp, int nt, float *c, float *out) {
+/* out[i] = the row's lane sums with token i of nt (c: the row's offset coefficients). */
+ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, xtile_t x, int nt,
+                              float *c, float *out) {
     vf acc[TILE];
     for (int i = 0; i < nt; ++i) acc[i] = ZEROF();
     switch (type->id) {
 #if VB == 64
-    case T_Q4_0: row_32(T_Q4_0, 18, 0, w, nb, xq, xs, kp, nt, c, acc); break;
-    case T_Q4_1: row_32(T_Q4_1, 20, 1, w, nb, xq, xs, kp, nt, c, acc); break;
-    case T_Q5_0: row_32(T_Q5_0, 22, 0, w, nb, xq, xs, kp, nt, c, acc); break;
-    case T_Q5_1: row_32(T_Q5_1, 24, 1, w, nb, xq, xs, kp, nt, c, acc); break;
-    case T_Q8_0: row_32(T_Q8_0, 34, 0, w, nb, xq, xs, kp, nt, c, acc); break;
-    case T_Q4_K: row_q45_k(0, w, nb, xq, xs, kp, nt, c, acc); break;
-    case T_Q5_K: row_q45_k(1, w, nb, xq, xs, kp, nt, c, acc); break;
-    case T_Q6_K: row_q6_k(w, nb, xq, xs, kp, nt, acc); break;
+    case T_Q4_0: row_32(T_Q4_0, 18, w, nb, x, nt, c, acc); break;
+    case T_Q4_1: row_32(T_Q4_1, 20, w, nb, x, nt, c, acc); break;
+    case T_Q5_0: row_32(T_Q5_0, 22, w, nb, x, nt, c, acc); break;
+    case T_Q5_1: row_32(T_Q5_1, 24, w, nb, x, nt, c, acc); break;
+    case T_Q8_0: row_32(T_Q8_0, 34, w, nb, x, nt, c, acc); break;
+    case T_Q4_K: row_q45_k(0, w, nb, x, nt, c, acc); break;
+    case T_Q5_K: row_q45_k(1, w, nb, x, nt, c, acc); break;
+    case T_Q6_K: row_q6_k(w, nb, x, nt, acc); break;
 #endif
-    default: row_buffered(type, w, nb, xq, xs, kp, nt, c, acc); break;
+    default: row_buffered(type, w, nb, x, nt, c, acc); break;
     }
     for (int i = 0; i < nt; ++i) out[i] = REDUCE(acc[i]);
 }
@@ -280,14 +319,13 @@ ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, c
 ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1,
                              int64_t t0, int nt, float *c) {
     int64_t kp = gx->kp, nb = gx->nb;
-    const uint8_t *xq = gx->q + t0 * kp;
-    const float *xs = gx->scale + t0 * (kp / 4);
+    xtile_t x = {gx->qs + t0 * kp, gx->q + t0 * kp, gx->scale + t0 * (kp / 4), kp};
     for (int64_t r = r0; r < r1; ++r) {
         float out[TILE];
-        row_tokens(p->type, p->w + r * p->row_bytes, nb, xq, xs, kp, nt, c, out);
+        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, nt, c, out);
         for (int i = 0; i < nt; ++i) {
             float y = out[i];
-            if (p->type->has_min) y += dot_f32(c, gx->sum + (t0 + i) * nb, (int)nb);
+            if (p->type->q_unsigned) y += dot_f32(c, gx->sum + (t0 + i) * nb, (int)nb);
             p->y[(t0 + i) * p->n_rows + r] = y;
         }
     }

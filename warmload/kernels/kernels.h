@@ -77,9 +77,9 @@ typedef float (*dot_fn)(const uint8_t *, const xblock *, int);
 typedef void (*dotn_fn)(const uint8_t *w, const xblock *x, int nb, int64_t x_stride, float *out,
                         int64_t out_stride);
 typedef void (*deq_fn)(const uint8_t *, float *);
-/* One block -> signed bytes q, a float scale per 4 values and, for types with mins, an offset
+/* One block -> bytes q, a float scale per 4 values and, for q_unsigned types, an offset
    coefficient c per 32 values: the block's values are scale * q + c (gemm.c). */
-typedef void (*to_s8_fn)(const uint8_t *block, int8_t *q, float *scale, float *c);
+typedef void (*to_q8_fn)(const uint8_t *block, int8_t *q, float *scale, float *c);
 
 typedef struct {
     int id;
@@ -88,8 +88,8 @@ typedef struct {
     dot_fn dot;     /* integer path (x quantized), or NULL */
     deq_fn deq;     /* float path: one block -> floats */
     dotn_fn dotn;   /* integer path for 4 rows of x at once, or NULL */
-    to_s8_fn to_s8; /* prompt products (gemm.c), or NULL */
-    int has_min;    /* to_s8 writes offset coefficients */
+    to_q8_fn to_q8; /* integer products of many tokens (gemm.c), or NULL */
+    int q_unsigned; /* to_q8 writes unsigned q and offset coefficients c; else signed q */
 } qtype;
 
 extern const qtype QTYPES[];
@@ -105,8 +105,9 @@ void quantize_x(const float *x, xblock *out, int nb);
 
 /* How a part is computed: integer dots on the 8-bit x (types with a dot only), dequantized rows
    dotted with the float x, or no product at all: the dequantized rows written to y (n_rows, k);
-   MODE_GEMM: integer products of whole unpacked rows with many tokens (gemm.c; types with
-   to_s8 on a VNNI machine, else it falls back to MODE_FLOAT). */
+   MODE_GEMM: integer products of rows unpacked once for many tokens (gemm.c; types with to_q8
+   on a VNNI machine, else it falls back to MODE_FLOAT). Where gemm.c unpacks in registers,
+   MODE_INT8 becomes MODE_GEMM: decode steps, batches and short prompts share one arithmetic. */
 enum { MODE_FLOAT = 0, MODE_INT8 = 1, MODE_DEQUANT = 2, MODE_GEMM = 3 };
 
 /* One weight matrix of a product: y[t, n] = W[n] . x[t] for n < n_rows. */
@@ -135,12 +136,17 @@ int thread_count(void);
 /* x of a prompt chunk, quantized for gemm_rows (see gemm.c). */
 typedef struct {
     int64_t n_tokens, kp, nb; /* kp: k padded to whole vectors; nb = k / 32 */
-    uint8_t *q;               /* (n_tokens, kp): q + 128 */
+    uint8_t *q;               /* (n_tokens, kp): q + 128 (against signed weights) */
+    int8_t *qs;               /* (n_tokens, kp): q (against unsigned weights) */
     float *scale;             /* (n_tokens, kp / 4): the block's d, once per 4 values */
     float *sum;               /* (n_tokens, nb): d * sum(q) per block */
 } gemm_x_t;
 
-int gemm_available(void); /* 1 where the VNNI products are compiled in */
+/* 0: no VNNI (no integer products of many tokens); GEMM_BUFFERED: AVX-VNNI, weights unpacked
+   through a buffer, for prompt chunks only; GEMM_IN_REGISTERS: AVX-512 VNNI, the common types
+   unpacked in registers, fast enough to serve decode steps too (make_part). */
+enum { GEMM_BUFFERED = 1, GEMM_IN_REGISTERS = 2 };
+int gemm_available(void);
 /* gx <- x (n_tokens, k), in a buffer owned by gemm.c; 0, or -1 (no memory / no VNNI). */
 int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens);
 /* p->y[t, r] for rows r0..r1 of part p and every token of gx. */

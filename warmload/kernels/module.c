@@ -246,7 +246,8 @@ static PyObject *py_types(PyObject *self, PyObject *args) {
     PyObject *out = PyDict_New();
     for (int i = 0; out && i < N_QTYPES; ++i) {
         PyObject *key = PyLong_FromLong(QTYPES[i].id);
-        PyObject *val = PyUnicode_FromString(QTYPES[i].dot ? "int8" : "float");
+        int int8 = QTYPES[i].dot || (QTYPES[i].to_q8 && gemm_available() == GEMM_IN_REGISTERS);
+        PyObject *val = PyUnicode_FromString(int8 ? "int8" : "float");
         int failed = !key || !val || PyDict_SetItem(out, key, val) < 0;
         Py_XDECREF(key);
         Py_XDECREF(val);
@@ -259,7 +260,7 @@ static PyObject *py_gemm_types(PyObject *self, PyObject *args) {
     (void)self, (void)args;
     PyObject *out = PyList_New(0);
     for (int i = 0; out && i < N_QTYPES; ++i) {
-        if (!QTYPES[i].to_s8 || !gemm_available()) continue;
+        if (!QTYPES[i].to_q8 || !gemm_available()) continue;
         PyObject *id = PyLong_FromLong(QTYPES[i].id);
         if (!id || PyList_Append(out, id) < 0) Py_CLEAR(out);
         Py_XDECREF(id);
@@ -288,7 +289,8 @@ static PyMethodDef METHODS[] = {
      "in place; row b at positions[b] (int64), or all at pos0 when positions_ptr is 0"},
     {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads per product"},
     {"get_threads", py_get_threads, METH_NOARGS, "threads per product"},
-    {"types", py_types, METH_NOARGS, "{ggml type id: 'int8' | 'float'} of the kernels"},
+    {"types", py_types, METH_NOARGS,
+     "{ggml type id: 'int8' | 'float'}: how the kernels compute a decode step"},
     {"gemm_types", py_gemm_types, METH_NOARGS, "ggml type ids with integer prompt products"},
     {NULL, NULL, 0, NULL},
 };

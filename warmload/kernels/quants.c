@@ -433,50 +433,52 @@ static float dot_q6_k(const uint8_t *w, const xblock *x, int nb) {
 
 #endif
 
-/* ------------------------------------------ blocks as signed bytes (prompt products, gemm.c) */
-/* Each writes a block's values as scale * q + c: q signed bytes, one scale per 4 values (a VNNI
-   lane), c per 32 values for the types with mins. */
+/* ----------------------------------------------- blocks as bytes (integer products, gemm.c) */
+/* Each writes a block's values as scale * q + c: one scale per 4 values (a VNNI lane); q
+   unsigned bytes with c per 32 values (the types with mins or offsets: Q4_0/1, Q5_0/1,
+   Q4_K, Q5_K), else signed bytes and no c. */
 
 #if HAVE_AVX2
-static inline void put_s8(int8_t *q, __m256i v) { _mm256_storeu_si256((__m256i *)q, v); }
+static inline void put_q8(int8_t *q, __m256i v) { _mm256_storeu_si256((__m256i *)q, v); }
 static inline void put_scale(float *s, float d) { _mm256_storeu_ps(s, _mm256_set1_ps(d)); }
 
-static void s8_q4_0(const uint8_t *b, int8_t *q, float *s, float *c) {
-    (void)c;
-    put_s8(q, _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8)));
-    put_scale(s, rdf16(b));
+static void q8_q4_0(const uint8_t *b, int8_t *q, float *s, float *c) {
+    __m256i v;
+    float d;
+    unp_q4_0(b, &v, &d, c);
+    put_q8(q, v);
+    put_scale(s, d);
 }
 
-static void s8_q4_1(const uint8_t *b, int8_t *q, float *s, float *c) {
-    put_s8(q, nibbles32(b + 4));
+static void q8_q4_1(const uint8_t *b, int8_t *q, float *s, float *c) {
+    put_q8(q, nibbles32(b + 4));
     put_scale(s, rdf16(b));
     c[0] = rdf16(b + 2);
 }
 
-static void s8_q5_0(const uint8_t *b, int8_t *q, float *s, float *c) {
+static void q8_q5_0(const uint8_t *b, int8_t *q, float *s, float *c) {
     __m256i v;
-    float d, unused;
-    (void)c;
-    unp_q5_0(b, &v, &d, &unused);
-    put_s8(q, _mm256_sub_epi8(v, _mm256_set1_epi8(16)));
+    float d;
+    unp_q5_0(b, &v, &d, c);
+    put_q8(q, v);
     put_scale(s, d);
 }
 
-static void s8_q5_1(const uint8_t *b, int8_t *q, float *s, float *c) {
+static void q8_q5_1(const uint8_t *b, int8_t *q, float *s, float *c) {
     __m256i v;
     float d;
     unp_q5_1(b, &v, &d, c);
-    put_s8(q, v);
+    put_q8(q, v);
     put_scale(s, d);
 }
 
-static void s8_q8_0(const uint8_t *b, int8_t *q, float *s, float *c) {
+static void q8_q8_0(const uint8_t *b, int8_t *q, float *s, float *c) {
     (void)c;
     memcpy(q, b + 2, 32);
     put_scale(s, rdf16(b));
 }
 
-static void s8_q4_k(const uint8_t *b, int8_t *q, float *s, float *c) {
+static void q8_q4_k(const uint8_t *b, int8_t *q, float *s, float *c) {
     float d = rdf16(b), dmin = rdf16(b + 2);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int j = 0; j < 8; ++j) {
@@ -487,12 +489,12 @@ static void s8_q4_k(const uint8_t *b, int8_t *q, float *s, float *c) {
     }
     for (int j = 0; j < 4; ++j) {
         __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * j));
-        put_s8(q + 64 * j, _mm256_and_si256(v, m4));
-        put_s8(q + 64 * j + 32, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        put_q8(q + 64 * j, _mm256_and_si256(v, m4));
+        put_q8(q + 64 * j + 32, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
     }
 }
 
-static void s8_q5_k(const uint8_t *b, int8_t *q, float *s, float *c) {
+static void q8_q5_k(const uint8_t *b, int8_t *q, float *s, float *c) {
     float d = rdf16(b), dmin = rdf16(b + 2);
     const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
     const __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 16));
@@ -507,12 +509,12 @@ static void s8_q5_k(const uint8_t *b, int8_t *q, float *s, float *c) {
         __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j))), u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
         __m256i h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1), b4);
         __m256i h2 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2), b4);
-        put_s8(q + 64 * j, _mm256_or_si256(_mm256_and_si256(v, m4), h1));
-        put_s8(q + 64 * j + 32, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), h2));
+        put_q8(q + 64 * j, _mm256_or_si256(_mm256_and_si256(v, m4), h1));
+        put_q8(q + 64 * j + 32, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), h2));
     }
 }
 
-static void s8_q6_k(const uint8_t *b, int8_t *q, float *s, float *c) {
+static void q8_q6_k(const uint8_t *b, int8_t *q, float *s, float *c) {
     (void)c;
     const int8_t *sc = (const int8_t *)(b + 192);
     float d = rdf16(b + 208);
@@ -534,17 +536,17 @@ static void s8_q6_k(const uint8_t *b, int8_t *q, float *s, float *c) {
         __m256i v3 = _mm256_or_si256(
             _mm256_and_si256(_mm256_srli_epi16(q1, 4), m4),
             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 6), m2), 4));
-        put_s8(q, _mm256_sub_epi8(v0, m32));
-        put_s8(q + 32, _mm256_sub_epi8(v1, m32));
-        put_s8(q + 64, _mm256_sub_epi8(v2, m32));
-        put_s8(q + 96, _mm256_sub_epi8(v3, m32));
+        put_q8(q, _mm256_sub_epi8(v0, m32));
+        put_q8(q + 32, _mm256_sub_epi8(v1, m32));
+        put_q8(q + 64, _mm256_sub_epi8(v2, m32));
+        put_q8(q + 96, _mm256_sub_epi8(v3, m32));
     }
 }
 #endif
 
 /* The rarer types, unpacked value by value (as their dequantizers). */
 
-static void s8_q3_k(const uint8_t *b, int8_t *q, float *s, float *c) {
+static void q8_q3_k(const uint8_t *b, int8_t *q, float *s, float *c) {
     (void)c;
     const uint8_t *hm = b, *qs = b + 32;
     uint32_t aux[4];
@@ -569,7 +571,7 @@ static void s8_q3_k(const uint8_t *b, int8_t *q, float *s, float *c) {
     }
 }
 
-static void s8_iq4_nl(const uint8_t *b, int8_t *q, float *s, float *c) {
+static void q8_iq4_nl(const uint8_t *b, int8_t *q, float *s, float *c) {
     (void)c;
     for (int j = 0; j < 16; ++j) {
         q[j] = IQ4NL_VALUES[b[2 + j] & 0xF];
@@ -578,7 +580,7 @@ static void s8_iq4_nl(const uint8_t *b, int8_t *q, float *s, float *c) {
     for (int i = 0; i < 8; ++i) s[i] = rdf16(b);
 }
 
-static void s8_iq4_xs(const uint8_t *b, int8_t *q, float *s, float *c) {
+static void q8_iq4_xs(const uint8_t *b, int8_t *q, float *s, float *c) {
     (void)c;
     float d = rdf16(b);
     uint16_t scales_h = rd16(b + 2);
@@ -628,27 +630,27 @@ static void deqv_q8_0(const uint8_t *b, float *y) {
     deq_avx(_mm256_loadu_si256((const __m256i *)(b + 2)), 1, 0, rdf16(b), 0.0f, y);
 }
 #define DEQ_OF(scalar, vector) vector
-#define S8_OF(f) f
+#define Q8_OF(f) f
 #else
-#define S8_OF(f) NULL
+#define Q8_OF(f) NULL
 #define DEQ_OF(scalar, vector) scalar
 #define DOT_OF(f) NULL
 #define DOTN_OF(f) NULL
 #endif
 
 const qtype QTYPES[] = {
-    {T_Q4_0, 32, 18, DOT_OF(dot_q4_0), DEQ_OF(deq_q4_0, deqv_q4_0), DOTN_OF(dotn_q4_0), S8_OF(s8_q4_0), 0},
-    {T_Q4_1, 32, 20, DOT_OF(dot_q4_1), DEQ_OF(deq_q4_1, deqv_q4_1), DOTN_OF(dotn_q4_1), S8_OF(s8_q4_1), 1},
-    {T_Q5_0, 32, 22, DOT_OF(dot_q5_0), DEQ_OF(deq_q5_0, deqv_q5_0), DOTN_OF(dotn_q5_0), S8_OF(s8_q5_0), 0},
-    {T_Q5_1, 32, 24, DOT_OF(dot_q5_1), DEQ_OF(deq_q5_1, deqv_q5_1), DOTN_OF(dotn_q5_1), S8_OF(s8_q5_1), 1},
-    {T_Q8_0, 32, 34, DOT_OF(dot_q8_0), DEQ_OF(deq_q8_0, deqv_q8_0), DOTN_OF(dotn_q8_0), S8_OF(s8_q8_0), 0},
-    {T_Q4_K, 256, 144, DOT_OF(dot_q4_k), deq_q4_k, NULL, S8_OF(s8_q4_k), 1},
-    {T_Q5_K, 256, 176, DOT_OF(dot_q5_k), deq_q5_k, NULL, S8_OF(s8_q5_k), 1},
-    {T_Q6_K, 256, 210, DOT_OF(dot_q6_k), deq_q6_k, NULL, S8_OF(s8_q6_k), 0},
+    {T_Q4_0, 32, 18, DOT_OF(dot_q4_0), DEQ_OF(deq_q4_0, deqv_q4_0), DOTN_OF(dotn_q4_0), Q8_OF(q8_q4_0), 1},
+    {T_Q4_1, 32, 20, DOT_OF(dot_q4_1), DEQ_OF(deq_q4_1, deqv_q4_1), DOTN_OF(dotn_q4_1), Q8_OF(q8_q4_1), 1},
+    {T_Q5_0, 32, 22, DOT_OF(dot_q5_0), DEQ_OF(deq_q5_0, deqv_q5_0), DOTN_OF(dotn_q5_0), Q8_OF(q8_q5_0), 1},
+    {T_Q5_1, 32, 24, DOT_OF(dot_q5_1), DEQ_OF(deq_q5_1, deqv_q5_1), DOTN_OF(dotn_q5_1), Q8_OF(q8_q5_1), 1},
+    {T_Q8_0, 32, 34, DOT_OF(dot_q8_0), DEQ_OF(deq_q8_0, deqv_q8_0), DOTN_OF(dotn_q8_0), Q8_OF(q8_q8_0), 0},
+    {T_Q4_K, 256, 144, DOT_OF(dot_q4_k), deq_q4_k, NULL, Q8_OF(q8_q4_k), 1},
+    {T_Q5_K, 256, 176, DOT_OF(dot_q5_k), deq_q5_k, NULL, Q8_OF(q8_q5_k), 1},
+    {T_Q6_K, 256, 210, DOT_OF(dot_q6_k), deq_q6_k, NULL, Q8_OF(q8_q6_k), 0},
     {T_Q2_K, 256, 84, NULL, deq_q2_k, NULL, NULL, 0}, /* mins per 16 values: float path */
-    {T_Q3_K, 256, 110, NULL, deq_q3_k, NULL, s8_q3_k, 0},
-    {T_IQ4_NL, 32, 18, NULL, deq_iq4_nl, NULL, s8_iq4_nl, 0},
-    {T_IQ4_XS, 256, 136, NULL, deq_iq4_xs, NULL, s8_iq4_xs, 0},
+    {T_Q3_K, 256, 110, NULL, deq_q3_k, NULL, q8_q3_k, 0},
+    {T_IQ4_NL, 32, 18, NULL, deq_iq4_nl, NULL, q8_iq4_nl, 0},
+    {T_IQ4_XS, 256, 136, NULL, deq_iq4_xs, NULL, q8_iq4_xs, 0},
     {T_F16, 32, 64, NULL, deq_f16},
     {T_BF16, 32, 64, NULL, deq_bf16},
 };

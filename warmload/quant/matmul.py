@@ -2,15 +2,18 @@
 
 QuantLinear holds a weight matrix as its raw GGML bytes, (out_features, row_nbytes) uint8, which
 on a mapped GGUF file is a view of the page cache (zero copy, zero conversion at load). Its
-product runs in the C kernels of warmload.kernels: activations quantized to 8-bit blocks and integer
-dot products per weight block for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (as
-llama.cpp's CPU backend computes), block-wise dequantization and float dots for Q2_K, Q3_K,
-IQ4_NL, IQ4_XS, F16 and BF16. That is for decode steps (one token per sequence). Short prompt
-chunks (below GEMM_TOKENS rows) take the same 8-bit activations against weight rows unpacked
-once per call for all rows (VNNI machines; every type but Q2_K, F16, BF16); longer ones, and
-every chunk elsewhere, stay float32: below PREFILL_TOKENS rows each weight row is dequantized
-once in C and dotted with every row, above it torch's GEMM runs on weight slices dequantized
-into a bounded scratch buffer.
+product runs in the C kernels of warmload.kernels, by the number of rows T of x per sequence:
+
+- decode steps (T == 1, any number of sequences): activations quantized to 8-bit blocks and
+  integer products, as llama.cpp's CPU backend computes (kernels.KERNEL_TYPES says "int8"; the
+  other types dequantize block by block and dot in float);
+- prompt chunks of fewer than GEMM_TOKENS rows, where the kernels have the integer product of
+  many tokens for every type of the call (kernels.GEMM_TYPES, VNNI machines): the same 8-bit
+  activations; on AVX-512 VNNI decode steps take this very product, so a token's result does
+  not depend on how it was batched or chunked;
+- other chunks stay float32: below PREFILL_TOKENS rows each weight row is dequantized once in C
+  and dotted with every row, above it torch's GEMM runs on weight slices dequantized into a
+  bounded scratch buffer.
 
 QuantEmbedding dequantizes only the rows it gathers; `as_linear()` gives the tied output layer
 over the same bytes. Reference for the layouts: llama.cpp ggml/src/ggml-common.h.
@@ -99,12 +102,9 @@ class QuantLinear(nn.Module):
 def project_packed(x: torch.Tensor, layers: Sequence[QuantLinear]) -> list[torch.Tensor]:
     """[layer(x) for layer in layers] for layers of one input size, in one kernel call.
 
-    x (..., T, K): a decode step (T == 1, any number of sequences) runs on 8-bit activations,
-    as llama.cpp's. So do prompt chunks of fewer than GEMM_TOKENS rows where the kernels have an
-    integer prompt product for the types (kernels.GEMM_TYPES: VNNI machines); other chunks stay
-    float32, in C below PREFILL_TOKENS rows, else on torch's GEMM. Each row's arithmetic depends
-    only on that rule, never on how many other rows share the call, so batched and single
-    decoding agree bit for bit."""
+    x (..., T, K), the arithmetic chosen by T as the module docstring says. Each row's
+    arithmetic depends only on that rule, never on how many other rows share the call, so
+    batched and single decoding agree bit for bit."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, layers[0].in_features)
     if x2.dtype != torch.float32 or not x2.is_contiguous():
