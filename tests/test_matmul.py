@@ -109,6 +109,26 @@ def test_product_matches_the_dequantized_reference(ggml_type: str, shape: tuple[
     assert relative_error(got.reshape(-1, N), x_seen @ weight.T) < 1e-5
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (5, 1)])
+@pytest.mark.parametrize("ggml_type", INT8_TYPES)
+def test_row_dots_match_the_reference(ggml_type: str, shape: tuple[int, int]):
+    """The AVX2 per-row integer dots (decode steps on machines without AVX-512 VNNI), asked for
+    by name so that they are checked on every machine with AVX2."""
+    if not cpu_has("avx2"):
+        pytest.skip("no integer row dots without AVX2")
+    blocks = random_blocks(ggml_type, seed=21)
+    x = torch.randn(shape[0], K, generator=torch.Generator().manual_seed(7))
+    x[:, 7] *= 50.0
+    got = kernels.quantized_matmul(x, [(blocks, ggml_type)], "row_dots")[0]
+    want = quantized_activations(x) @ dequantize(blocks, ggml_type, (N, K)).T
+    assert relative_error(got, want) < 1e-5
+    alone = [
+        kernels.quantized_matmul(x[i : i + 1], [(blocks, ggml_type)], "row_dots")[0]
+        for i in range(shape[0])
+    ]
+    assert torch.equal(got, torch.cat(alone))
+
+
 @pytest.mark.parametrize("ggml_type", ["Q4_1", "Q5_0", "Q8_0", "Q4_K"])
 def test_a_rows_result_does_not_depend_on_its_batch(ggml_type: str):
     """5 decode rows: taken 4 (AVX2 row dots) or 4 + 1 (AVX-512 products) per weight unpack."""

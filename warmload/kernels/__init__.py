@@ -69,8 +69,8 @@ def set_threads(n: int) -> None:
         _cpu.set_threads(n)
 
 
-_MODE_FLOAT, _MODE_INT8, _MODE_DEQUANT, _MODE_GEMM = 0, 1, 2, 3  # kernels.h
-_MODES = {"float": _MODE_FLOAT, "int8": _MODE_INT8, "gemm": _MODE_GEMM}
+_MODE_FLOAT, _MODE_INT8, _MODE_DEQUANT, _MODE_GEMM, _MODE_ROW_DOTS = 0, 1, 2, 3, 4  # kernels.h
+_MODES = {"float": _MODE_FLOAT, "int8": _MODE_INT8, "gemm": _MODE_GEMM, "row_dots": _MODE_ROW_DOTS}
 
 
 def dequantize(blocks: torch.Tensor, ggml_type: str, out: torch.Tensor) -> torch.Tensor:
@@ -89,9 +89,10 @@ def quantized_matmul(
     """x (T, K) float32 contiguous times each weight: [x @ W.T (T, N_i) float32, ...] for the
     (blocks (N_i, row_nbytes) uint8, ggml type) pairs, in one call. Modes: "int8", x quantized
     to 8 bits once and each row of x dotted in integers (types with an integer dot); "gemm", the
-    same 8-bit x against weight rows unpacked once for all rows of x (GEMM_TYPES); "float", each
-    weight row dequantized once and dotted in float32 with every row of x. A type without the
-    asked mode takes "float"."""
+    same 8-bit x against weight rows unpacked once for all rows of x (GEMM_TYPES; where the
+    kernels unpack in registers, "int8" takes it too); "row_dots", the per-row integer dots
+    whatever "int8" takes here (for tests); "float", each weight row dequantized once and
+    dotted in float32 with every row of x. A type without the asked mode takes "float"."""
     n_tokens, k = x.shape
     mode = _MODES[mode]
     outs = [torch.empty((n_tokens, blocks.shape[0]), dtype=torch.float32) for blocks, _ in weights]

@@ -108,7 +108,9 @@ void quantize_x(const float *x, xblock *out, int nb);
    MODE_GEMM: integer products of rows unpacked once for many tokens (gemm.c; types with to_q8
    on a VNNI machine, else it falls back to MODE_FLOAT). Where gemm.c unpacks in registers,
    MODE_INT8 becomes MODE_GEMM: decode steps, batches and short prompts share one arithmetic. */
-enum { MODE_FLOAT = 0, MODE_INT8 = 1, MODE_DEQUANT = 2, MODE_GEMM = 3 };
+enum { MODE_FLOAT = 0, MODE_INT8 = 1, MODE_DEQUANT = 2, MODE_GEMM = 3, MODE_ROW_DOTS = 4 };
+/* MODE_ROW_DOTS asks for the per-row integer dots as such (MODE_INT8 never remapped): how
+   tests check them on machines whose decode steps take MODE_GEMM. */
 
 /* One weight matrix of a product: y[t, n] = W[n] . x[t] for n < n_rows. */
 typedef struct {
