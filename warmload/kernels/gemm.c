@@ -215,16 +215,49 @@ ALWAYS_INLINE void block32(int id, const uint8_t *w, __m256i *q, float *d, float
     }
 }
 
+/* The fp16 numbers at a and b as floats [a, b, 0, 0]. */
+ALWAYS_INLINE __m128 f16_pair(const uint8_t *a, const uint8_t *b) {
+    return _mm_cvtph_ps(_mm_unpacklo_epi16(_mm_cvtsi32_si128(rd16(a)), _mm_cvtsi32_si128(rd16(b))));
+}
+
+/* Blocks w and w + size of a 32-value type in one vector: bytes, lane scales and the two
+   offset coefficients (as block32 makes them, with the scales converted two at a time). */
+ALWAYS_INLINE void pair32(int id, int size, const uint8_t *w, vi *q, vf *s, float *c) {
+    __m256i q0, q1;
+    float unused_d, unused_c;
+    block32(id, w, &q0, &unused_d, &unused_c);
+    block32(id, w + size, &q1, &unused_d, &unused_c);
+    *q = join_i(q0, q1);
+    __m128 d = f16_pair(w, w + size); /* [d0, d1, 0, 0] */
+    *s = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                               _mm512_castps128_ps512(d));
+    __m128 m; /* offset coefficients: the mins, or -offset * d */
+    switch (id) {
+    case T_Q4_0: m = _mm_mul_ps(_mm_set1_ps(-8.0f), d); break;
+    case T_Q5_0: m = _mm_mul_ps(_mm_set1_ps(-16.0f), d); break;
+    case T_Q8_0: return;
+    default: m = f16_pair(w + 2, w + size + 2); break; /* Q4_1, Q5_1 */
+    }
+    _mm_storel_pi((__m64 *)c, m);
+}
+
 /* 32-value types: two blocks per vector (the second zeros past the row's end). */
 ALWAYS_INLINE void row_32(int id, int size, const uint8_t *w, int64_t nb, xtile_t x, int nt,
                           float *c, vf *acc) {
     const int unsigned_q = id != T_Q8_0;
-    for (int64_t b = 0; b < nb; b += 2, w += 2 * size) {
-        __m256i q0, q1 = _mm256_setzero_si256();
-        float d0, d1 = 0.0f;
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2, w += 2 * size) {
+        vi q;
+        vf s;
+        pair32(id, size, w, &q, &s, c + b);
+        tokens_step(q, s, unsigned_q, x_at(x, b * QK), nt, acc);
+    }
+    if (b < nb) { /* an odd last block */
+        __m256i q0;
+        float d0;
         block32(id, w, &q0, &d0, &c[b]);
-        if (b + 1 < nb) block32(id, w + size, &q1, &d1, &c[b + 1]);
-        tokens_step(join_i(q0, q1), join_f(d0, d1), unsigned_q, x_at(x, b * QK), nt, acc);
+        tokens_step(join_i(q0, _mm256_setzero_si256()), join_f(d0, 0.0f), unsigned_q,
+                    x_at(x, b * QK), nt, acc);
     }
 }
 
@@ -315,29 +348,33 @@ ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, x
     for (int i = 0; i < nt; ++i) out[i] = REDUCE(acc[i]);
 }
 
-/* Tokens t0 .. t0 + nt of rows r0 .. r1 (nt a constant after inlining). */
+/* Tokens t0 .. t0 + nt of rows r0 .. r1 (nt a constant after inlining). The offset terms are
+   added after all rows: each row's coefficients are read back long after they were written. */
 ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1,
                              int64_t t0, int nt, float *c) {
     int64_t kp = gx->kp, nb = gx->nb;
     xtile_t x = {gx->qs + t0 * kp, gx->q + t0 * kp, gx->scale + t0 * (kp / 4), kp};
     for (int64_t r = r0; r < r1; ++r) {
         float out[TILE];
-        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, nt, c, out);
-        for (int i = 0; i < nt; ++i) {
-            float y = out[i];
-            if (p->type->q_unsigned) y += dot_f32(c, gx->sum + (t0 + i) * nb, (int)nb);
-            p->y[(t0 + i) * p->n_rows + r] = y;
-        }
+        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, nt, c + (r - r0) * nb, out);
+        for (int i = 0; i < nt; ++i) p->y[(t0 + i) * p->n_rows + r] = out[i];
     }
+    if (p->type->q_unsigned)
+        for (int64_t r = r0; r < r1; ++r)
+            for (int i = 0; i < nt; ++i)
+                p->y[(t0 + i) * p->n_rows + r] +=
+                    dot_f32(c + (r - r0) * nb, gx->sum + (t0 + i) * nb, (int)nb);
 }
 
 void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1) {
-    float c[gx->nb];
+    float *c = malloc(sizeof(float) * (size_t)((r1 - r0) * gx->nb)); /* each row's offsets */
+    if (!c) abort();
     int64_t t = 0;
     for (; t + 8 <= gx->n_tokens; t += 8) rows_tile(gx, p, r0, r1, t, 8, c);
     if (t + 4 <= gx->n_tokens) rows_tile(gx, p, r0, r1, t, 4, c), t += 4;
     if (t + 2 <= gx->n_tokens) rows_tile(gx, p, r0, r1, t, 2, c), t += 2;
     if (t < gx->n_tokens) rows_tile(gx, p, r0, r1, t, 1, c);
+    free(c);
 }
 
 #else
