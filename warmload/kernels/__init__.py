@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from warmload.formats.ggml_types import GGML_TYPES
@@ -161,3 +162,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float) -
     dim = x.shape[-1]
     _cpu.rms_norm(x.data_ptr(), weight.data_ptr(), x.numel() // dim, dim, eps, offset, y.data_ptr())
     return y
+
+
+K_QUANT_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")  # kquant.c
+
+
+def quantize_k(x: np.ndarray, ggml_type: str, out: np.ndarray) -> None:
+    """x (n_blocks, 256) float32 C-contiguous -> out (n_blocks, type_size) uint8: llama.cpp's
+    reference K-quant blocks (quantize_row_*_ref), byte for byte. Releases the GIL."""
+    if ggml_type not in K_QUANT_TYPES:
+        raise ValueError(f"no K-quant kernel for {ggml_type}; have {', '.join(K_QUANT_TYPES)}")
+    if x.dtype != np.float32 or out.dtype != np.uint8:
+        raise ValueError(f"quantize_k takes float32 in, uint8 out, not {x.dtype}, {out.dtype}")
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
+        raise ValueError("quantize_k needs C-contiguous arrays")
+    _cpu.quantize_k(_TYPE_IDS[ggml_type], x, out)

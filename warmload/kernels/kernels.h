@@ -175,4 +175,12 @@ void plan_free(plan_t *P);
    The caller holds kernels_lock(). */
 int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0);
 
+/* ------------------------------------------------------------------------ kquant.c */
+
+/* bytes of one K-quant block of 256 weights (Q2_K .. Q6_K), 0 for other types */
+int64_t kquant_block_size(int type_id);
+/* n_blocks * 256 float32 -> K-quant blocks as llama.cpp's quantize_row_*_ref writes them;
+   0, or -1 for a type without a kernel. Thread-safe (no shared state). */
+int kquant_blocks(int type_id, const float *x, int64_t n_blocks, uint8_t *y);
+
 #endif

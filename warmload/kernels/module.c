@@ -255,6 +255,33 @@ static PyObject *py_types(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* quantize_k(type_id, x, out): x a float32 buffer of whole 256-weight blocks, out a writable
+   buffer of the same number of K-quant blocks; the GIL is released while it runs, so Python
+   threads can quantize separate chunks at once. */
+static PyObject *py_quantize_k(PyObject *self, PyObject *args) {
+    (void)self;
+    int type_id;
+    Py_buffer x, y;
+    if (!PyArg_ParseTuple(args, "iy*w*", &type_id, &x, &y)) return NULL;
+    int64_t size = kquant_block_size(type_id);
+    int64_t n_blocks = (int64_t)(x.len / (Py_ssize_t)(QK_K * sizeof(float)));
+    PyObject *result = NULL;
+    if (!size)
+        PyErr_Format(PyExc_ValueError, "ggml type %d has no K-quant kernel", type_id);
+    else if (x.len % (Py_ssize_t)(QK_K * sizeof(float)) || y.len != n_blocks * size)
+        PyErr_Format(PyExc_ValueError, "quantize_k: %zd input bytes and %zd output bytes are not "
+                     "whole blocks of one another", x.len, y.len);
+    else {
+        Py_BEGIN_ALLOW_THREADS
+        kquant_blocks(type_id, (const float *)x.buf, n_blocks, (uint8_t *)y.buf);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    return result;
+}
+
 static PyMethodDef METHODS[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(k, x_ptr, n_tokens, ((ggml_type, w_ptr, n_rows, y_ptr, mode), ...)): per part,\n"
@@ -276,6 +303,9 @@ static PyMethodDef METHODS[] = {
     {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads per product"},
     {"get_threads", py_get_threads, METH_NOARGS, "threads per product"},
     {"types", py_types, METH_NOARGS, "{ggml type id: 'int8' | 'float'} of the kernels"},
+    {"quantize_k", py_quantize_k, METH_VARARGS,
+     "quantize_k(ggml_type, x, out): float32 buffer x of 256-weight blocks -> K-quant blocks in\n"
+     "out (Q2_K .. Q6_K, llama.cpp's reference quantizers, byte for byte)"},
     {NULL, NULL, 0, NULL},
 };
 
