@@ -192,6 +192,10 @@ def _hard_cases(seed: int) -> np.ndarray:
 def test_c_and_numpy_k_quants_agree(qtype: str, seed: int) -> None:
     x = _hard_cases(seed)
     c, py = quantize(x, qtype, use_kernels=True), quantize(x, qtype, use_kernels=False)
+    # the C searches one group at a time (the path of builds without AVX2) give the same bytes
+    one = np.empty_like(c)
+    kernels.quantize_k(x.reshape(-1, 256), qtype, one.reshape(x.size // 256, -1), simd=False)
+    assert np.array_equal(one, c)
     bad = c.reshape(-1, GGML_TYPES[qtype].type_size) != py.reshape(-1, GGML_TYPES[qtype].type_size)
     assert not bad.any(), f"{int(bad.any(axis=1).sum())} blocks differ"
     # float16 input takes the same path (converted per chunk)
@@ -221,3 +225,13 @@ def test_quantize_k_wrapper_rejects_bad_buffers() -> None:
         kernels.quantize_k(x, "Q4_K", np.empty((3, 144), np.uint8))
     with pytest.raises(ValueError, match="C-contiguous"):
         kernels.quantize_k(np.zeros((256, 2), np.float32).T, "Q4_K", np.empty((2, 144), np.uint8))
+
+
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
+@pytest.mark.parametrize("qtype", K_TYPES)
+def test_c_one_group_at_a_time_matches_golden(qtype: str) -> None:
+    """The scalar C searches (what builds without AVX2 run) against llama.cpp's bytes."""
+    x = _weights()
+    out = np.empty((x.size // 256, GGML_TYPES[qtype].type_size), np.uint8)
+    kernels.quantize_k(x.reshape(-1, 256), qtype, out, simd=False)
+    assert hashlib.sha256(out.tobytes()).hexdigest() == GOLDEN_SHA256[qtype]

@@ -180,7 +180,16 @@ int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0);
 /* bytes of one K-quant block of 256 weights (Q2_K .. Q6_K), 0 for other types */
 int64_t kquant_block_size(int type_id);
 /* n_blocks * 256 float32 -> K-quant blocks as llama.cpp's quantize_row_*_ref writes them;
-   0, or -1 for a type without a kernel. Thread-safe (no shared state). */
-int kquant_blocks(int type_id, const float *x, int64_t n_blocks, uint8_t *y);
+   0, or -1 for a type without a kernel. Thread-safe (no shared state). simd: run the scale
+   searches 8 groups at a time (AVX2 builds; the bytes are the same either way). */
+int kquant_blocks(int type_id, const float *x, int64_t n_blocks, uint8_t *y, int simd);
+#define KQUANT_SIMD HAVE_AVX2
+
+/* kquant_x8.c (AVX2): the searches on 8 groups at once, transposed: tx[i * 8 + g] is element
+   i of group g; the integer quants come back as tL[i * 8 + g] */
+void qkx2_quants_x8(int n, int nmax, const float *tx, const float *tw, int32_t *tL, float *scale,
+                    float *the_min, float rmin, float rdelta, int nstep, int use_mad);
+void qx_quants_rmse1_x8(int n, int nmax, const float *tx, int32_t *tL, float *scale);
+void q3_quants_rmse_x8(int n, int nmax, const float *tx, int32_t *tL, float *scale);
 
 #endif

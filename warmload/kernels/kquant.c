@@ -225,6 +225,65 @@ static float qkx2_quants(int n, int nmax, const float *x, const float *weights, 
 
 /* ------------------------------------------------------------------ one super-block each */
 
+/* The searches of a super-block's groups: one group at a time (scalar, the reference's loops),
+   or with AVX2 8 groups at once (kquant_x8.c, the same arithmetic per lane). `simd` chooses;
+   tests run both. */
+
+static void transpose8(const float *x, int n, float *tx) { /* 8 groups of n -> tx[i * 8 + g] */
+    for (int g = 0; g < 8; ++g)
+        for (int i = 0; i < n; ++i) tx[i * 8 + g] = x[g * n + i];
+}
+
+static void untranspose8_u8(const int32_t *tL, int n, uint8_t *L) {
+    for (int g = 0; g < 8; ++g)
+        for (int i = 0; i < n; ++i) L[g * n + i] = (uint8_t)tL[i * 8 + g];
+}
+
+/* make_qkx2_quants on the n_groups groups of n weights of x (weights w alongside) */
+static void search_qkx2(const float *x, const float *w, int n, int n_groups, int nmax, float rmin,
+                        float rdelta, int nstep, int use_mad, float *scales, float *mins,
+                        uint8_t *L, int simd) {
+#if HAVE_AVX2
+    if (simd) {
+        float tx[32 * 8], tw[32 * 8];
+        int32_t tL[32 * 8];
+        for (int g0 = 0; g0 < n_groups; g0 += 8) {
+            transpose8(x + g0 * n, n, tx);
+            transpose8(w + g0 * n, n, tw);
+            qkx2_quants_x8(n, nmax, tx, tw, tL, scales + g0, mins + g0, rmin, rdelta, nstep,
+                           use_mad);
+            untranspose8_u8(tL, n, L + g0 * n);
+        }
+        return;
+    }
+#endif
+    (void)simd;
+    for (int g = 0; g < n_groups; ++g)
+        scales[g] = qkx2_quants(n, nmax, x + g * n, w + g * n, L + g * n, &mins[g], rmin, rdelta,
+                                nstep, use_mad);
+}
+
+/* make_qx_quants (q3 = 0) or make_q3_quants (q3 = 1) on the 16 groups of 16 of x */
+static void search_sym16(const float *x, int nmax, int q3, float *scales, int8_t *L, int simd) {
+#if HAVE_AVX2
+    if (simd) {
+        float tx[16 * 8];
+        int32_t tL[16 * 8];
+        for (int g0 = 0; g0 < 16; g0 += 8) {
+            transpose8(x + g0 * 16, 16, tx);
+            if (q3) q3_quants_rmse_x8(16, nmax, tx, tL, scales + g0);
+            else qx_quants_rmse1_x8(16, nmax, tx, tL, scales + g0);
+            untranspose8_u8(tL, 16, (uint8_t *)L + g0 * 16);
+        }
+        return;
+    }
+#endif
+    (void)simd;
+    for (int g = 0; g < 16; ++g)
+        scales[g] = q3 ? q3_quants_rmse(16, nmax, x + 16 * g, L + 16 * g)
+                       : qx_quants_rmse1(16, nmax, x + 16 * g, L + 16 * g);
+}
+
 static void pack_2bit(const uint8_t *L, uint8_t *qs) {
     for (int j = 0; j < QK_K; j += 128)
         for (int l = 0; l < 32; ++l)
@@ -233,14 +292,13 @@ static void pack_2bit(const uint8_t *L, uint8_t *qs) {
 }
 
 /* Q2_K (84 bytes): scales[16], qs[64], d, dmin */
-static void block_q2_k(const float *x, uint8_t *y) {
+static void block_q2_k(const float *x, uint8_t *y, int simd) {
     uint8_t L[QK_K], *sc = y, *qs = y + 16;
-    float weights[16], mins[16], scales[16];
+    float weights[QK_K], mins[16], scales[16];
     float max_scale = 0, max_min = 0;
+    for (int l = 0; l < QK_K; ++l) weights[l] = fabsf(x[l]);
+    search_qkx2(x, weights, 16, 16, 3, -0.5f, 0.1f, 15, 1, scales, mins, L, simd);
     for (int j = 0; j < 16; ++j) {
-        for (int l = 0; l < 16; ++l) weights[l] = fabsf(x[16 * j + l]);
-        scales[j] = qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], -0.5f, 0.1f,
-                                15, 1);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -271,12 +329,12 @@ static void block_q2_k(const float *x, uint8_t *y) {
 }
 
 /* Q3_K (110 bytes): hmask[32], qs[64], scales[12], d */
-static void block_q3_k(const float *x, uint8_t *y) {
+static void block_q3_k(const float *x, uint8_t *y, int simd) {
     int8_t L[QK_K];
     uint8_t *hmask = y, *qs = y + 32, *sc = y + 96;
     float scales[16], max_scale = 0, amax = 0;
+    search_sym16(x, 4, 1, scales, L, simd);
     for (int j = 0; j < 16; ++j) {
-        scales[j] = q3_quants_rmse(16, 4, x + 16 * j, L + 16 * j);
         float scale = fabsf(scales[j]);
         if (scale > amax) { amax = scale; max_scale = scales[j]; }
     }
@@ -320,17 +378,18 @@ static void block_q3_k(const float *x, uint8_t *y) {
 /* Q4_K/Q5_K's common part: searches, the 12 packed 6-bit scale/min bytes at y + 4, d and dmin
    at y, y + 2, and the final quants L. */
 static void scale_min_k4_block(const float *x, uint8_t *y, uint8_t *L, int nmax, float rmin,
-                               float rdelta, int nstep) {
-    float weights[32], mins[8], scales[8];
+                               float rdelta, int nstep, int simd) {
+    float weights[QK_K], mins[8], scales[8];
     float max_scale = 0, max_min = 0;
     uint8_t *sc = y + 4;
     for (int j = 0; j < 8; ++j) {
         float sum_x2 = 0;
         for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
         float av_x = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], rmin, rdelta,
-                                nstep, 0);
+        for (int l = 0; l < 32; ++l) weights[32 * j + l] = av_x + fabsf(x[32 * j + l]);
+    }
+    search_qkx2(x, weights, 32, 8, nmax, rmin, rdelta, nstep, 0, scales, mins, L, simd);
+    for (int j = 0; j < 8; ++j) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -365,9 +424,9 @@ static void scale_min_k4_block(const float *x, uint8_t *y, uint8_t *L, int nmax,
 }
 
 /* Q4_K (144 bytes): d, dmin, scales[12], qs[128] */
-static void block_q4_k(const float *x, uint8_t *y) {
+static void block_q4_k(const float *x, uint8_t *y, int simd) {
     uint8_t L[QK_K], *q = y + 16;
-    scale_min_k4_block(x, y, L, 15, -1.f, 0.1f, 20);
+    scale_min_k4_block(x, y, L, 15, -1.f, 0.1f, 20, simd);
     for (int j = 0; j < QK_K; j += 64) {
         for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
         q += 32;
@@ -375,9 +434,9 @@ static void block_q4_k(const float *x, uint8_t *y) {
 }
 
 /* Q5_K (176 bytes): d, dmin, scales[12], qh[32], qs[128] */
-static void block_q5_k(const float *x, uint8_t *y) {
+static void block_q5_k(const float *x, uint8_t *y, int simd) {
     uint8_t L[QK_K], *qh = y + 16, *ql = y + 48;
-    scale_min_k4_block(x, y, L, 31, -0.5f, 0.1f, 15);
+    scale_min_k4_block(x, y, L, 31, -0.5f, 0.1f, 15, simd);
     memset(qh, 0, 32);
     uint8_t m1 = 1, m2 = 2;
     for (int n = 0; n < QK_K; n += 64) {
@@ -394,13 +453,13 @@ static void block_q5_k(const float *x, uint8_t *y) {
 }
 
 /* Q6_K (210 bytes): ql[128], qh[64], scales[16] (int8), d */
-static void block_q6_k(const float *x, uint8_t *y) {
+static void block_q6_k(const float *x, uint8_t *y, int simd) {
     int8_t L[QK_K];
     uint8_t *ql = y, *qh = y + 128;
     int8_t *sc = (int8_t *)(y + 192);
     float scales[16], max_scale = 0, max_abs_scale = 0;
+    search_sym16(x, 32, 0, scales, L, simd);
     for (int ib = 0; ib < 16; ++ib) {
-        scales[ib] = qx_quants_rmse1(16, 32, x + 16 * ib, L + 16 * ib);
         float abs_scale = fabsf(scales[ib]);
         if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scales[ib]; }
     }
@@ -443,8 +502,8 @@ int64_t kquant_block_size(int type_id) {
     }
 }
 
-int kquant_blocks(int type_id, const float *x, int64_t n_blocks, uint8_t *y) {
-    void (*fn)(const float *, uint8_t *);
+int kquant_blocks(int type_id, const float *x, int64_t n_blocks, uint8_t *y, int simd) {
+    void (*fn)(const float *, uint8_t *, int);
     switch (type_id) {
     case T_Q2_K: fn = block_q2_k; break;
     case T_Q3_K: fn = block_q3_k; break;
@@ -454,6 +513,6 @@ int kquant_blocks(int type_id, const float *x, int64_t n_blocks, uint8_t *y) {
     default: return -1;
     }
     int64_t size = kquant_block_size(type_id);
-    for (int64_t i = 0; i < n_blocks; ++i) fn(x + i * QK_K, y + i * size);
+    for (int64_t i = 0; i < n_blocks; ++i) fn(x + i * QK_K, y + i * size, simd);
     return 0;
 }

@@ -255,14 +255,14 @@ static PyObject *py_types(PyObject *self, PyObject *args) {
     return out;
 }
 
-/* quantize_k(type_id, x, out): x a float32 buffer of whole 256-weight blocks, out a writable
-   buffer of the same number of K-quant blocks; the GIL is released while it runs, so Python
-   threads can quantize separate chunks at once. */
+/* quantize_k(type_id, x, out[, simd]): x a float32 buffer of whole 256-weight blocks, out a
+   writable buffer of the same number of K-quant blocks; simd False forces the one-group-at-a-
+   time searches. The GIL is released while it runs, so threads quantize chunks at once. */
 static PyObject *py_quantize_k(PyObject *self, PyObject *args) {
     (void)self;
-    int type_id;
+    int type_id, simd = KQUANT_SIMD;
     Py_buffer x, y;
-    if (!PyArg_ParseTuple(args, "iy*w*", &type_id, &x, &y)) return NULL;
+    if (!PyArg_ParseTuple(args, "iy*w*|p", &type_id, &x, &y, &simd)) return NULL;
     int64_t size = kquant_block_size(type_id);
     int64_t n_blocks = (int64_t)(x.len / (Py_ssize_t)(QK_K * sizeof(float)));
     PyObject *result = NULL;
@@ -273,13 +273,18 @@ static PyObject *py_quantize_k(PyObject *self, PyObject *args) {
                      "whole blocks of one another", x.len, y.len);
     else {
         Py_BEGIN_ALLOW_THREADS
-        kquant_blocks(type_id, (const float *)x.buf, n_blocks, (uint8_t *)y.buf);
+        kquant_blocks(type_id, (const float *)x.buf, n_blocks, (uint8_t *)y.buf, simd);
         Py_END_ALLOW_THREADS
         result = Py_NewRef(Py_None);
     }
     PyBuffer_Release(&x);
     PyBuffer_Release(&y);
     return result;
+}
+
+static PyObject *py_quantize_k_simd(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    return PyBool_FromLong(KQUANT_SIMD);
 }
 
 static PyMethodDef METHODS[] = {
@@ -304,8 +309,10 @@ static PyMethodDef METHODS[] = {
     {"get_threads", py_get_threads, METH_NOARGS, "threads per product"},
     {"types", py_types, METH_NOARGS, "{ggml type id: 'int8' | 'float'} of the kernels"},
     {"quantize_k", py_quantize_k, METH_VARARGS,
-     "quantize_k(ggml_type, x, out): float32 buffer x of 256-weight blocks -> K-quant blocks in\n"
-     "out (Q2_K .. Q6_K, llama.cpp's reference quantizers, byte for byte)"},
+     "quantize_k(ggml_type, x, out[, simd]): float32 buffer x of 256-weight blocks -> K-quant\n"
+     "blocks in out (Q2_K .. Q6_K, llama.cpp's reference quantizers, byte for byte)"},
+    {"quantize_k_simd", py_quantize_k_simd, METH_NOARGS,
+     "whether quantize_k runs its searches 8 groups at a time (AVX2 build)"},
     {NULL, NULL, 0, NULL},
 };
 
