@@ -235,3 +235,15 @@ def test_c_one_group_at_a_time_matches_golden(qtype: str) -> None:
     out = np.empty((x.size // 256, GGML_TYPES[qtype].type_size), np.uint8)
     kernels.quantize_k(x.reshape(-1, 256), qtype, out, simd=False)
     assert hashlib.sha256(out.tobytes()).hexdigest() == GOLDEN_SHA256[qtype]
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+def test_misaligned_float32_input(qtype: str) -> None:
+    """A float32 view at an odd address (a tensor in a mapped file can be one) quantizes like
+    an aligned copy."""
+    x = _weights(rows=8)
+    raw = np.empty(x.nbytes + 1, np.uint8)
+    odd = raw[1:].view(np.float32).reshape(x.shape)
+    odd[:] = x
+    assert not odd.flags.aligned
+    assert np.array_equal(quantize(odd, qtype), quantize(x, qtype))

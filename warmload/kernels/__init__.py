@@ -176,8 +176,8 @@ def quantize_k(x: np.ndarray, ggml_type: str, out: np.ndarray, simd: bool = True
         raise ValueError(f"no K-quant kernel for {ggml_type}; have {', '.join(K_QUANT_TYPES)}")
     if x.dtype != np.float32 or out.dtype != np.uint8:
         raise ValueError(f"quantize_k takes float32 in, uint8 out, not {x.dtype}, {out.dtype}")
-    if not (x.flags.c_contiguous and out.flags.c_contiguous):
-        raise ValueError("quantize_k needs C-contiguous arrays")
+    if not (x.flags.c_contiguous and x.flags.aligned and out.flags.c_contiguous):
+        raise ValueError("quantize_k needs C-contiguous arrays (x aligned for float32)")
     _cpu.quantize_k(_TYPE_IDS[ggml_type], x, out, simd)
 
 

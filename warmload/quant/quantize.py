@@ -5,8 +5,10 @@ type_size) uint8 array that a GGUF file stores. The kernels reproduce llama.cpp'
 quantizers (ggml/src/ggml-quants.c quantize_row_*_ref, what llama_model_quantize runs without an
 importance matrix) bit for bit: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 here (gguf-py's gguf/quants.py
 has the same numbers, a test compares), the K-quants in quantize_k.py, F16 and BF16 with
-round-to-nearest-even (ggml_compute_fp32_to_bf16 for BF16). Work is split into chunks of
-blocks that stay in cache and run on a thread pool: numpy releases the GIL in its kernels.
+round-to-nearest-even (ggml_compute_fp32_to_bf16 for BF16). The K-quants run in C
+(warmload/kernels/kquant.c, scale searches 8 groups at a time with AVX2) when the extension is
+built, else in numpy (quantize_k.py); both give the same bytes. Work is split into chunks of
+blocks that stay in cache and run on a thread pool: numpy and the C kernels release the GIL.
 """
 
 from __future__ import annotations
@@ -250,6 +252,8 @@ def submit_quantize(
         stop = min(start + per_chunk, nblocks)
         if group:
             chunk = blocks[start:stop].reshape(-1, group).T.astype(F32, order="C")
+        elif native:  # a view where the source is float32 already (copied if misaligned)
+            chunk = np.require(blocks[start:stop], F32, ["C_CONTIGUOUS", "ALIGNED"])
         else:
             chunk = np.ascontiguousarray(blocks[start:stop], dtype=F32)
         if check_finite and not (np.isfinite(chunk.max()) and np.isfinite(chunk.min())):
