@@ -175,7 +175,26 @@ void plan_free(plan_t *P);
    The caller holds kernels_lock(). */
 int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0);
 
-/* ------------------------------------------------------------------------ kquant.c */
+/* ------------------------------------------- kquant.c, kquant_search.c, kquant_x8.c */
+
+/* llama.cpp's nearest_int: round half to even by the 1.5 * 2**23 addition (|fval| < 2**22;
+   out-of-range input gives the reference's garbage, which callers clamp like the reference) */
+static inline int kq_nearest_int(float fval) {
+    float val = fval + 12582912.f;
+    int i;
+    memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+#define KMAX(a, b) ((a) > (b) ? (a) : (b))
+#define KMIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* kquant_search.c: the searches of a super-block's groups: make_qkx2_quants on n_groups groups
+   of n (weights w alongside; scales, mins and quants L out), make_qx_quants (q3 = 0) or
+   make_q3_quants (q3 = 1) on 16 groups of 16 */
+void kq_search_qkx2(const float *x, const float *w, int n, int n_groups, int nmax, float rmin,
+                    float rdelta, int nstep, int use_mad, float *scales, float *mins, uint8_t *L,
+                    int simd);
+void kq_search_sym16(const float *x, int nmax, int q3, float *scales, int8_t *L, int simd);
 
 /* bytes of one K-quant block of 256 weights (Q2_K .. Q6_K), 0 for other types */
 int64_t kquant_block_size(int type_id);

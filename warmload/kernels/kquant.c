@@ -1,9 +1,10 @@
 /* Float32 -> K-quant blocks (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) for the quantizer, in C.
 
-   Reference: llama.cpp ggml/src/ggml-quants.c, quantize_row_q2_K_ref .. quantize_row_q6_K_ref
-   and the scale searches they call (nearest_int, make_qx_quants with rmse_type 1 and no
-   weights, make_q3_quants with do_rmse, make_qkx2_quants): what ggml_quantize_chunk, and so
-   llama_model_quantize, runs without an importance matrix. Block layouts: ggml-common.h.
+   Reference: llama.cpp ggml/src/ggml-quants.c, quantize_row_q2_K_ref .. quantize_row_q6_K_ref:
+   what ggml_quantize_chunk, and so llama_model_quantize, runs without an importance matrix.
+   The scale searches they call (make_qx_quants with rmse_type 1 and no weights, make_q3_quants
+   with do_rmse, make_qkx2_quants) are in kquant_search.c and, 8 groups at a time with AVX2,
+   kquant_x8.c; this file builds the blocks around them. Block layouts: ggml-common.h.
 
    The output must be llama.cpp's byte for byte, so every float expression keeps the reference's
    types and operation order: float32 throughout, sums accumulated left to right, integer
@@ -20,16 +21,8 @@
 #include <immintrin.h>
 #endif
 
+#define nearest_int kq_nearest_int
 #define GROUP_MAX_EPS 1e-15f
-#define KMAX(a, b) ((a) > (b) ? (a) : (b))
-#define KMIN(a, b) ((a) < (b) ? (a) : (b))
-
-static inline int nearest_int(float fval) {
-    float val = fval + 12582912.f;
-    int i;
-    memcpy(&i, &val, sizeof(int));
-    return (i & 0x007fffff) - 0x00400000;
-}
 
 static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
@@ -54,235 +47,7 @@ static inline uint16_t f32_to_fp16(float f) {
 
 static inline void put_fp16(uint8_t *p, float f) { uint16_t h = f32_to_fp16(f); memcpy(p, &h, 2); }
 
-/* make_qx_quants(n, nmax, x, L, rmse_type = 1, qw = NULL): symmetric scale, weights x*x. */
-static float qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; ++i) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < GROUP_MAX_EPS) {
-        memset(L, 0, (size_t)n);
-        return 0.f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = KMAX(-nmax, KMIN(nmax - 1, nearest_int(iscale * x[i])));
-        L[i] = (int8_t)(l + nmax);
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
-    float best_iscale = iscale;
-    int improved = 0;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = KMAX(-nmax, KMIN(nmax - 1, nearest_int(iscale * x[i])));
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            /* the reference rewrites L here; the last winner's quants are the same */
-            best_iscale = iscale;
-            improved = 1;
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    if (improved)
-        for (int i = 0; i < n; ++i)
-            L[i] = (int8_t)(nmax + KMAX(-nmax, KMIN(nmax - 1, nearest_int(best_iscale * x[i]))));
-    return scale;
-}
-
-/* make_q3_quants(n, nmax, x, L, do_rmse = true): symmetric scale, then coordinate descent. */
-static float q3_quants_rmse(int n, int nmax, const float *x, int8_t *L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; ++i) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < GROUP_MAX_EPS) {
-        memset(L, 0, (size_t)n);
-        return 0.f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = KMAX(-nmax, KMIN(nmax - 1, nearest_int(iscale * x[i])));
-        L[i] = (int8_t)l;
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
-        for (int i = 0; i < n; ++i) {
-            float w = x[i] * x[i];
-            float slx = sumlx - w * x[i] * L[i];
-            if (slx > 0) {
-                float sl2 = suml2 - w * L[i] * L[i];
-                int new_l = KMAX(-nmax, KMIN(nmax - 1, nearest_int(x[i] * sl2 / slx)));
-                if (new_l != L[i]) {
-                    slx += w * x[i] * new_l;
-                    sl2 += w * new_l * new_l;
-                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
-                        L[i] = (int8_t)new_l;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        ++n_changed;
-                    }
-                }
-            }
-        }
-        if (!n_changed) break;
-    }
-    for (int i = 0; i < n; ++i) L[i] = (int8_t)(L[i] + nmax);
-    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
-}
-
-/* The quants of one candidate of make_qkx2_quants and its weighted sums. */
-static inline void qkx2_sums(int n, int nmax, const float *x, const float *weights, float iscale,
-                             float min, uint8_t *Laux, float *s_l, float *s_l2, float *s_xl) {
-    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = KMAX(0, KMIN(nmax, nearest_int(iscale * (x[i] - min))));
-        Laux[i] = (uint8_t)l;
-        float w = weights[i];
-        sum_l += w * l;
-        sum_l2 += w * l * l;
-        sum_xl += w * l * x[i];
-    }
-    *s_l = sum_l, *s_l2 = sum_l2, *s_xl = sum_xl;
-}
-
-static inline float qkx2_error(int n, const float *x, const float *weights, const uint8_t *L,
-                               float scale, float min, int use_mad) {
-    float err = 0;
-    for (int i = 0; i < n; ++i) {
-        float diff = scale * L[i] + min - x[i];
-        diff = use_mad ? fabsf(diff) : diff * diff;
-        err += weights[i] * diff;
-    }
-    return err;
-}
-
-/* make_qkx2_quants: asymmetric (scale, min) search over nstep + 1 candidate scales. */
-static float qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
-                         float *the_min, float rmin, float rdelta, int nstep, int use_mad) {
-    uint8_t Laux[32];
-    float min = x[0], max = x[0];
-    float sum_w = weights[0];
-    float sum_x = sum_w * x[0];
-    for (int i = 1; i < n; ++i) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        float w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if (min > 0) min = 0;
-    if (max == min) {
-        memset(L, 0, (size_t)n);
-        *the_min = -min;
-        return 0.f;
-    }
-    float iscale = nmax / (max - min);
-    float scale = 1 / iscale;
-    for (int i = 0; i < n; ++i) L[i] = (uint8_t)KMAX(0, KMIN(nmax, nearest_int(iscale * (x[i] - min))));
-    float best_error = qkx2_error(n, x, weights, L, scale, min, use_mad);
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l, sum_l2, sum_xl;
-        qkx2_sums(n, nmax, x, weights, iscale, min, Laux, &sum_l, &sum_l2, &sum_xl);
-        float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
-            }
-            float cur_error = qkx2_error(n, x, weights, Laux, this_scale, this_min, use_mad);
-            if (cur_error < best_error) {
-                memcpy(L, Laux, (size_t)n);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    *the_min = -min;
-    return scale;
-}
-
 /* ------------------------------------------------------------------ one super-block each */
-
-/* The searches of a super-block's groups: one group at a time (scalar, the reference's loops),
-   or with AVX2 8 groups at once (kquant_x8.c, the same arithmetic per lane). `simd` chooses;
-   tests run both. */
-
-static void transpose8(const float *x, int n, float *tx) { /* 8 groups of n -> tx[i * 8 + g] */
-    for (int g = 0; g < 8; ++g)
-        for (int i = 0; i < n; ++i) tx[i * 8 + g] = x[g * n + i];
-}
-
-static void untranspose8_u8(const int32_t *tL, int n, uint8_t *L) {
-    for (int g = 0; g < 8; ++g)
-        for (int i = 0; i < n; ++i) L[g * n + i] = (uint8_t)tL[i * 8 + g];
-}
-
-/* make_qkx2_quants on the n_groups groups of n weights of x (weights w alongside) */
-static void search_qkx2(const float *x, const float *w, int n, int n_groups, int nmax, float rmin,
-                        float rdelta, int nstep, int use_mad, float *scales, float *mins,
-                        uint8_t *L, int simd) {
-#if HAVE_AVX2
-    if (simd) {
-        float tx[32 * 8], tw[32 * 8];
-        int32_t tL[32 * 8];
-        for (int g0 = 0; g0 < n_groups; g0 += 8) {
-            transpose8(x + g0 * n, n, tx);
-            transpose8(w + g0 * n, n, tw);
-            qkx2_quants_x8(n, nmax, tx, tw, tL, scales + g0, mins + g0, rmin, rdelta, nstep,
-                           use_mad);
-            untranspose8_u8(tL, n, L + g0 * n);
-        }
-        return;
-    }
-#endif
-    (void)simd;
-    for (int g = 0; g < n_groups; ++g)
-        scales[g] = qkx2_quants(n, nmax, x + g * n, w + g * n, L + g * n, &mins[g], rmin, rdelta,
-                                nstep, use_mad);
-}
-
-/* make_qx_quants (q3 = 0) or make_q3_quants (q3 = 1) on the 16 groups of 16 of x */
-static void search_sym16(const float *x, int nmax, int q3, float *scales, int8_t *L, int simd) {
-#if HAVE_AVX2
-    if (simd) {
-        float tx[16 * 8];
-        int32_t tL[16 * 8];
-        for (int g0 = 0; g0 < 16; g0 += 8) {
-            transpose8(x + g0 * 16, 16, tx);
-            if (q3) q3_quants_rmse_x8(16, nmax, tx, tL, scales + g0);
-            else qx_quants_rmse1_x8(16, nmax, tx, tL, scales + g0);
-            untranspose8_u8(tL, 16, (uint8_t *)L + g0 * 16);
-        }
-        return;
-    }
-#endif
-    (void)simd;
-    for (int g = 0; g < 16; ++g)
-        scales[g] = q3 ? q3_quants_rmse(16, nmax, x + 16 * g, L + 16 * g)
-                       : qx_quants_rmse1(16, nmax, x + 16 * g, L + 16 * g);
-}
 
 static void pack_2bit(const uint8_t *L, uint8_t *qs) {
     for (int j = 0; j < QK_K; j += 128)
@@ -297,7 +62,7 @@ static void block_q2_k(const float *x, uint8_t *y, int simd) {
     float weights[QK_K], mins[16], scales[16];
     float max_scale = 0, max_min = 0;
     for (int l = 0; l < QK_K; ++l) weights[l] = fabsf(x[l]);
-    search_qkx2(x, weights, 16, 16, 3, -0.5f, 0.1f, 15, 1, scales, mins, L, simd);
+    kq_search_qkx2(x, weights, 16, 16, 3, -0.5f, 0.1f, 15, 1, scales, mins, L, simd);
     for (int j = 0; j < 16; ++j) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
@@ -333,7 +98,7 @@ static void block_q3_k(const float *x, uint8_t *y, int simd) {
     int8_t L[QK_K];
     uint8_t *hmask = y, *qs = y + 32, *sc = y + 96;
     float scales[16], max_scale = 0, amax = 0;
-    search_sym16(x, 4, 1, scales, L, simd);
+    kq_search_sym16(x, 4, 1, scales, L, simd);
     for (int j = 0; j < 16; ++j) {
         float scale = fabsf(scales[j]);
         if (scale > amax) { amax = scale; max_scale = scales[j]; }
@@ -388,7 +153,7 @@ static void scale_min_k4_block(const float *x, uint8_t *y, uint8_t *L, int nmax,
         float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; ++l) weights[32 * j + l] = av_x + fabsf(x[32 * j + l]);
     }
-    search_qkx2(x, weights, 32, 8, nmax, rmin, rdelta, nstep, 0, scales, mins, L, simd);
+    kq_search_qkx2(x, weights, 32, 8, nmax, rmin, rdelta, nstep, 0, scales, mins, L, simd);
     for (int j = 0; j < 8; ++j) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
@@ -458,7 +223,7 @@ static void block_q6_k(const float *x, uint8_t *y, int simd) {
     uint8_t *ql = y, *qh = y + 128;
     int8_t *sc = (int8_t *)(y + 192);
     float scales[16], max_scale = 0, max_abs_scale = 0;
-    search_sym16(x, 32, 0, scales, L, simd);
+    kq_search_sym16(x, 32, 0, scales, L, simd);
     for (int ib = 0; ib < 16; ++ib) {
         float abs_scale = fabsf(scales[ib]);
         if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scales[ib]; }
