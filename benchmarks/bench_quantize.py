@@ -8,6 +8,9 @@ Logits come from warmload's engine (`--evaluator warmload`) or llama.cpp (`llama
 files of a type are evaluated by the same one. Prints JSON lines, then a table.
 
     .venv/bin/python benchmarks/bench_quantize.py --model smollm2 --runs 3
+
+Run from a checkout other than the installed one with PYTHONPATH=. (a script run by path
+imports the installed warmload, not the working tree's).
 """
 
 from __future__ import annotations
@@ -217,8 +220,9 @@ def _bench_type(src, work, qtype, args, n_weights, ev, ref) -> dict:
 
 
 def _bench_kernels(runs: int) -> int:
-    """Per GGML type: our numpy kernel vs llama.cpp's ggml_quantize_chunk, one thread each, on
-    the same 4M heavy-tailed weights; also checks the bytes are identical."""
+    """Per GGML type: our kernel (numpy; C for the K-quants where built) vs llama.cpp's
+    ggml_quantize_chunk, one thread each, on the same 4M heavy-tailed weights; also checks the
+    bytes are identical."""
     import llama_cpp
 
     from warmload.formats.ggml_types import GGML_TYPES

@@ -1,5 +1,8 @@
 """quant.quantize: bit-exact against gguf-py's numpy quantizers and llama.cpp's own
-ggml_quantize_chunk (through ctypes, when llama-cpp-python is installed), and round trips."""
+ggml_quantize_chunk (through ctypes, when llama-cpp-python is installed), and round trips.
+The K-quants have two implementations, C (warmload/kernels/kquant.c) and numpy
+(quant/quantize_k.py, the fallback without the extension): both are checked against the golden
+bytes and llama.cpp, and against each other."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import gguf
 import numpy as np
 import pytest
 
+from warmload import kernels
 from warmload.errors import UnsupportedError
 from warmload.formats.ggml_types import GGML_TYPES
 from warmload.quant.quantize import QUANTIZERS, quantize
@@ -18,6 +22,12 @@ from warmload.quant.quantize import QUANTIZERS, quantize
 K_TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 ALL = [*LEGACY, *K_TYPES, "F16", "BF16"]
+# (type, use_kernels): every type once, the K-quants once more through their C kernels
+BACKENDS = [
+    *[(t, False) for t in ALL],
+    *[pytest.param(t, True, id=f"{t}-C", marks=pytest.mark.skipif(
+        not kernels.AVAILABLE, reason="C kernels not built")) for t in K_TYPES],
+]  # fmt: skip
 # relative RMS error of a round trip on Gaussian data (measured, with ~15% margin)
 MAX_REL_RMSE = {
     "Q8_0": 0.0062, "Q6_K": 0.021, "Q5_K": 0.042, "Q5_0": 0.05, "Q5_1": 0.044, "Q4_K": 0.083,
@@ -71,9 +81,10 @@ GOLDEN_SHA256 = {
 }
 
 
-@pytest.mark.parametrize("qtype", ALL)
-def test_golden_bytes_from_llama_cpp(qtype: str) -> None:
-    digest = hashlib.sha256(quantize(_weights(), qtype).tobytes()).hexdigest()
+@pytest.mark.parametrize(("qtype", "use_kernels"), BACKENDS)
+def test_golden_bytes_from_llama_cpp(qtype: str, use_kernels: bool) -> None:
+    out = quantize(_weights(), qtype, use_kernels=use_kernels)
+    digest = hashlib.sha256(out.tobytes()).hexdigest()
     assert digest == GOLDEN_SHA256[qtype]
 
 
@@ -111,11 +122,11 @@ def ggml_quantize_chunk():
 
 
 @pytest.mark.peer
-@pytest.mark.parametrize("qtype", ALL)
+@pytest.mark.parametrize(("qtype", "use_kernels"), BACKENDS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_bit_exact_with_llama_cpp(ggml_quantize_chunk, qtype: str, seed: int) -> None:
+def test_bit_exact_with_llama_cpp(ggml_quantize_chunk, qtype: str, use_kernels, seed: int) -> None:
     x = _weights(seed=seed)
-    ours, ref = quantize(x, qtype), ggml_quantize_chunk(x, qtype)
+    ours, ref = quantize(x, qtype, use_kernels=use_kernels), ggml_quantize_chunk(x, qtype)
     if not np.array_equal(ours, ref):
         t = GGML_TYPES[qtype]
         bad = (ours.reshape(-1, t.type_size) != ref.reshape(-1, t.type_size)).any(axis=1)
@@ -154,3 +165,87 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(UnsupportedError, match="float16/32/64"):
         quantize(np.zeros((2, 256), np.int32), "Q8_0")
     assert set(QUANTIZERS) >= {*ALL, "F32"}
+
+
+def _hard_cases(seed: int) -> np.ndarray:
+    """Blocks that make the searches branch: ties in |max|, exact halves after scaling, groups
+    that are flat, tiny, huge, one-signed or all but one zero, values on quantization grids."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        rng.standard_normal(4096),
+        rng.standard_t(2, 4096) * 0.01,
+        np.round(rng.standard_normal(4096) * 4) / 8,  # on a coarse grid: ties and exact halves
+        np.tile([1.0, -1.0, 0.5, -0.5, 0.0, 0.25, -0.75, 1.0], 512),
+        np.where(rng.random(4096) < 0.9, 0.0, rng.standard_normal(4096)),  # sparse
+        rng.standard_normal(4096) * 1e-20,  # below GROUP_MAX_EPS
+        rng.standard_normal(4096) * 1e4,  # large, still finite in float16
+        np.abs(rng.standard_normal(4096)) + 3.0,  # min > 0
+        -np.abs(rng.standard_normal(4096)),
+        np.full(4096, -2.0),
+    ]
+    return np.stack(rows).astype(np.float32)
+
+
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
+@pytest.mark.parametrize("qtype", K_TYPES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_c_and_numpy_k_quants_agree(qtype: str, seed: int) -> None:
+    x = _hard_cases(seed)
+    # numpy meets inf and 0/0 on these (as the C does); one thread, as errstate is per thread
+    with np.errstate(all="ignore"):
+        c, py = quantize(x, qtype), quantize(x, qtype, threads=1, use_kernels=False)
+    # the C searches one group at a time (the path of builds without AVX2) give the same bytes
+    one = np.empty_like(c)
+    kernels.quantize_k(x.reshape(-1, 256), qtype, one.reshape(x.size // 256, -1), simd=False)
+    assert np.array_equal(one, c)
+    bad = c.reshape(-1, GGML_TYPES[qtype].type_size) != py.reshape(-1, GGML_TYPES[qtype].type_size)
+    assert not bad.any(), f"{int(bad.any(axis=1).sum())} blocks differ"
+    # float16 input takes the same path (converted per chunk)
+    h = x.astype(np.float16)
+    with np.errstate(all="ignore"):
+        py16 = quantize(h.astype(np.float32), qtype, threads=1, use_kernels=False)
+    assert np.array_equal(quantize(h, qtype), py16)
+
+
+@pytest.mark.peer
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
+@pytest.mark.parametrize("qtype", K_TYPES)
+def test_c_k_quants_bit_exact_on_hard_cases(ggml_quantize_chunk, qtype: str) -> None:
+    x = _hard_cases(3)
+    assert np.array_equal(quantize(x, qtype, use_kernels=True), ggml_quantize_chunk(x, qtype))
+
+
+def test_quantize_k_wrapper_rejects_bad_buffers() -> None:
+    if not kernels.AVAILABLE:
+        pytest.skip("C kernels not built")
+    x = np.zeros((2, 256), np.float32)
+    with pytest.raises(ValueError, match="no K-quant kernel"):
+        kernels.quantize_k(x, "Q8_0", np.empty((2, 34), np.uint8))
+    with pytest.raises(ValueError, match="float32 in"):
+        kernels.quantize_k(x.astype(np.float64), "Q4_K", np.empty((2, 144), np.uint8))
+    with pytest.raises(ValueError, match="whole blocks"):
+        kernels.quantize_k(x, "Q4_K", np.empty((3, 144), np.uint8))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.quantize_k(np.zeros((256, 2), np.float32).T, "Q4_K", np.empty((2, 144), np.uint8))
+
+
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
+@pytest.mark.parametrize("qtype", K_TYPES)
+def test_c_one_group_at_a_time_matches_golden(qtype: str) -> None:
+    """The scalar C searches (what builds without AVX2 run) against llama.cpp's bytes."""
+    x = _weights()
+    out = np.empty((x.size // 256, GGML_TYPES[qtype].type_size), np.uint8)
+    kernels.quantize_k(x.reshape(-1, 256), qtype, out, simd=False)
+    assert hashlib.sha256(out.tobytes()).hexdigest() == GOLDEN_SHA256[qtype]
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+def test_misaligned_float32_input(qtype: str) -> None:
+    """A float32 view at an odd address (a tensor in a mapped file can be one) quantizes like
+    an aligned copy."""
+    x = _weights(rows=8)
+    raw = np.empty(x.nbytes + 1, np.uint8)
+    odd = raw[1:].view(np.float32).reshape(x.shape)
+    odd[:] = x
+    assert not odd.flags.aligned
+    assert np.array_equal(quantize(odd, qtype), quantize(x, qtype))

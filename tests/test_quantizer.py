@@ -384,3 +384,12 @@ def test_nan_weights_are_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"'blk.0.ffn_up.weight'.*NaN or infinite"):
         quantize_checkpoint(src, tmp_path / "q.gguf", "Q4_K_M")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.gguf"]
+
+
+@pytest.mark.parametrize("qtype", ["Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K", "Q5_K_S"])
+def test_file_golden_without_the_c_kernels(tiny, tmp_path: Path, monkeypatch, qtype: str) -> None:
+    """The numpy K-quants (the path where the C extension is not built) make the same files."""
+    import warmload.quant.quantize as qmod
+
+    monkeypatch.setattr(qmod, "_native_k_quantizer", lambda: None)
+    assert quantize_checkpoint(tiny, tmp_path / "q.gguf", qtype).sha256 == GOLDEN_FILE_SHA256[qtype]

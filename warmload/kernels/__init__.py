@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from warmload.formats.ggml_types import GGML_TYPES
@@ -173,3 +174,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float) -
     dim = x.shape[-1]
     _cpu.rms_norm(x.data_ptr(), weight.data_ptr(), x.numel() // dim, dim, eps, offset, y.data_ptr())
     return y
+
+
+K_QUANT_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")  # kquant.c
+
+
+def quantize_k(x: np.ndarray, ggml_type: str, out: np.ndarray, simd: bool = True) -> None:
+    """x (n_blocks, 256) float32 C-contiguous -> out (n_blocks, type_size) uint8: llama.cpp's
+    reference K-quant blocks (quantize_row_*_ref), byte for byte. Releases the GIL. simd: the
+    scale searches run 8 groups at a time where the build has AVX2 (QUANTIZE_K_SIMD); False
+    runs them one group at a time (same bytes; for tests)."""
+    if ggml_type not in K_QUANT_TYPES:
+        raise ValueError(f"no K-quant kernel for {ggml_type}; have {', '.join(K_QUANT_TYPES)}")
+    if x.dtype != np.float32 or out.dtype != np.uint8:
+        raise ValueError(f"quantize_k takes float32 in, uint8 out, not {x.dtype}, {out.dtype}")
+    if not (x.flags.c_contiguous and x.flags.aligned and out.flags.c_contiguous):
+        raise ValueError("quantize_k needs C-contiguous arrays (x aligned for float32)")
+    _cpu.quantize_k(_TYPE_IDS[ggml_type], x, out, simd)
+
+
+QUANTIZE_K_SIMD = _cpu is not None and _cpu.quantize_k_simd()

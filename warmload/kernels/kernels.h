@@ -207,4 +207,40 @@ void plan_free(plan_t *P);
    The caller holds kernels_lock(). */
 int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0);
 
+/* ------------------------------------------- kquant.c, kquant_search.c, kquant_x8.c */
+
+/* llama.cpp's nearest_int: round half to even by the 1.5 * 2**23 addition (|fval| < 2**22;
+   out-of-range input gives the reference's garbage, which callers clamp like the reference) */
+static inline int kq_nearest_int(float fval) {
+    float val = fval + 12582912.f;
+    int i;
+    memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+#define KMAX(a, b) ((a) > (b) ? (a) : (b))
+#define KMIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* kquant_search.c: the searches of a super-block's groups: make_qkx2_quants on n_groups groups
+   of n (weights w alongside; scales, mins and quants L out), make_qx_quants (q3 = 0) or
+   make_q3_quants (q3 = 1) on 16 groups of 16 */
+void kq_search_qkx2(const float *x, const float *w, int n, int n_groups, int nmax, float rmin,
+                    float rdelta, int nstep, int use_mad, float *scales, float *mins, uint8_t *L,
+                    int simd);
+void kq_search_sym16(const float *x, int nmax, int q3, float *scales, int8_t *L, int simd);
+
+/* bytes of one K-quant block of 256 weights (Q2_K .. Q6_K), 0 for other types */
+int64_t kquant_block_size(int type_id);
+/* n_blocks * 256 float32 -> K-quant blocks as llama.cpp's quantize_row_*_ref writes them;
+   0, or -1 for a type without a kernel. Thread-safe (no shared state). simd: run the scale
+   searches 8 groups at a time (AVX2 builds; the bytes are the same either way). */
+int kquant_blocks(int type_id, const float *x, int64_t n_blocks, uint8_t *y, int simd);
+#define KQUANT_SIMD HAVE_AVX2
+
+/* kquant_x8.c (AVX2): the searches on 8 groups at once, transposed: tx[i * 8 + g] is element
+   i of group g; the integer quants come back as tL[i * 8 + g] */
+void qkx2_quants_x8(int n, int nmax, const float *tx, const float *tw, int32_t *tL, float *scale,
+                    float *the_min, float rmin, float rdelta, int nstep, int use_mad);
+void qx_quants_rmse1_x8(int n, int nmax, const float *tx, int32_t *tL, float *scale);
+void q3_quants_rmse_x8(int n, int nmax, const float *tx, int32_t *tL, float *scale);
+
 #endif

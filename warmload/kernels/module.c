@@ -268,6 +268,38 @@ static PyObject *py_gemm_types(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* quantize_k(type_id, x, out[, simd]): x a float32 buffer of whole 256-weight blocks, out a
+   writable buffer of the same number of K-quant blocks; simd False forces the one-group-at-a-
+   time searches. The GIL is released while it runs, so threads quantize chunks at once. */
+static PyObject *py_quantize_k(PyObject *self, PyObject *args) {
+    (void)self;
+    int type_id, simd = KQUANT_SIMD;
+    Py_buffer x, y;
+    if (!PyArg_ParseTuple(args, "iy*w*|p", &type_id, &x, &y, &simd)) return NULL;
+    int64_t size = kquant_block_size(type_id);
+    int64_t n_blocks = (int64_t)(x.len / (Py_ssize_t)(QK_K * sizeof(float)));
+    PyObject *result = NULL;
+    if (!size)
+        PyErr_Format(PyExc_ValueError, "ggml type %d has no K-quant kernel", type_id);
+    else if (x.len % (Py_ssize_t)(QK_K * sizeof(float)) || y.len != n_blocks * size)
+        PyErr_Format(PyExc_ValueError, "quantize_k: %zd input bytes and %zd output bytes are not "
+                     "whole blocks of one another", x.len, y.len);
+    else {
+        Py_BEGIN_ALLOW_THREADS
+        kquant_blocks(type_id, (const float *)x.buf, n_blocks, (uint8_t *)y.buf, simd);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    return result;
+}
+
+static PyObject *py_quantize_k_simd(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    return PyBool_FromLong(KQUANT_SIMD);
+}
+
 static PyMethodDef METHODS[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(k, x_ptr, n_tokens, ((ggml_type, w_ptr, n_rows, y_ptr, mode), ...)): per part,\n"
@@ -293,6 +325,11 @@ static PyMethodDef METHODS[] = {
     {"types", py_types, METH_NOARGS,
      "{ggml type id: 'int8' | 'float'}: how the kernels compute a decode step"},
     {"gemm_types", py_gemm_types, METH_NOARGS, "ggml type ids with integer prompt products"},
+    {"quantize_k", py_quantize_k, METH_VARARGS,
+     "quantize_k(ggml_type, x, out[, simd]): float32 buffer x of 256-weight blocks -> K-quant\n"
+     "blocks in out (Q2_K .. Q6_K, llama.cpp's reference quantizers, byte for byte)"},
+    {"quantize_k_simd", py_quantize_k_simd, METH_NOARGS,
+     "whether quantize_k runs its searches 8 groups at a time (AVX2 build)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,12 +5,15 @@ type_size) uint8 array that a GGUF file stores. The kernels reproduce llama.cpp'
 quantizers (ggml/src/ggml-quants.c quantize_row_*_ref, what llama_model_quantize runs without an
 importance matrix) bit for bit: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 here (gguf-py's gguf/quants.py
 has the same numbers, a test compares), the K-quants in quantize_k.py, F16 and BF16 with
-round-to-nearest-even (ggml_compute_fp32_to_bf16 for BF16). Work is split into chunks of
-blocks that stay in cache and run on a thread pool: numpy releases the GIL in its kernels.
+round-to-nearest-even (ggml_compute_fp32_to_bf16 for BF16). The K-quants run in C
+(warmload/kernels/kquant.c, scale searches 8 groups at a time with AVX2) when the extension is
+built, else in numpy (quantize_k.py); both give the same bytes. Work is split into chunks of
+blocks that stay in cache and run on a thread pool: numpy and the C kernels release the GIL.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -168,6 +171,8 @@ GROUP_SIZE: dict[str, int] = {
     "Q2_K": 16, "Q3_K": 16, "Q4_K": 32, "Q5_K": 32, "Q6_K": 16,
 }  # fmt: skip
 
+K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
 # Weights per chunk. The searches run many small vector ops per chunk, so chunks must be big
 # enough to amortise numpy's per-call cost, yet their float32 temporaries should stay near L2
 # (measured on the 2-core CI machine, CPU time: the scale searches are ~10% faster at 2**16
@@ -214,22 +219,41 @@ def _plan(x: Any, ggml_type: str) -> tuple[BlockQuantizer, Any, np.ndarray, tupl
     return fn, t, a.reshape(-1, t.block_size), shape
 
 
+@functools.cache
+def _native_k_quantizer() -> Callable[[np.ndarray, str, np.ndarray], None] | None:
+    """warmload.kernels.quantize_k (kernels/kquant.c) when the C extension is built, else None
+    (the numpy kernels of quantize_k.py then run). Imported on first use: the kernels package
+    imports torch, which the other types do not need."""
+    from warmload import kernels
+
+    return kernels.quantize_k if kernels.AVAILABLE else None
+
+
 def submit_quantize(
-    x: Any, ggml_type: str, executor: Executor, *, check_finite: bool = False
+    x: Any,
+    ggml_type: str,
+    executor: Executor,
+    *,
+    check_finite: bool = False,
+    use_kernels: bool = True,
 ) -> Callable[[], np.ndarray]:
     """Start quantizing x (as quantize() does) on `executor`, chunk by chunk; return a function
     that waits for the chunks and returns the result (and re-raises a chunk's error). Several
-    tensors can be in flight at once, so small tensors still keep every worker busy."""
+    tensors can be in flight at once, so small tensors still keep every worker busy.
+    use_kernels: the K-quants run in C when the extension is built (False: numpy, for tests)."""
     fn, t, blocks, shape = _plan(x, ggml_type)
     n, nblocks = shape[-1], blocks.shape[0]
     out = np.empty((nblocks, t.type_size), np.uint8)
     per_chunk = max(1, _CHUNK_WEIGHTS.get(ggml_type, _DEFAULT_CHUNK_WEIGHTS) // t.block_size)
-    group = GROUP_SIZE.get(ggml_type)
+    native = _native_k_quantizer() if use_kernels and ggml_type in K_TYPES else None
+    group = None if native else GROUP_SIZE.get(ggml_type)
 
     def run(start: int) -> None:
         stop = min(start + per_chunk, nblocks)
         if group:
             chunk = blocks[start:stop].reshape(-1, group).T.astype(F32, order="C")
+        elif native:  # a view where the source is float32 already (copied if misaligned)
+            chunk = np.require(blocks[start:stop], F32, ["C_CONTIGUOUS", "ALIGNED"])
         else:
             chunk = np.ascontiguousarray(blocks[start:stop], dtype=F32)
         if check_finite and not (np.isfinite(chunk.max()) and np.isfinite(chunk.min())):
@@ -237,7 +261,10 @@ def submit_quantize(
             raise CheckpointError(
                 f"NaN or infinite values in rows {first}..{(stop * t.block_size - 1) // n}"
             )
-        out[start:stop] = fn(chunk)
+        if native:
+            native(chunk, ggml_type, out[start:stop])
+        else:
+            out[start:stop] = fn(chunk)
 
     futures = [executor.submit(run, s) for s in range(0, nblocks, per_chunk)]
 
@@ -268,17 +295,20 @@ def quantize(
     threads: int | None = None,
     executor: Executor | None = None,
     check_finite: bool = False,
+    use_kernels: bool = True,
 ) -> np.ndarray:
     """Quantize a float array (..., n) to GGML blocks: uint8 (..., n / block_size * type_size).
 
     n must be a multiple of the type's block size. Float16/64 input is converted chunk by chunk
     on the workers. threads: worker threads (None: all CPUs); executor: an existing pool to run
     the chunks on (then threads is ignored). check_finite: raise CheckpointError on NaN or inf.
+    use_kernels: False runs the numpy K-quant kernels even where the C ones are built.
     """
+    opts = {"check_finite": check_finite, "use_kernels": use_kernels}
     if executor is not None:
-        return submit_quantize(x, ggml_type, executor, check_finite=check_finite)()
+        return submit_quantize(x, ggml_type, executor, **opts)()
     n_threads = threads or default_threads()
     if n_threads <= 1:
-        return submit_quantize(x, ggml_type, _Inline(), check_finite=check_finite)()
+        return submit_quantize(x, ggml_type, _Inline(), **opts)()
     with ThreadPoolExecutor(n_threads) as pool:
-        return submit_quantize(x, ggml_type, pool, check_finite=check_finite)()
+        return submit_quantize(x, ggml_type, pool, **opts)()
