@@ -13,11 +13,14 @@ callers keep their torch paths: quant.matmul is then never used and models norma
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from warmload.formats.ggml_types import GGML_TYPES
+
+if TYPE_CHECKING:  # the tensor wrappers import torch when called: the quantizer runs without it
+    import torch
 
 try:  # built by setup.py; absent when no C compiler was available at install time
     from warmload.kernels import _cpu
@@ -55,6 +58,8 @@ def plan_new(dims: tuple, layers: tuple) -> object:
 def plan_step(plan: object, x: torch.Tensor, positions: int | torch.Tensor) -> None:
     """x (rows, ..., hidden) float32 contiguous through the plan's layers, in place: every row
     at one position (int), or row b at positions[b] (int64 tensor (rows,))."""
+    import torch
+
     if x.dtype != torch.float32 or not x.is_contiguous():
         raise ValueError("plan_step needs a contiguous float32 hidden state")
     if isinstance(positions, torch.Tensor):
@@ -96,7 +101,7 @@ def quantized_matmul(
     dotted in float32 with every row of x. A type without the asked mode takes "float"."""
     n_tokens, k = x.shape
     mode = _MODES[mode]
-    outs = [torch.empty((n_tokens, blocks.shape[0]), dtype=torch.float32) for blocks, _ in weights]
+    outs = [x.new_empty((n_tokens, blocks.shape[0])) for blocks, _ in weights]
     if n_tokens:
         parts = tuple(
             (_TYPE_IDS[ggml_type], blocks.data_ptr(), blocks.shape[0], y.data_ptr(), mode)
@@ -126,9 +131,9 @@ def decode_attention(
     angles (complex tables are read through view_as_real)."""
     B, H, D = q.shape
     KV, max_ctx = cache_k.shape[1], cache_k.shape[2]
-    out = torch.empty_like(q)
+    out = q.new_empty(q.shape)
     row = cos.stride(0) if cos.shape[0] == B and B > 1 else 0
-    per_row = isinstance(positions, torch.Tensor)
+    per_row = not isinstance(positions, int)
     _cpu.decode_attention(
         q.data_ptr(),
         k.data_ptr(),
@@ -160,7 +165,7 @@ ACTIVATION_IDS = {"silu": 0, "gelu_pytorch_tanh": 1}  # kernels.h ACT_*
 def act_mul(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
     """act(gate) * up for float32 CPU tensors of one shape (contiguous)."""
     gate, up = gate.contiguous(), up.contiguous()
-    out = torch.empty_like(gate)
+    out = gate.new_empty(gate.shape)
     _cpu.act_mul(
         gate.data_ptr(), up.data_ptr(), gate.numel(), ACTIVATION_IDS[activation], out.data_ptr()
     )
@@ -170,7 +175,7 @@ def act_mul(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tens
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float) -> torch.Tensor:
     """x / rms(x) * (offset + weight) over the last dimension; x and weight CPU float32."""
     x = x.contiguous()
-    y = torch.empty_like(x)
+    y = x.new_empty(x.shape)
     dim = x.shape[-1]
     _cpu.rms_norm(x.data_ptr(), weight.data_ptr(), x.numel() // dim, dim, eps, offset, y.data_ptr())
     return y
