@@ -195,6 +195,15 @@ def test_threads_do_not_change_results():
     assert torch.equal(one, three)
 
 
+@pytest.mark.parametrize("ggml_type", INT8_TYPES + FLOAT_TYPES)
+def test_the_c_dequantizers_are_bit_identical_to_the_reference(ggml_type: str):
+    """kernels.dequantize (the float path's blocks, prompt GEMM slices) against
+    quant.dequant, itself bit-identical to gguf-py."""
+    blocks = random_blocks(ggml_type, seed=17)
+    got = kernels.dequantize(blocks, ggml_type, torch.empty(N, K))
+    assert torch.equal(got, dequantize(blocks, ggml_type, (N, K)))
+
+
 def test_embedding_dequantizes_only_gathered_rows_and_ties_to_the_output():
     blocks = random_blocks("Q8_0", seed=9)
     embedding = QuantEmbedding(blocks, "Q8_0", K)

@@ -29,58 +29,6 @@ static void deq_q2_k(const uint8_t *b, float *y) {
     }
 }
 
-static void deq_q3_k(const uint8_t *b, float *y) {
-    const uint8_t *hm = b, *q = b + 32;
-    uint32_t aux[4];
-    memcpy(aux, b + 96, 12);
-    float d_all = rdf16(b + 108);
-    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f, tmp = aux[2];
-    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
-    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
-    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
-    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
-    const int8_t *scales = (const int8_t *)aux;
-    int is = 0;
-    uint8_t m = 1;
-    for (int n = 0; n < QK_K; n += 128) {
-        int shift = 0;
-        for (int j = 0; j < 4; ++j) {
-            for (int half = 0; half < 2; ++half) {
-                float dl = d_all * (scales[is++] - 32);
-                for (int l = 16 * half; l < 16 * half + 16; ++l)
-                    *y++ = dl * ((int)((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
-            }
-            shift += 2;
-            m <<= 1;
-        }
-        q += 32;
-    }
-}
-
-static void deq_iq4_nl(const uint8_t *b, float *y) {
-    float d = rdf16(b);
-    for (int j = 0; j < 16; ++j) {
-        y[j] = d * IQ4NL_VALUES[b[2 + j] & 0xF];
-        y[j + 16] = d * IQ4NL_VALUES[b[2 + j] >> 4];
-    }
-}
-
-static void deq_iq4_xs(const uint8_t *b, float *y) {
-    float d = rdf16(b);
-    uint16_t scales_h = rd16(b + 2);
-    const uint8_t *scales_l = b + 4, *qs = b + 8;
-    for (int ib = 0; ib < 8; ++ib) {
-        int ls = ((scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((scales_h >> 2 * ib) & 3) << 4);
-        float dl = d * (ls - 32);
-        for (int j = 0; j < 16; ++j) {
-            y[j] = dl * IQ4NL_VALUES[qs[j] & 0xF];
-            y[j + 16] = dl * IQ4NL_VALUES[qs[j] >> 4];
-        }
-        y += 32;
-        qs += 16;
-    }
-}
-
 static void deq_q4_0(const uint8_t *b, float *y) {
     float d = rdf16(b);
     for (int j = 0; j < 16; ++j) {
@@ -594,6 +542,18 @@ static void q8_iq4_xs(const uint8_t *b, int8_t *q, float *s, float *c) {
         }
     }
 }
+
+/* Their dequantizers: the same bytes and scales, multiplied out (the float path). */
+static inline void deq_via_q8(to_q8_fn unpack, int n, const uint8_t *b, float *y) {
+    int8_t q[QK_K];
+    float s[QK_K / 4], c[QK_K / QK];
+    unpack(b, q, s, c);
+    for (int i = 0; i < n; ++i) y[i] = s[i / 4] * q[i];
+}
+
+static void deq_q3_k(const uint8_t *b, float *y) { deq_via_q8(q8_q3_k, QK_K, b, y); }
+static void deq_iq4_nl(const uint8_t *b, float *y) { deq_via_q8(q8_iq4_nl, QK, b, y); }
+static void deq_iq4_xs(const uint8_t *b, float *y) { deq_via_q8(q8_iq4_xs, QK_K, b, y); }
 
 /* ------------------------------------------------------------------------- dispatch table */
 
