@@ -215,28 +215,43 @@ ALWAYS_INLINE void block32(int id, const uint8_t *w, __m256i *q, float *d, float
     }
 }
 
-/* The fp16 numbers at a and b as floats [a, b, 0, 0]. */
-ALWAYS_INLINE __m128 f16_pair(const uint8_t *a, const uint8_t *b) {
-    return _mm_cvtph_ps(_mm_unpacklo_epi16(_mm_cvtsi32_si128(rd16(a)), _mm_cvtsi32_si128(rd16(b))));
-}
+#define PREFETCH_AHEAD 1024 /* bytes of a row's blocks asked for ahead of their use */
 
-/* Blocks w and w + size of a 32-value type in one vector: bytes, lane scales and the two
-   offset coefficients (as block32 makes them, with the scales converted two at a time). */
+/* Blocks w and w + size of a 32-value type in one vector, as two block32 calls would give
+   them: bytes [block 0's 32 values, block 1's], lane scales, and the two offset coefficients. */
 ALWAYS_INLINE void pair32(int id, int size, const uint8_t *w, vi *q, vf *s, float *c) {
-    __m256i q0, q1;
-    float unused_d, unused_c;
-    block32(id, w, &q0, &unused_d, &unused_c);
-    block32(id, w + size, &q1, &unused_d, &unused_c);
-    *q = join_i(q0, q1);
-    __m128 d = f16_pair(w, w + size); /* [d0, d1, 0, 0] */
-    *s = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
-                               _mm512_castps128_ps512(d));
-    __m128 m; /* offset coefficients: the mins, or -offset * d */
-    switch (id) {
+    const uint8_t *w1 = w + size;
+    if (id == T_Q8_0) {
+        *q = join_i(_mm256_loadu_si256((const __m256i *)(w + 2)),
+                    _mm256_loadu_si256((const __m256i *)(w1 + 2)));
+    } else { /* nibbles: low halves are values 0-15 of a block, high halves 16-31 */
+        int at = id == T_Q4_0 ? 2 : id == T_Q4_1 ? 4 : id == T_Q5_0 ? 6 : 8;
+        __m256i v = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(w + at))),
+            _mm_loadu_si128((const __m128i *)(w1 + at)), 1); /* [qs0 | qs1] */
+        __m512i z = _mm512_and_si512(join_i(v, _mm256_srli_epi16(v, 4)), _mm512_set1_epi8(0x0F));
+        z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0)); /* [lo0 hi0 lo1 hi1] */
+        if (id == T_Q5_0 || id == T_Q5_1) { /* the fifth bits: bit j of qh is value j's */
+            int hb = id == T_Q5_0 ? 2 : 4;
+            uint32_t h0, h1;
+            memcpy(&h0, w + hb, 4), memcpy(&h1, w1 + hb, 4);
+            __mmask64 bits = (__mmask64)h0 | (__mmask64)h1 << 32;
+            z = _mm512_or_si512(z, _mm512_maskz_mov_epi8(bits, _mm512_set1_epi8(0x10)));
+        }
+        *q = z;
+    }
+    /* d (and m) of both blocks converted at once: [d0, m0, d1, m1] */
+    uint32_t h0, h1;
+    memcpy(&h0, w, 4), memcpy(&h1, w1, 4);
+    __m128 dm = _mm_cvtph_ps(_mm_unpacklo_epi32(_mm_cvtsi32_si128((int)h0), _mm_cvtsi32_si128((int)h1)));
+    *s = _mm512_permutexvar_ps(_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+                               _mm512_castps128_ps512(dm));
+    __m128 d = _mm_shuffle_ps(dm, dm, _MM_SHUFFLE(2, 0, 2, 0)), m;
+    switch (id) { /* offset coefficients: the mins, or -offset * d */
     case T_Q4_0: m = _mm_mul_ps(_mm_set1_ps(-8.0f), d); break;
     case T_Q5_0: m = _mm_mul_ps(_mm_set1_ps(-16.0f), d); break;
     case T_Q8_0: return;
-    default: m = f16_pair(w + 2, w + size + 2); break; /* Q4_1, Q5_1 */
+    default: m = _mm_shuffle_ps(dm, dm, _MM_SHUFFLE(3, 1, 3, 1)); break; /* Q4_1, Q5_1 */
     }
     _mm_storel_pi((__m64 *)c, m);
 }
@@ -247,6 +262,7 @@ ALWAYS_INLINE void row_32(int id, int size, const uint8_t *w, int64_t nb, xtile_
     const int unsigned_q = id != T_Q8_0;
     int64_t b = 0;
     for (; b + 1 < nb; b += 2, w += 2 * size) {
+        _mm_prefetch((const char *)w + PREFETCH_AHEAD, _MM_HINT_T0);
         vi q;
         vf s;
         pair32(id, size, w, &q, &s, c + b);
@@ -267,13 +283,21 @@ ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, xtile_t x, 
     const int size = five ? 176 : 144;
     const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
     for (int64_t b = 0; b < nb; b += 8, w += size) {
-        float d = rdf16(w), dmin = rdf16(w + 2), scale[8];
-        for (int j = 0; j < 8; ++j) {
-            int sc, mn;
-            scale_min_k4(j, w + 4, &sc, &mn);
-            scale[j] = d * sc;
-            c[b + j] = -dmin * mn;
-        }
+        _mm_prefetch((const char *)w + PREFETCH_AHEAD, _MM_HINT_T0);
+        /* the 8 six-bit scales and mins (scale_min_k4), unpacked 8 at a time as llama.cpp */
+        uint32_t u[4];
+        memcpy(u, w + 4, 12);
+        u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+        uint32_t mins_lo = u[1] & 0x3f3f3f3f;
+        u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+        u[2] = mins_lo;
+        u[0] &= 0x3f3f3f3f; /* bytes 0-7: scales, 8-15: mins */
+        __m128i sm = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]); /* no reload */
+        __m256 scales = _mm256_mul_ps(_mm256_set1_ps(rdf16(w)),
+                                      _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)));
+        __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)));
+        _mm256_storeu_ps(c + b, _mm256_mul_ps(_mm256_set1_ps(-rdf16(w + 2)), mins));
+        __m512 scales16 = _mm512_castps256_ps512(scales);
         const uint8_t *qs = w + (five ? 48 : 16);
         __m256i hbits = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : m4;
         for (int j = 0; j < 4; ++j) {
@@ -288,7 +312,10 @@ ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, xtile_t x, 
                 lo = _mm256_or_si256(lo, _mm256_and_si256(h1, b4));
                 hi = _mm256_or_si256(hi, _mm256_and_si256(h2, b4));
             }
-            tokens_step(join_i(lo, hi), join_f(scale[2 * j], scale[2 * j + 1]), 1,
+            __m512i pick = _mm512_set_epi32(2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
+                                            2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j, 2 * j, 2 * j,
+                                            2 * j, 2 * j, 2 * j, 2 * j, 2 * j);
+            tokens_step(join_i(lo, hi), _mm512_permutexvar_ps(pick, scales16), 1,
                         x_at(x, (b + 2 * j) * QK), nt, acc);
         }
     }
