@@ -47,7 +47,8 @@ def test_the_extension_is_built():
     int8 = {t for t, kind in kernels.KERNEL_TYPES.items() if kind == "int8"}
     vnni = cpu_has("avx512_vnni") or cpu_has("avx_vnni")
     assert kernels.GEMM_TYPES == (set(PROMPT_INT8_TYPES) if vnni else set())
-    if cpu_has("avx512_vnni"):  # decode steps take the prompt products' arithmetic
+    assert kernels.DECODE_TAKES_GEMM == cpu_has("avx512_vnni")  # built for this machine
+    if kernels.DECODE_TAKES_GEMM:  # decode steps take the prompt products' arithmetic
         assert int8 == set(PROMPT_INT8_TYPES)
     else:  # row dots where AVX2 is, else everything dequantizes
         assert int8 == (set(INT8_TYPES) if cpu_has("avx2") else set())
@@ -157,7 +158,7 @@ def test_a_prompt_tokens_result_does_not_depend_on_its_chunk(ggml_type: str):
 def test_decode_steps_and_short_prompts_share_one_arithmetic(ggml_type: str):
     """On AVX-512 VNNI a token's product is the same bits as a decode step, in a batch of
     decode steps, or inside a prompt chunk."""
-    if not cpu_has("avx512_vnni"):
+    if not kernels.DECODE_TAKES_GEMM:
         pytest.skip("decode steps take per-row dots without AVX-512 VNNI")
     layer = QuantLinear(random_blocks(ggml_type, seed=13), ggml_type, K)
     x = torch.randn(1, 13, K, generator=torch.Generator().manual_seed(6))

@@ -45,6 +45,11 @@ GEMM_TYPES: frozenset[str] = (
 )
 
 
+# Whether decode steps take that same product (AVX-512 VNNI builds: weights unpacked in
+# registers), so that a token's result does not depend on how it was batched or chunked.
+DECODE_TAKES_GEMM: bool = _cpu is not None and _cpu.gemm_available() == 2  # GEMM_IN_REGISTERS
+
+
 def type_id(ggml_type: str) -> int:
     return _TYPE_IDS[ggml_type]
 

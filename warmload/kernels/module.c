@@ -300,6 +300,11 @@ static PyObject *py_quantize_k_simd(PyObject *self, PyObject *args) {
     return PyBool_FromLong(KQUANT_SIMD);
 }
 
+static PyObject *py_gemm_available(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    return PyLong_FromLong(gemm_available());
+}
+
 static PyMethodDef METHODS[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(k, x_ptr, n_tokens, ((ggml_type, w_ptr, n_rows, y_ptr, mode), ...)): per part,\n"
@@ -325,6 +330,8 @@ static PyMethodDef METHODS[] = {
     {"types", py_types, METH_NOARGS,
      "{ggml type id: 'int8' | 'float'}: how the kernels compute a decode step"},
     {"gemm_types", py_gemm_types, METH_NOARGS, "ggml type ids with integer prompt products"},
+    {"gemm_available", py_gemm_available, METH_NOARGS,
+     "0: no products of many tokens, 1: through a buffer (AVX-VNNI), 2: in registers (AVX-512)"},
     {"quantize_k", py_quantize_k, METH_VARARGS,
      "quantize_k(ggml_type, x, out[, simd]): float32 buffer x of 256-weight blocks -> K-quant\n"
      "blocks in out (Q2_K .. Q6_K, llama.cpp's reference quantizers, byte for byte)"},
