@@ -1,17 +1,22 @@
-/* Prompt chunks (several tokens at once) in integers, with the VNNI dot instruction (AVX-512
-   VNNI, or AVX-VNNI on 256-bit machines); without VNNI there is no prompt product here and the
-   callers keep their float path.
+/* Integer products of weight rows with several tokens at once (VNNI dpbusd): short prompt
+   chunks, and on AVX-512 VNNI machines decode steps and batches of them too, so a token's
+   result does not depend on how many tokens share the call. Without VNNI there is none and the
+   callers keep their other paths (kernels.h, make_part).
 
-   x is quantized as a decode step's (8-bit blocks of 32, quantize_x: the same d and q) and stored
-   as unsigned bytes q + 128. Each weight row is unpacked once per call into signed bytes, a float
-   scale per 4 values (a VNNI int32 lane) and, for types with mins, an offset coefficient per 32
-   values; the row then meets every token of the chunk:
+   x is quantized as quantize_x does (8-bit blocks of 32: the same d and q as the row dots) and
+   kept twice, as signed q and as unsigned q + 128. Each weight row is unpacked, up to TILE
+   tokens at a time, into bytes with a float scale per 4 values (a VNNI int32 lane): in
+   registers for the common types (AVX-512), through a small buffer for the rest (to_q8). Types
+   with mins or offsets unpack unsigned q and an offset coefficient c per 32 values; the others
+   signed q:
 
-       W[n] . x[t] = sum over lanes of scale_w * d_x * (sum_4 (q_x + 128) q_w - 128 sum_4 q_w)
-                     + sum over blocks of c_w * d_x * sum(q_x)
+       unsigned q_w:  W[n] . x[t] = sum over lanes of scale_w * d_x * sum_4 q_w q_x
+                                    + sum over blocks of c_w * d_x * sum(q_x)
+       signed q_w:    W[n] . x[t] = sum over lanes of scale_w * d_x *
+                                    (sum_4 (q_x + 128) q_w - 128 sum_4 q_w)
 
-   where the -128 correction is the accumulator that dpbusd starts from, so it costs nothing.
-   Every token's sums are taken in the same order however many tokens share the call. */
+   where the -128 correction is the accumulator that dpbusd starts from. Every token's sums are
+   taken in the same order however many tokens share the call. */
 
 #include "kernels.h"
 #include "blocks.h"
@@ -22,7 +27,6 @@
 typedef __m512i vi;
 typedef __m512 vf;
 #define LOADI(p) _mm512_loadu_si512((const void *)(p))
-#define STOREI(p, v) _mm512_storeu_si512((void *)(p), v)
 #define LOADF(p) _mm512_loadu_ps(p)
 #define ZEROF() _mm512_setzero_ps()
 #define ZEROI() _mm512_setzero_si512()
@@ -40,7 +44,6 @@ typedef __m512 vf;
 typedef __m256i vi;
 typedef __m256 vf;
 #define LOADI(p) _mm256_loadu_si256((const __m256i *)(p))
-#define STOREI(p, v) _mm256_storeu_si256((__m256i *)(p), v)
 #define LOADF(p) _mm256_loadu_ps(p)
 #define ZEROF() _mm256_setzero_ps()
 #define ZEROI() _mm256_setzero_si256()
@@ -51,12 +54,7 @@ typedef __m256 vf;
 #define ONES8() _mm256_set1_epi8(1)
 #define SUBI(a, b) _mm256_sub_epi32(a, b)
 #define SLLI7(v) _mm256_slli_epi32(v, 7)
-static inline float REDUCE(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+#define REDUCE(v) hsum_ps(v)
 #else
 #define GEMM_VNNI 0
 #endif
