@@ -78,7 +78,7 @@ class Vocab:
     model: str  # "llama" (SentencePiece BPE with scores) | "gpt2" (byte-level BPE)
     pre: PreTokenizer | None  # gpt2 only
     tokens: list[str]
-    index: dict[str, int]  # text -> id; for duplicate texts the last id, as llama.cpp
+    index: dict[str, int]  # text -> id (last id of a duplicate text, as llama.cpp); building only
     attrs: np.ndarray  # int32 llama_token_attr bits per token
     scores: np.ndarray | None  # float32, llama only
     merges: list[str] | None  # gpt2 only: "left right" strings in rank order
