@@ -182,6 +182,16 @@ def test_long_prompt_chunks_use_the_float_product(ggml_type: str, slice_rows, mo
     assert relative_error(got, want) < 1e-6
 
 
+def test_integer_prompt_tokens_needs_every_packed_type():
+    """The forward hook keeps torch on one thread below this many tokens (all in the kernels)."""
+    if not kernels.GEMM_TYPES:
+        assert quant_matmul.integer_prompt_tokens(["Q4_0"]) == 0
+        return
+    assert quant_matmul.integer_prompt_tokens(["Q4_1", "Q8_0"]) == GEMM_TOKENS
+    assert quant_matmul.integer_prompt_tokens(["Q4_1", "F16"]) == 0  # F16 prompts go to torch
+    assert quant_matmul.integer_prompt_tokens([]) == 0  # nothing packed
+
+
 def test_threads_do_not_change_results():
     blocks = random_blocks("Q4_K", seed=5)
     layer = QuantLinear(blocks, "Q4_K", K)
