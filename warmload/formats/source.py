@@ -30,6 +30,7 @@ from warmload.errors import CheckpointError, RequestError
 _CHUNK_BYTES = 64 << 20  # per pread; big enough that syscalls cost nothing
 FILL_READERS = 2  # memory mode: threads filling a file's buffer
 READ_SPLIT = 2  # read mode: threads reading one range of several pieces
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
 class ByteSource:
@@ -151,8 +152,8 @@ class _ChunkedRead:
         self._claims = itertools.count()  # next() is atomic under the GIL
         n_threads = max(1, min(readers, self.n_chunks))
         self.threads = [
-            threading.Thread(target=self._run, name="warmload-read", daemon=True)
-            for _ in range(n_threads)
+            threading.Thread(target=self._run, args=(i > 0,), name="warmload-read", daemon=True)
+            for i in range(n_threads)
         ]
 
     def start(self) -> None:
@@ -164,30 +165,40 @@ class _ChunkedRead:
         """Read on this thread and the helpers; raise the first piece's error, if any."""
         for thread in self.threads[1:]:
             thread.start()
-        self._run()
+        self._run(False)
         for thread in self.threads[1:]:
             thread.join()
         self.wait_for(len(self.out))
 
-    def _run(self) -> None:
-        while not self.stop:
-            i = next(self._claims)
-            if i >= self.n_chunks:
-                return
-            try:
-                self._read_chunk(i)
-            except OSError as e:
-                self._finish(i, CheckpointError(f"{self.file}: reading failed: {e}"))
-                return
-            except CheckpointError as e:
-                self._finish(i, e)
-                return
-            self._finish(i, None)
+    def _run(self, own_fd: bool) -> None:
+        """Claim and read pieces until none is left. A helper reads through its own descriptor,
+        so each reader's readahead state sees its own (forward) stream."""
+        try:
+            fd = os.open(self.file, _OPEN_FLAGS) if own_fd else self.fd
+        except OSError:
+            return  # the first reader (our descriptor) claims the pieces this one would have
+        try:
+            while not self.stop:
+                i = next(self._claims)
+                if i >= self.n_chunks:
+                    return
+                try:
+                    self._read_chunk(fd, i)
+                except OSError as e:
+                    self._finish(i, CheckpointError(f"{self.file}: reading failed: {e}"))
+                    return
+                except CheckpointError as e:
+                    self._finish(i, e)
+                    return
+                self._finish(i, None)
+        finally:
+            if own_fd:
+                os.close(fd)
 
-    def _read_chunk(self, i: int) -> None:
+    def _read_chunk(self, fd: int, i: int) -> None:
         got, end = i * self.chunk_bytes, min(len(self.out), (i + 1) * self.chunk_bytes)
         while got < end:
-            n = _pread_into(self.fd, self.out[got:end], self.offset + got)
+            n = _pread_into(fd, self.out[got:end], self.offset + got)
             if n == 0:
                 where = f" at byte {self.offset}" if self.offset else ""
                 raise CheckpointError(
@@ -242,7 +253,7 @@ class MemorySource(ByteSource):
 
     def _open(self, file: str) -> tuple[Any, int]:
         size = os.stat(file).st_size
-        fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(file, _OPEN_FLAGS)
         try:
             read = _ChunkedRead(file, fd, 0, new_buffer(size), FILL_READERS)
             read.start()
@@ -274,7 +285,7 @@ class ReadSource(ByteSource):
     mode = "read"
 
     def _open(self, file: str) -> tuple[Any, int]:
-        fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(file, _OPEN_FLAGS)
         return fd, os.fstat(fd).st_size
 
     def view(self, file: str, offset: int, nbytes: int) -> memoryview:
