@@ -174,7 +174,7 @@ class _ChunkedRead:
         """Claim and read pieces until none is left. A helper reads through its own descriptor,
         so each reader's readahead state sees its own (forward) stream."""
         try:
-            fd = os.open(self.file, _OPEN_FLAGS) if own_fd else self.fd
+            fd = reopen(self.fd, self.file) if own_fd else self.fd
         except OSError:
             return  # the first reader (our descriptor) claims the pieces this one would have
         try:
@@ -279,24 +279,64 @@ class MemorySource(ByteSource):
 
 
 class ReadSource(ByteSource):
-    """pread of each requested range into a new buffer; thread-safe (no shared position).
-    A range of several pieces is read by READ_SPLIT threads (this one included)."""
+    """pread of each requested range into a new buffer; thread-safe (no shared position). Each
+    thread reads through its own descriptor (the loader's workers read different tensors at
+    once; one descriptor's readahead state would see their reads as one stream jumping back
+    and forth), and a range of several pieces is read by READ_SPLIT threads."""
 
     mode = "read"
 
     def _open(self, file: str) -> tuple[Any, int]:
-        fd = os.open(file, _OPEN_FLAGS)
-        return fd, os.fstat(fd).st_size
+        descriptors = _Descriptors(file)
+        return descriptors, os.fstat(descriptors.fd()).st_size
 
     def view(self, file: str, offset: int, nbytes: int) -> memoryview:
-        fd = self._handle(file)
+        fd = self._handle(file).fd()
         self._check(file, offset, nbytes)
         out = new_buffer(nbytes)
         _ChunkedRead(file, fd, offset, out, READ_SPLIT).run()
         return out
 
     def _release(self, handle: Any) -> None:
-        os.close(handle)
+        handle.close()
+
+
+class _Descriptors:
+    """One read-only descriptor of a file per calling thread, opened on its first use."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self._first = os.open(file, _OPEN_FLAGS)
+        self._fds: dict[int, int] = {threading.get_ident(): self._first}
+        self._lock = threading.Lock()
+
+    def fd(self) -> int:
+        me = threading.get_ident()
+        fd = self._fds.get(me)
+        if fd is None:
+            try:
+                fd = reopen(self._first, self.file)
+            except OSError as e:
+                raise CheckpointError(f"{self.file}: cannot reopen for reading: {e}") from None
+            with self._lock:
+                self._fds[me] = fd
+        return fd
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+
+def reopen(fd: int, file: str) -> int:
+    """A new descriptor (own file position and readahead state) of the file open as `fd`:
+    through /proc/self/fd, so it is the same inode even if the path was since replaced; by
+    path where there is no /proc. OSError if neither opens."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", _OPEN_FLAGS)
+    except OSError:
+        return os.open(file, _OPEN_FLAGS)
 
 
 def new_buffer(nbytes: int) -> memoryview:
