@@ -181,6 +181,20 @@ def test_bench_source_only_delivers_every_tensor_byte(tiny_files):
     assert result["ready_s"] > 0 and "stats" not in result
 
 
+def test_bench_fresh_baselines(tiny_files):
+    """The fresh-memory baselines read the whole file into (or fault in) a new buffer."""
+    from warmload.bench.load import fresh_pages, fresh_read, run_load_bench
+
+    path = tiny_files["f16"]
+    size = path.stat().st_size
+    assert fresh_read(str(path)) == size
+    buf = fresh_pages(size)
+    assert len(buf) == size and not buf.readonly and bytes(buf[-3:]) == b"\0\0\0"
+    rows = run_load_bench([path], ["read"], repetitions=2, fresh=True)
+    assert [r.case for r in rows] == ["plain read", "fresh pages", "fresh read", "read"]
+    assert all(len(r.ready_s) == 2 and not r.skipped for r in rows)
+
+
 def test_bench_times_warmup_modes(tiny_files):
     from warmload.bench.load import measure_row
 

@@ -201,3 +201,27 @@ def test_memory_source_streams_and_reports_a_short_read(tmp_path: Path, monkeypa
             source.view(str(path), 11_000, 10)
         with pytest.raises(CheckpointError, match="then the file ended"):
             source.wait()
+
+
+@pytest.mark.parametrize("mode", ["memory", "read"])
+def test_pieces_read_in_parallel_give_the_file(tmp_path: Path, monkeypatch, mode: str) -> None:
+    """Ranges of many pieces, read by several threads, arrive whole and in place; a file that
+    ends inside a range names the byte where it ended."""
+    import warmload.formats.source as source_module
+
+    path = tmp_path / "blob"
+    data = np.random.default_rng(1).integers(0, 256, 100_003, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    monkeypatch.setattr(source_module, "_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(source_module, "FILL_READERS", 3)
+    monkeypatch.setattr(source_module, "READ_SPLIT", 3)
+    with open_source(mode) as source:
+        for offset, nbytes in ((0, 100_003), (777, 50_000), (99_000, 1003), (5, 0)):
+            view = source.view(str(path), offset, nbytes)
+            assert bytes(view) == data[offset : offset + nbytes].tobytes()
+            assert not view.readonly
+    with open_source("read") as source:
+        source.view(str(path), 0, 1)  # opened: the size is taken
+        os.truncate(path, 60_000)
+        with pytest.raises(CheckpointError, match=r"read 59000 of 90000 bytes at byte 1000, then"):
+            source.view(str(path), 1000, 90_000)

@@ -9,12 +9,17 @@ alone: every tensor's bytes delivered by the load mode's ByteSource, no model, n
 The baseline is the same file read once with large sequential reads into one reused buffer,
 in the same state (warm: resident in the page cache; cold: evicted with
 posix_fadvise(POSIX_FADV_DONTNEED) first, which needs a private copy of the file that nobody
-else is reading). GB/s is the file's size over the time.
+else is reading). GB/s is the file's size over the time. With --fresh, two more baselines say
+what any copy of the file costs on this machine: "fresh pages" faults in a file-sized buffer of
+fresh anonymous memory (MADV_POPULATE_WRITE) and nothing else; "fresh read" is the plain read
+into such a buffer instead of a reused one. On a VM that hands freed memory back to its host
+(virtio-balloon free page reporting), the first touch of fresh memory costs a host fault too.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import statistics
 import sys
@@ -26,13 +31,17 @@ from pathlib import Path
 from warmload.bench import run_worker
 
 READ_CHUNK_BYTES = 64 << 20
+MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault pages in writable, without writing them
+# What copying the file into fresh memory costs on this machine, apart from warmload: faulting in
+# a file-sized fresh buffer alone, and one plain sequential read into such a buffer.
+FRESH_CASES = ("fresh pages", "fresh read")
 FORWARD_TOKENS = 8
 
 
 @dataclass(frozen=True, slots=True)
 class LoadCase:
     path: str
-    mode: str  # a load mode, or "plain read"
+    mode: str  # a load mode, "plain read", or one of FRESH_CASES
     cold: bool
     lazy: bool = False
     forward: bool = False  # also time one forward pass (first answer)
@@ -87,6 +96,35 @@ def plain_read(path: str) -> int:
         os.close(fd)
 
 
+def fresh_pages(nbytes: int) -> memoryview:
+    """A buffer of `nbytes` fresh anonymous pages (the loader's new_buffer), all faulted in."""
+    from warmload.formats.source import new_buffer
+
+    buf = new_buffer(nbytes)
+    try:
+        buf.obj.madvise(MADV_POPULATE_WRITE)
+    except (AttributeError, OSError):  # older kernel: touch one byte per page
+        page = mmap.PAGESIZE
+        for start in range(0, nbytes, page):
+            buf[start] = 0
+    return buf
+
+
+def fresh_read(path: str) -> int:
+    """One reader, sequential 64 MiB reads straight into a fresh file-sized buffer; bytes."""
+    from warmload.formats.source import new_buffer
+
+    buf = new_buffer(os.stat(path).st_size)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        total = 0
+        while n := os.readv(fd, [buf[total : total + READ_CHUNK_BYTES]]):
+            total += n
+        return total
+    finally:
+        os.close(fd)
+
+
 def deliver_bytes(path: str, mode: str) -> int:
     """The source stage alone: every tensor's bytes from the checkpoint's ByteSource in file
     order, each copied once into a reused buffer (so mmap pages are really read); bytes."""
@@ -109,9 +147,14 @@ def measure(case: LoadCase) -> dict:
     """Run one case in this process; {"ready_s", "first_s", "peak_rss_bytes", "stats"}."""
     from warmload.memstats import peak_rss_bytes
 
-    if case.mode == "plain read":
+    baselines = {
+        "plain read": plain_read,
+        "fresh pages": lambda path: len(fresh_pages(os.stat(path).st_size)),
+        "fresh read": fresh_read,
+    }
+    if case.mode in baselines:
         started = time.perf_counter()
-        plain_read(case.path)
+        baselines[case.mode](case.path)
         return {"ready_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes()}
     if case.warmup:
         from warmload.formats.open import open_checkpoint
@@ -186,40 +229,61 @@ def run_load_bench(
     source_only: bool = False,
     on_row: Callable[[LoadRow], None] | None = None,
     warmups: Sequence[str] = (),
+    fresh: bool = False,
 ) -> list[LoadRow]:
-    """Rows of plain read and every mode, per model and cache state (see the docstring)."""
+    """Rows of plain read and every mode, per model and cache state (see the docstring); with
+    `fresh`, also the FRESH_CASES baselines. The cases of one model and cache state take turns,
+    one run each per round, so a slower minute or the memory left by the case before weighs on
+    all of them alike."""
     rows = []
     for model in models:
         for cache in caches:
-            cases = [LoadCase(str(model), "plain read", cache == "cold")]
-            cases += [
-                LoadCase(str(model), m, cache == "cold", lazy, forward, source_only) for m in modes
-            ]
-            cases += [LoadCase(str(model), "mmap", cache == "cold", warmup=w) for w in warmups]
-            for case in cases:
-                rows.append(measure_row(case, repetitions))
+            cold = cache == "cold"
+            cases = [LoadCase(str(model), "plain read", cold)]
+            cases += [LoadCase(str(model), m, cold) for m in FRESH_CASES if fresh]
+            cases += [LoadCase(str(model), m, cold, lazy, forward, source_only) for m in modes]
+            cases += [LoadCase(str(model), "mmap", cold, warmup=w) for w in warmups]
+            group = [new_row(case) for case in cases]
+            for _ in range(repetitions):
+                for case, row in zip(cases, group):
+                    if not row.skipped:
+                        add_run(row, run_case(case))
+            for row in group:
+                rows.append(row)
                 if on_row is not None:
-                    on_row(rows[-1])
+                    on_row(row)
     return rows
 
 
-def measure_row(case: LoadCase, repetitions: int) -> LoadRow:
-    """`repetitions` fresh-process runs of one case (skipped when RAM cannot hold it)."""
+def new_row(case: LoadCase) -> LoadRow:
+    """The empty row of a case, marked skipped when RAM cannot hold it."""
     name = case.mode + (" lazy" if case.lazy else "") + (" source" if case.source_only else "")
     name = f"warm-up {case.warmup}" if case.warmup else name
     path = Path(case.path)
     row = LoadRow(path.name, path.stat().st_size, name, "cold" if case.cold else "warm")
-    if case.mode != "plain read" and not case.source_only and not case.warmup:
+    if case.mode in FRESH_CASES:
+        need = row.size_bytes
+    elif case.mode != "plain read" and not case.source_only and not case.warmup:
         need = memory_needed(case.path, case.mode, case.lazy, case.forward)
-        if need > 0.8 * available_bytes():
-            row.skipped = f"needs {need / 1e9:.1f} GB, {available_bytes() / 1e9:.1f} free"
-            return row
-    for _ in range(repetitions):
-        result = run_case(case)
-        row.ready_s.append(result["ready_s"])
-        if "first_s" in result:
-            row.first_s.append(result["first_s"])
-        row.peak_rss_bytes = max(row.peak_rss_bytes, result["peak_rss_bytes"])
+    else:
+        need = 0
+    if need > 0.8 * available_bytes():
+        row.skipped = f"needs {need / 1e9:.1f} GB, {available_bytes() / 1e9:.1f} free"
+    return row
+
+
+def add_run(row: LoadRow, result: dict) -> None:
+    row.ready_s.append(result["ready_s"])
+    if "first_s" in result:
+        row.first_s.append(result["first_s"])
+    row.peak_rss_bytes = max(row.peak_rss_bytes, result["peak_rss_bytes"])
+
+
+def measure_row(case: LoadCase, repetitions: int) -> LoadRow:
+    """`repetitions` fresh-process runs of one case (skipped when RAM cannot hold it)."""
+    row = new_row(case)
+    for _ in range(repetitions if not row.skipped else 0):
+        add_run(row, run_case(case))
     return row
 
 

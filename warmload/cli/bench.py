@@ -36,6 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lazy", action="store_true", help="with --load: lazy loading")
     p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="with --load: also time faulting in a file-sized fresh buffer, and a plain read "
+        "into one (what any copy of the file costs here)",
+    )
+    p.add_argument(
         "--warmups",
         default="",
         help="with --load: also time these warm-up modes, e.g. populate,read",
@@ -154,6 +160,7 @@ def run_load_command(args: argparse.Namespace, models: list) -> int:
         args.source_only,
         on_row,
         warmups,
+        args.fresh,
     )
     if args.output == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
