@@ -30,6 +30,7 @@ def measure(spec: BenchSpec) -> dict[str, tuple[str, list[float]]]:
     ttft = [runner.prefill(ids[:TTFT_TOKENS]) for _ in range(spec.repetitions)]
     tests[f"ttft{TTFT_TOKENS}"] = ("s", ttft)
     if spec.n_prompt:
+        runner.prefill(ids[: spec.n_prompt])  # warm-up at this size too (scratch, GEMM plans)
         pp = [spec.n_prompt / runner.prefill(ids[: spec.n_prompt]) for _ in range(spec.repetitions)]
         tests[f"pp{spec.n_prompt}"] = ("t/s", pp)
     if spec.n_gen:
