@@ -352,6 +352,39 @@ ALWAYS_INLINE void row_q6_k(const uint8_t *w, int64_t nb, xtile_t x, int nt, vf 
 }
 #endif
 
+/* out[i] = the sum of acc[i]'s lanes for i < nt, in one order whatever nt is: on AVX-512 the
+   halves added, then pairs, pairs of pairs, and the two 128-bit halves; 8 tokens share the
+   shuffles (a transposed sum), fewer take the same steps one by one. */
+#if VB == 64
+ALWAYS_INLINE float reduce_one(__m512 v) {
+    __m256 s = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    s = _mm256_hadd_ps(s, s);
+    s = _mm256_hadd_ps(s, s);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+}
+
+ALWAYS_INLINE __m128 reduce_four(const __m512 *v) {
+    __m256 t[4];
+    for (int i = 0; i < 4; ++i)
+        t[i] = _mm256_add_ps(_mm512_castps512_ps256(v[i]), _mm512_extractf32x8_ps(v[i], 1));
+    __m256 q = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+    return _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
+}
+
+ALWAYS_INLINE void reduce_tokens(const vf *acc, int nt, float *out) {
+    if (nt == 8) {
+        _mm_storeu_ps(out, reduce_four(acc));
+        _mm_storeu_ps(out + 4, reduce_four(acc + 4));
+    } else {
+        for (int i = 0; i < nt; ++i) out[i] = reduce_one(acc[i]);
+    }
+}
+#else
+ALWAYS_INLINE void reduce_tokens(const vf *acc, int nt, float *out) {
+    reduce_tokens(acc, nt, out);
+}
+#endif
+
 /* out[i] = the row's lane sums with token i of nt (c: the row's offset coefficients). */
 ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, xtile_t x, int nt,
                               float *c, float *out) {
@@ -370,18 +403,35 @@ ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, x
 #endif
     default: row_buffered(type, w, nb, x, nt, c, acc); break;
     }
-    for (int i = 0; i < nt; ++i) out[i] = REDUCE(acc[i]);
+    reduce_tokens(acc, nt, out);
 }
 
-/* sum c[b] * s[b] over a row's blocks (the offset terms), inlined: short rows made the call
-   to dot_f32 a tenth of a batched decode step. */
-ALWAYS_INLINE float offsets_dot(const float *c, const float *s, int64_t n) {
-    vf acc = ZEROF();
+/* out[i] = sum over blocks b of c[b] * s_i[b] (the offset terms of one row for nt tokens, s_i
+   = the token's block sums, `stride` apart), lane-wise and then as reduce_tokens. */
+ALWAYS_INLINE void offsets_tokens(const float *c, const float *s, int64_t stride, int64_t n,
+                                  int nt, float *out) {
+    vf acc[TILE];
+    for (int i = 0; i < nt; ++i) acc[i] = ZEROF();
     int64_t b = 0;
-    for (; b + LANES <= n; b += LANES) acc = FMADD(LOADF(c + b), LOADF(s + b), acc);
-    float total = REDUCE(acc);
-    for (; b < n; ++b) total += c[b] * s[b];
-    return total;
+    for (; b + LANES <= n; b += LANES) {
+        vf cv = LOADF(c + b);
+        for (int i = 0; i < nt; ++i) acc[i] = FMADD(cv, LOADF(s + i * stride + b), acc[i]);
+    }
+    if (b < n) { /* the tail, zeros past the row's last block */
+#if VB == 64
+        __mmask16 m = (__mmask16)((1u << (n - b)) - 1);
+        vf cv = _mm512_maskz_loadu_ps(m, c + b);
+        for (int i = 0; i < nt; ++i)
+            acc[i] = FMADD(cv, _mm512_maskz_loadu_ps(m, s + i * stride + b), acc[i]);
+#else
+        __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - b)),
+                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        vf cv = _mm256_maskload_ps(c + b, m);
+        for (int i = 0; i < nt; ++i)
+            acc[i] = FMADD(cv, _mm256_maskload_ps(s + i * stride + b, m), acc[i]);
+#endif
+    }
+    reduce_tokens(acc, nt, out);
 }
 
 /* Tokens t0 .. t0 + nt of rows r0 .. r1 (nt a constant after inlining). The offset terms are
@@ -396,10 +446,11 @@ ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, in
         for (int i = 0; i < nt; ++i) p->y[(t0 + i) * p->n_rows + r] = out[i];
     }
     if (p->type->q_unsigned)
-        for (int64_t r = r0; r < r1; ++r)
-            for (int i = 0; i < nt; ++i)
-                p->y[(t0 + i) * p->n_rows + r] +=
-                    offsets_dot(c + (r - r0) * nb, gx->sum + (t0 + i) * nb, nb);
+        for (int64_t r = r0; r < r1; ++r) {
+            float off[TILE];
+            offsets_tokens(c + (r - r0) * nb, gx->sum + t0 * nb, nb, nb, nt, off);
+            for (int i = 0; i < nt; ++i) p->y[(t0 + i) * p->n_rows + r] += off[i];
+        }
 }
 
 void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1) {
