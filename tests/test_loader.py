@@ -321,3 +321,16 @@ def test_real_model_matches_transformers_golden(model_name: str, request):
     assert got.argmax(-1).tolist() == top_ids[:, 0].tolist()
     diff = (got.gather(1, top_ids) - torch.tensor(golden["top_logits"])).abs().max()
     assert diff < 2e-3, float(diff)
+
+
+def test_a_mapped_file_with_little_to_convert_loads_on_one_thread():
+    from warmload.loader import SERIAL_BELOW_BYTES
+    from warmload.loader.plan import TensorLoad
+
+    packed = [TensorLoad("w", "w", "Q4_0", (64, 64), 1 << 30, "pack")]
+    small = [TensorLoad("n", "n", "F32", (64,), 256)]
+    big = [TensorLoad("e", "e", "F16", (64, 64), SERIAL_BELOW_BYTES)]
+    cfg = LoadConfig(threads=2)
+    assert workers_for(cfg, packed + small) == 1  # views of the mapping: nothing to share
+    assert workers_for(cfg, packed + big) == 2  # a real conversion: the pool
+    assert workers_for(LoadConfig(threads=2, load_mode="memory"), packed) == 2  # copies
