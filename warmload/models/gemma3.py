@@ -30,6 +30,7 @@ from warmload.models.layers import (
     Attention,
     GatedMLP,
     KVCache,
+    Linear,
     RMSNorm,
     RopeSlice,
     RotaryTables,
@@ -129,7 +130,7 @@ class Gemma3ForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = Gemma3TextModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rope_local: RotaryTables | None = None
         self.rope_global: RotaryTables | None = None
         self.embed_scale: torch.Tensor | None = None

@@ -26,6 +26,16 @@ ACTIVATIONS = {
 }
 
 
+class Linear(nn.Linear):
+    """nn.Linear without the random initialisation on meta: models are built there and the
+    loader assigns every weight (verify_loaded checks), so kaiming_uniform_ on 200 meta
+    matrices only cost time (~90 ms of SmolLM2's build, measured)."""
+
+    def reset_parameters(self) -> None:
+        if self.weight.device.type != "meta":
+            super().reset_parameters()
+
+
 class RMSNorm(nn.Module):
     """y = x / rms(x) * (offset + weight); offset 0 for llama, 1 for HF gemma checkpoints."""
 
@@ -336,10 +346,10 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale = scale
         self.window = window
-        self.q_proj = nn.Linear(hidden_size, n_heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, n_kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, n_kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(n_heads * head_dim, hidden_size, bias=False)
+        self.q_proj = Linear(hidden_size, n_heads * head_dim, bias=False)
+        self.k_proj = Linear(hidden_size, n_kv_heads * head_dim, bias=False)
+        self.v_proj = Linear(hidden_size, n_kv_heads * head_dim, bias=False)
+        self.o_proj = Linear(n_heads * head_dim, hidden_size, bias=False)
         if qk_norm_eps is not None:
             self.q_norm = RMSNorm(head_dim, qk_norm_eps, norm_offset)
             self.k_norm = RMSNorm(head_dim, qk_norm_eps, norm_offset)
@@ -427,7 +437,7 @@ def tied_output(embed: nn.Module) -> nn.Module:
         return embed.as_linear()
     vocab_size, hidden_size = embed.weight.shape
     with torch.device("meta"):
-        head = nn.Linear(hidden_size, vocab_size, bias=False)
+        head = Linear(hidden_size, vocab_size, bias=False)
     head.weight = embed.weight
     return head
 
@@ -443,9 +453,9 @@ class GatedMLP(nn.Module):
             )
         self.act = ACTIVATIONS[activation]
         self.activation = activation
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = project(x, (self.gate_proj, self.up_proj))

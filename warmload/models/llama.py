@@ -20,6 +20,7 @@ from warmload.models.layers import (
     Attention,
     GatedMLP,
     KVCache,
+    Linear,
     RMSNorm,
     RopeSlice,
     RotaryTables,
@@ -98,7 +99,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rope: RotaryTables | None = None
 
     def tied_weights(self) -> dict[str, str]:

@@ -40,21 +40,19 @@ SPECIAL_ATTRS = ATTR_CONTROL | ATTR_UNKNOWN  # matched in text only with parse_s
 PARTITIONED_ATTRS = SPECIAL_ATTRS | ATTR_USER_DEFINED  # cut out before tokenizing
 
 
-def _split_merge(merge: str) -> tuple[str, str] | None:
-    pos = merge.find(" ", 1)  # llama.cpp: the first space after the first character
-    if pos < 0:
-        return None
-    return merge[:pos], merge[pos + 1 :]
-
-
 def _bpe_merges(vocab: Vocab, index: dict[str, int]) -> list[tuple[str, str]]:
-    """The file's merges whose parts and result are tokens (tokenizers refuses any other)."""
+    """The file's merges whose parts and result are tokens (tokenizers refuses any other), each
+    split at the first space after its first character, as llama.cpp splits them. One loop
+    without calls: SmolLM2's 49k merges are a third of its tokenizer's build."""
     assert vocab.merges is not None
     pairs = []
+    append = pairs.append
     for merge in vocab.merges:
-        pair = _split_merge(merge)
-        if pair and pair[0] in index and pair[1] in index and pair[0] + pair[1] in index:
-            pairs.append(pair)
+        pos = merge.find(" ", 1)
+        if pos > 0:
+            left, right = merge[:pos], merge[pos + 1 :]
+            if left in index and right in index and left + right in index:
+                append((left, right))
     return pairs
 
 
