@@ -381,7 +381,7 @@ ALWAYS_INLINE void reduce_tokens(const vf *acc, int nt, float *out) {
 }
 #else
 ALWAYS_INLINE void reduce_tokens(const vf *acc, int nt, float *out) {
-    reduce_tokens(acc, nt, out);
+    for (int i = 0; i < nt; ++i) out[i] = REDUCE(acc[i]);
 }
 #endif
 

@@ -390,41 +390,20 @@ static float dot_q6_k(const uint8_t *w, const xblock *x, int nb) {
 static inline void put_q8(int8_t *q, __m256i v) { _mm256_storeu_si256((__m256i *)q, v); }
 static inline void put_scale(float *s, float d) { _mm256_storeu_ps(s, _mm256_set1_ps(d)); }
 
-static void q8_q4_0(const uint8_t *b, int8_t *q, float *s, float *c) {
+/* The 32-value types: their register unpacking, stored (Q8_0 writes a c of 0, never read). */
+static inline void q8_32(unpack_fn unpack, const uint8_t *b, int8_t *q, float *s, float *c) {
     __m256i v;
     float d;
-    unp_q4_0(b, &v, &d, c);
+    unpack(b, &v, &d, c);
     put_q8(q, v);
     put_scale(s, d);
 }
 
-static void q8_q4_1(const uint8_t *b, int8_t *q, float *s, float *c) {
-    put_q8(q, nibbles32(b + 4));
-    put_scale(s, rdf16(b));
-    c[0] = rdf16(b + 2);
-}
-
-static void q8_q5_0(const uint8_t *b, int8_t *q, float *s, float *c) {
-    __m256i v;
-    float d;
-    unp_q5_0(b, &v, &d, c);
-    put_q8(q, v);
-    put_scale(s, d);
-}
-
-static void q8_q5_1(const uint8_t *b, int8_t *q, float *s, float *c) {
-    __m256i v;
-    float d;
-    unp_q5_1(b, &v, &d, c);
-    put_q8(q, v);
-    put_scale(s, d);
-}
-
-static void q8_q8_0(const uint8_t *b, int8_t *q, float *s, float *c) {
-    (void)c;
-    memcpy(q, b + 2, 32);
-    put_scale(s, rdf16(b));
-}
+static void q8_q4_0(const uint8_t *b, int8_t *q, float *s, float *c) { q8_32(unp_q4_0, b, q, s, c); }
+static void q8_q4_1(const uint8_t *b, int8_t *q, float *s, float *c) { q8_32(unp_q4_1, b, q, s, c); }
+static void q8_q5_0(const uint8_t *b, int8_t *q, float *s, float *c) { q8_32(unp_q5_0, b, q, s, c); }
+static void q8_q5_1(const uint8_t *b, int8_t *q, float *s, float *c) { q8_32(unp_q5_1, b, q, s, c); }
+static void q8_q8_0(const uint8_t *b, int8_t *q, float *s, float *c) { q8_32(unp_q8_0, b, q, s, c); }
 
 static void q8_q4_k(const uint8_t *b, int8_t *q, float *s, float *c) {
     float d = rdf16(b), dmin = rdf16(b + 2);
