@@ -275,21 +275,34 @@ DOTN(dotn_q8_0, 34, unp_q8_0, 1)
 
 /* ---------------------------------------------------------- row dots, K-quants (256 blocks) */
 
-static float dot_q4_k(const uint8_t *w, const xblock *x, int nb) {
+/* Q4_K and Q5_K: 8 x 32 values per super-block with 6-bit scales and mins; Q5_K adds a fifth
+   bit per value from its 32 bytes of high bits. */
+static inline float dot_q45_k(const uint8_t *w, const xblock *x, int nb, int five) {
+    const int size = five ? 176 : 144;
     int nsuper = nb / 8;
     float sum = 0.0f;
-    for (int i = 0; i < nsuper; ++i, w += 144, x += 8) {
+    for (int i = 0; i < nsuper; ++i, w += size, x += 8) {
         float d = rdf16(w), dmin = rdf16(w + 2);
-        const uint8_t *scales = w + 4, *qs = w + 16;
+        const uint8_t *scales = w + 4, *qs = w + (five ? 48 : 16);
         int sc[8], mn[8];
         for (int j = 0; j < 8; ++j) scale_min_k4(j, scales, &sc[j], &mn[j]);
         float off = 0.0f;
         for (int j = 0; j < 8; ++j) off += mn[j] * x[j].s;
         __m256 acc = _mm256_setzero_ps();
+        const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+        const __m256i hbits = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : m4;
         for (int j = 0; j < 4; ++j) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
-            __m256i lo = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
+            __m256i lo = _mm256_and_si256(q, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (five) {
+                __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j)));
+                __m256i u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
+                __m256i h1 = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1);
+                __m256i h2 = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(h1, b4));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(h2, b4));
+            }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j] * x[2 * j].d),
                                   dot_u8_f(lo, &x[2 * j]), acc);
             acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j + 1] * x[2 * j + 1].d),
@@ -300,38 +313,8 @@ static float dot_q4_k(const uint8_t *w, const xblock *x, int nb) {
     return sum;
 }
 
-static float dot_q5_k(const uint8_t *w, const xblock *x, int nb) {
-    int nsuper = nb / 8;
-    float sum = 0.0f;
-    for (int i = 0; i < nsuper; ++i, w += 176, x += 8) {
-        float d = rdf16(w), dmin = rdf16(w + 2);
-        const uint8_t *scales = w + 4, *qh = w + 16, *qs = w + 48;
-        int sc[8], mn[8];
-        for (int j = 0; j < 8; ++j) scale_min_k4(j, scales, &sc[j], &mn[j]);
-        float off = 0.0f;
-        for (int j = 0; j < 8; ++j) off += mn[j] * x[j].s;
-        __m256 acc = _mm256_setzero_ps();
-        const __m256i hbits = _mm256_loadu_si256((const __m256i *)qh);
-        const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
-        for (int j = 0; j < 4; ++j) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
-            __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j)));
-            __m256i u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
-            __m256i h1 = _mm256_and_si256(
-                _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1), b4);
-            __m256i h2 = _mm256_and_si256(
-                _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2), b4);
-            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), h1);
-            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h2);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j] * x[2 * j].d),
-                                  dot_u8_f(lo, &x[2 * j]), acc);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j + 1] * x[2 * j + 1].d),
-                                  dot_u8_f(hi, &x[2 * j + 1]), acc);
-        }
-        sum += d * hsum_ps(acc) - dmin * off;
-    }
-    return sum;
-}
+static float dot_q4_k(const uint8_t *w, const xblock *x, int nb) { return dot_q45_k(w, x, nb, 0); }
+static float dot_q5_k(const uint8_t *w, const xblock *x, int nb) { return dot_q45_k(w, x, nb, 1); }
 
 static float dot_q6_k(const uint8_t *w, const xblock *x, int nb) {
     int nsuper = nb / 8;
