@@ -58,6 +58,16 @@ PROMPTS = {
     "qa": "Question: What is the boiling point of water at sea level in Celsius?\nAnswer:",
     "list": "The planets of the solar system, in order from the Sun:\n1. Mercury\n",
     "unicode": "Café, crème brûlée, 3 € — 東京は晴れです ✓. In English: the weather in Tokyo is",
+    # over 64 tokens: the prompt runs as one long chunk (torch's GEMM, bfloat16 on AMX CPUs)
+    "long": (
+        "Lighthouses were once kept by families who lived at the edge of the sea. Every evening "
+        "the keeper climbed the spiral stairs, trimmed the wick, polished the great lens and "
+        "wound the clockwork that turned it, so that ships miles away could read the flashes "
+        "and know exactly which headland they were passing. In storms the keeper stayed awake "
+        "all night, and a log book recorded the weather, the ships that passed and the oil "
+        "that was burned. When electricity and automatic lamps arrived in the twentieth "
+        "century, the keepers left one by one, and the last of them"
+    ),
 }
 
 

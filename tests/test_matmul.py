@@ -61,6 +61,12 @@ def seen_as_int8(ggml_type: str, tokens: int) -> bool:
     return tokens < GEMM_TOKENS and ggml_type in kernels.GEMM_TYPES
 
 
+def seen_as_bf16(ggml_type: str, tokens: int) -> bool:
+    """Whether a product of `tokens` rows per sequence runs torch's bfloat16 GEMM (AMX CPUs)."""
+    in_torch = tokens >= PREFILL_TOKENS and not seen_as_int8(ggml_type, tokens)
+    return in_torch and quant_matmul.bf16_gemm_for(ggml_type)
+
+
 def cpu_has(flag: str) -> bool:
     try:
         return flag in Path("/proc/cpuinfo").read_text().split()
@@ -105,8 +111,12 @@ def test_product_matches_the_dequantized_reference(ggml_type: str, shape: tuple[
     x[..., 7] *= 50.0  # an outlier channel, as real hidden states have
     got = QuantLinear(blocks, ggml_type, K)(x)
     rows = x.reshape(-1, K)
-    x_seen = quantized_activations(rows) if seen_as_int8(ggml_type, shape[1]) else rows
     assert got.shape == (*shape, N)
+    if seen_as_bf16(ggml_type, shape[1]):
+        want = (rows.bfloat16() @ weight.bfloat16().T).float()
+        assert relative_error(got.reshape(-1, N), want) < 2**-8
+        return
+    x_seen = quantized_activations(rows) if seen_as_int8(ggml_type, shape[1]) else rows
     assert relative_error(got.reshape(-1, N), x_seen @ weight.T) < 1e-5
 
 
@@ -168,18 +178,38 @@ def test_decode_steps_and_short_prompts_share_one_arithmetic(ggml_type: str):
     assert torch.equal(chunk, batch) and torch.equal(chunk, steps)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("slice_rows", [None, 10])
 @pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "F16"])
-def test_long_prompt_chunks_use_the_float_product(ggml_type: str, slice_rows, monkeypatch):
+def test_long_prompt_chunks_use_torchs_gemm(ggml_type: str, slice_rows, bf16: bool, monkeypatch):
+    """float32 GEMM, or where AMX makes it 5x faster bfloat16 (forced here on any CPU), except
+    for F16 weights, which bfloat16 would round."""
+    monkeypatch.setattr(quant_matmul, "AMX_BF16_GEMM", bf16)
     if slice_rows:  # the weight is dequantized 10 rows at a time
         monkeypatch.setattr(quant_matmul, "SCRATCH_FLOATS", slice_rows * K)
     blocks = random_blocks(ggml_type, seed=3)
     tokens = max(GEMM_TOKENS, PREFILL_TOKENS)
     x = torch.randn(2, tokens, K, generator=torch.Generator().manual_seed(2))
     got = QuantLinear(blocks, ggml_type, K)(x)
-    want = x @ dequantize(blocks, ggml_type, (N, K)).T
-    assert got.shape == (2, tokens, N)
-    assert relative_error(got, want) < 1e-6
+    w = dequantize(blocks, ggml_type, (N, K))
+    assert got.shape == (2, tokens, N) and got.dtype == torch.float32
+    assert quant_matmul.bf16_gemm_for(ggml_type) == (bf16 and ggml_type != "F16")
+    if quant_matmul.bf16_gemm_for(ggml_type):
+        want = (x.bfloat16() @ w.bfloat16().T).float()
+        assert relative_error(got, want) < 2**-8  # outputs rounded to bfloat16
+        assert 1e-4 < relative_error(got, x @ w.T) < 1e-2
+    else:
+        assert relative_error(got, x @ w.T) < 1e-6
+
+
+@pytest.mark.parametrize("ggml_type", INT8_TYPES + FLOAT_TYPES)
+def test_bf16_dequantization_rounds_to_nearest_even(ggml_type: str):
+    """The weights of the bfloat16 GEMM: the float32 dequantization, rounded as torch rounds."""
+    blocks = random_blocks(ggml_type, seed=19)
+    got = kernels.dequantize(blocks, ggml_type, torch.empty(N, K, dtype=torch.bfloat16))
+    assert torch.equal(got, kernels.dequantize(blocks, ggml_type, torch.empty(N, K)).bfloat16())
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        kernels.dequantize(blocks, ggml_type, torch.empty(N, K, dtype=torch.float16))
 
 
 def test_integer_prompt_tokens_needs_every_packed_type():

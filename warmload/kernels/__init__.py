@@ -80,16 +80,21 @@ def set_threads(n: int) -> None:
         _cpu.set_threads(n)
 
 
-_MODE_FLOAT, _MODE_INT8, _MODE_DEQUANT, _MODE_GEMM, _MODE_ROW_DOTS = 0, 1, 2, 3, 4  # kernels.h
+_MODE_FLOAT, _MODE_INT8, _MODE_DEQUANT, _MODE_GEMM, _MODE_ROW_DOTS, _MODE_DEQUANT_BF16 = range(6)
 _MODES = {"float": _MODE_FLOAT, "int8": _MODE_INT8, "gemm": _MODE_GEMM, "row_dots": _MODE_ROW_DOTS}
 
 
 def dequantize(blocks: torch.Tensor, ggml_type: str, out: torch.Tensor) -> torch.Tensor:
-    """blocks (N, row_nbytes) uint8 -> out (N, K) float32 contiguous, rows split over the
-    kernel threads."""
+    """blocks (N, row_nbytes) uint8 -> out (N, K) float32 or bfloat16 (rounded to nearest
+    even) contiguous, rows split over the kernel threads."""
+    import torch
+
     n_rows, k = out.shape
+    if out.dtype not in (torch.float32, torch.bfloat16) or not out.is_contiguous():
+        raise ValueError(f"dequantize writes contiguous float32 or bfloat16, not {out.dtype}")
     if n_rows:
-        part = (_TYPE_IDS[ggml_type], blocks.data_ptr(), n_rows, out.data_ptr(), _MODE_DEQUANT)
+        mode = _MODE_DEQUANT if out.dtype == torch.float32 else _MODE_DEQUANT_BF16
+        part = (_TYPE_IDS[ggml_type], blocks.data_ptr(), n_rows, out.data_ptr(), mode)
         _cpu.matmul(k, 0, 1, (part,))
     return out
 

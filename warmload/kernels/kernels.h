@@ -107,8 +107,17 @@ void quantize_x(const float *x, xblock *out, int nb);
    dotted with the float x, or no product at all: the dequantized rows written to y (n_rows, k);
    MODE_GEMM: integer products of rows unpacked once for many tokens (gemm.c; types with to_q8
    on a VNNI machine, else it falls back to MODE_FLOAT). Where gemm.c unpacks in registers,
-   MODE_INT8 becomes MODE_GEMM: decode steps, batches and short prompts share one arithmetic. */
-enum { MODE_FLOAT = 0, MODE_INT8 = 1, MODE_DEQUANT = 2, MODE_GEMM = 3, MODE_ROW_DOTS = 4 };
+   MODE_INT8 becomes MODE_GEMM: decode steps, batches and short prompts share one arithmetic.
+   MODE_DEQUANT_BF16 is MODE_DEQUANT rounded to bfloat16 (nearest even), y then (n_rows, k)
+   uint16: the weights of a bfloat16 GEMM, half the bytes and no second pass to convert. */
+enum {
+    MODE_FLOAT = 0,
+    MODE_INT8 = 1,
+    MODE_DEQUANT = 2,
+    MODE_GEMM = 3,
+    MODE_ROW_DOTS = 4,
+    MODE_DEQUANT_BF16 = 5,
+};
 /* MODE_ROW_DOTS asks for the per-row integer dots as such (MODE_INT8 never remapped): how
    tests check them on machines whose decode steps take MODE_GEMM. */
 

@@ -15,7 +15,7 @@ static int parse_part(PyObject *item, long long k, part_t *p) {
     unsigned long long w, y;
     long long n_rows;
     if (!PyArg_ParseTuple(item, "iKLKi", &type_id, &w, &n_rows, &y, &mode)) return -1;
-    if (mode < MODE_FLOAT || mode > MODE_ROW_DOTS) {
+    if (mode < MODE_FLOAT || mode > MODE_DEQUANT_BF16) {
         PyErr_Format(PyExc_ValueError, "unknown product mode %d", mode);
         return -1;
     }
@@ -311,7 +311,8 @@ static PyMethodDef METHODS[] = {
      "y[t, n] = W[n] . x[t] (x float32 (n_tokens, k); W GGML rows; y float32 (n_tokens, n_rows));\n"
      "mode 0: float dots, 1: 8-bit x and integer dots, 2: y (n_rows, k) = W dequantized,\n"
      "3: 8-bit x and unpacked weight rows for many tokens (gemm_types only, else mode 0),\n"
-     "4: mode 1's per-row dots even where mode 1 takes mode 3"},
+     "4: mode 1's per-row dots even where mode 1 takes mode 3,\n"
+     "5: mode 2 rounded to bfloat16 (y then uint16 (n_rows, k))"},
     {"rms_norm", py_rms_norm, METH_VARARGS,
      "rms_norm(x_ptr, w_ptr, n_rows, dim, eps, offset, y_ptr): float32 RMSNorm of each row"},
     {"act_mul", py_act_mul, METH_VARARGS,

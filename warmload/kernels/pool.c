@@ -43,6 +43,13 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* float32 -> bfloat16, round to nearest even (finite values: dequantized weights). */
+static void round_to_bf16(const float *x, uint16_t *out, int64_t n) {
+    const uint32_t *bits = (const uint32_t *)x;
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = (uint16_t)((bits[i] + 0x7FFF + ((bits[i] >> 16) & 1)) >> 16);
+}
+
 static void run_rows(const job_t *j, const part_t *p, int64_t r0, int64_t r1, float *row) {
     int64_t nb32 = j->k / QK, blocks = j->k / p->type->block;
     for (int64_t r = r0; r < r1; ++r) {
@@ -60,6 +67,7 @@ static void run_rows(const job_t *j, const part_t *p, int64_t r0, int64_t r1, fl
         float *dst = p->mode == MODE_DEQUANT ? p->y + r * j->k : row;
         for (int64_t b = 0; b < blocks; ++b)
             p->type->deq(w + b * p->type->type_size, dst + b * p->type->block);
+        if (p->mode == MODE_DEQUANT_BF16) round_to_bf16(row, (uint16_t *)p->y + r * j->k, j->k);
         if (p->mode == MODE_FLOAT)
             for (int64_t t = 0; t < j->n_tokens; ++t)
                 p->y[t * p->n_rows + r] = dot_f32(row, j->x + t * j->k, (int)j->k);
@@ -90,7 +98,8 @@ static void work_on(job_t *j, unsigned gen, int slot) {
         const part_t *p = &j->parts[0];
         for (int i = 1; i < j->n_parts && (int64_t)idx >= j->parts[i].first_chunk; ++i)
             p = &j->parts[i];
-        if (p->mode == MODE_FLOAT && !row && !(row = row_scratch(slot, j->k))) abort();
+        int needs_row = p->mode == MODE_FLOAT || p->mode == MODE_DEQUANT_BF16;
+        if (needs_row && !row && !(row = row_scratch(slot, j->k))) abort();
         int64_t r0 = ((int64_t)idx - p->first_chunk) * p->chunk, r1 = r0 + p->chunk;
         if (r1 > p->n_rows) r1 = p->n_rows;
         if (p->mode != MODE_GEMM) run_rows(j, p, r0, r1, row);
@@ -201,7 +210,7 @@ int product(part_t *parts, int n_parts, const float *x, int64_t k, int64_t n_tok
     int any_int8 = 0, any_float = 0, any_gemm = 0;
     for (int i = 0; i < n_parts; ++i) {
         any_int8 |= parts[i].mode == MODE_INT8;
-        any_float |= parts[i].mode == MODE_FLOAT;
+        any_float |= parts[i].mode == MODE_FLOAT || parts[i].mode == MODE_DEQUANT_BF16;
         any_gemm |= parts[i].mode == MODE_GEMM;
     }
     size_t need = (size_t)(n_tokens * (k / QK));

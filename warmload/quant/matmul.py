@@ -11,9 +11,12 @@ product runs in the C kernels of warmload.kernels, by the number of rows T of x 
   many tokens for every type of the call (kernels.GEMM_TYPES, VNNI machines): the same 8-bit
   activations; on AVX-512 VNNI decode steps take this very product, so a token's result does
   not depend on how it was batched or chunked;
-- other chunks stay float32: below PREFILL_TOKENS rows each weight row is dequantized once in C
-  and dotted with every row, above it torch's GEMM runs on weight slices dequantized into a
-  bounded scratch buffer.
+- other chunks: below PREFILL_TOKENS rows each weight row is dequantized once in C and dotted
+  in float32 with every row; above it torch's GEMM runs on weight slices dequantized into a
+  bounded scratch buffer. On CPUs with AMX tiles that GEMM is bfloat16 (x and weights rounded
+  to bfloat16, products summed in float32, each output rounded to bfloat16: 5x torch's float32
+  GEMM here), for block-quantized and BF16 weights, whose own rounding is coarser than
+  bfloat16's 8 bits; F32 and F16 weights keep float32 (`bf16_gemm_for`).
 
 QuantEmbedding dequantizes only the rows it gathers; `as_linear()` gives the tied output layer
 over the same bytes. Reference for the layouts: llama.cpp ggml/src/ggml-common.h.
@@ -42,22 +45,36 @@ def has_kernel(ggml_type: str) -> bool:
     return ggml_type in kernels.KERNEL_TYPES
 
 
+# Whether torch's bfloat16 GEMM runs on AMX tiles here (else it is no faster than float32).
+AMX_BF16_GEMM: bool = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+FULL_PRECISION_TYPES = frozenset({"F32", "F16"})  # weights bfloat16 would round
+
+
+def bf16_gemm_for(ggml_type: str) -> bool:
+    """Whether prompt GEMMs on `ggml_type` weights run in bfloat16 here."""
+    return AMX_BF16_GEMM and ggml_type not in FULL_PRECISION_TYPES
+
+
 def gemm(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
     """x (T, K) @ W.T by torch's GEMM over W's rows dequantized a slice at a time into a
-    per-thread scratch buffer (bounded: a 262k-row output layer never becomes 671 MB)."""
+    per-thread scratch buffer (bounded: a 262k-row output layer never becomes 671 MB), in
+    bfloat16 where `bf16_gemm_for` says so, else float32; y float32 either way."""
+    dtype = torch.bfloat16 if bf16_gemm_for(layer.ggml_type) else torch.float32
     rows_per_slice = max(1, SCRATCH_FLOATS // layer.in_features)
     need = min(rows_per_slice, layer.out_features) * layer.in_features
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.numel() < need:
         buf = _scratch.buf = torch.empty(need)
+    weights = buf.view(torch.bfloat16)[:need] if dtype == torch.bfloat16 else buf
+    x = x.to(dtype)
     y = torch.empty((x.shape[0], layer.out_features))
     for r0 in range(0, layer.out_features, rows_per_slice):
         r1 = min(r0 + rows_per_slice, layer.out_features)
         shape = (r1 - r0, layer.in_features)
         w = kernels.dequantize(
-            layer.blocks[r0:r1], layer.ggml_type, buf[: shape[0] * shape[1]].view(shape)
+            layer.blocks[r0:r1], layer.ggml_type, weights[: shape[0] * shape[1]].view(shape)
         )
-        if r1 - r0 == layer.out_features:
+        if dtype == torch.float32 and r1 - r0 == layer.out_features:
             torch.matmul(x, w.T, out=y)
         else:
             y[:, r0:r1] = x @ w.T
