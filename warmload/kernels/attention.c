@@ -19,19 +19,96 @@ void rope_head(float *x, int d, const float *cos, const float *sin, int64_t step
     }
 }
 
-/* out = softmax(scale * q . keys[lo..pos]) . values[lo..pos]; scores has room for pos + 1. */
-void attend_head(const float *q, const float *keys, const float *values, int64_t lo,
-                 int64_t pos, int64_t d, float scale, float *scores, float *out) {
+#if defined(__AVX512F__)
+#define ATTN_AVX512 1
+/* e^x of 16 floats (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial in r,
+   then 2^n by scalef; within 2 ulp of expf, 0 below -103 and +inf above 88.7). */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-103.0f)), _mm512_set1_ps(88.7f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* The dot products of q with 4 keys (D a multiple of 16), summed in one fixed order. */
+static inline __m128 dot4(const float *q, const float *k, int64_t d) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    for (int64_t j = 0; j < d; j += 16) {
+        __m512 qj = _mm512_loadu_ps(q + j);
+        for (int i = 0; i < 4; ++i) acc[i] = _mm512_fmadd_ps(qj, _mm512_loadu_ps(k + i * d + j), acc[i]);
+    }
+    __m256 t[4];
+    for (int i = 0; i < 4; ++i)
+        t[i] = _mm256_add_ps(_mm512_castps512_ps256(acc[i]), _mm512_extractf32x8_ps(acc[i], 1));
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+#else
+#define ATTN_AVX512 0
+#endif
+
+/* out = softmax(scale * q . keys[lo..pos]) . values[lo..pos] for one query head (keys and
+   values (max_ctx, d) rows); scores has room for pos + 1 - lo floats. */
+static void attend_head(const float *q, const float *keys, const float *values, int64_t lo,
+                        int64_t pos, int64_t d, float scale, float *scores, float *out) {
+    int64_t n = pos + 1 - lo;
+    keys += lo * d, values += lo * d;
+#if ATTN_AVX512
+    if (d % 16 == 0 && d <= 256) {
+        int64_t l = 0;
+        for (; l + 4 <= n; l += 4)
+            _mm_storeu_ps(scores + l, _mm_mul_ps(_mm_set1_ps(scale), dot4(q, keys + l * d, d)));
+        for (; l < n; ++l) { /* the last keys, one at a time */
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t j = 0; j < d; j += 16)
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), _mm512_loadu_ps(keys + l * d + j), acc);
+            scores[l] = scale * _mm512_reduce_add_ps(acc);
+        }
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (l = 0; l < n; l += 16) {
+            __mmask16 m = n - l >= 16 ? 0xFFFF : (__mmask16)((1u << (n - l)) - 1);
+            mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, scores + l));
+        }
+        __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
+        for (l = 0; l < n; l += 16) {
+            __mmask16 m = n - l >= 16 ? 0xFFFF : (__mmask16)((1u << (n - l)) - 1);
+            __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + l), top)));
+            _mm512_mask_storeu_ps(scores + l, m, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        __m512 acc[16];
+        int64_t nv = d / 16;
+        for (int64_t j = 0; j < nv; ++j) acc[j] = _mm512_setzero_ps();
+        for (l = 0; l < n; ++l) {
+            __m512 p = _mm512_set1_ps(scores[l]);
+            for (int64_t j = 0; j < nv; ++j)
+                acc[j] = _mm512_fmadd_ps(p, _mm512_loadu_ps(values + l * d + 16 * j), acc[j]);
+        }
+        __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+        for (int64_t j = 0; j < nv; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(acc[j], inv));
+        return;
+    }
+#endif
     float mx = -INFINITY;
-    for (int64_t l = lo; l <= pos; ++l) {
+    for (int64_t l = 0; l < n; ++l) {
         float sc = scale * dot_f32(q, keys + l * d, (int)d);
         scores[l] = sc;
         mx = sc > mx ? sc : mx;
     }
     float sum = 0.0f;
-    for (int64_t l = lo; l <= pos; ++l) sum += (scores[l] = expf(scores[l] - mx));
+    for (int64_t l = 0; l < n; ++l) sum += (scores[l] = expf(scores[l] - mx));
     for (int64_t j = 0; j < d; ++j) out[j] = 0.0f;
-    for (int64_t l = lo; l <= pos; ++l) {
+    for (int64_t l = 0; l < n; ++l) {
         const float *vl = values + l * d;
         float p = scores[l];
         for (int64_t j = 0; j < d; ++j) out[j] += p * vl[j];
@@ -55,48 +132,85 @@ void rms_norm_rows(const float *x, const float *w, int64_t n_rows, int64_t dim, 
     }
 }
 
+/* One (row, KV head) of a decode step: the row's new key (rotated) and value into the cache at
+   its position, then each query head of the group rotated and attended. */
+typedef struct {
+    const float *q, *k, *v;
+    float *cache_k, *cache_v;
+    int64_t H, KV, D, max_ctx, pos0, window;
+    const int64_t *positions;
+    float scale;
+    rope_t rope;
+    float *out;
+} step_t;
+
+static void attend_group(void *arg, int64_t task, int slot) {
+    const step_t *s = arg;
+    int64_t b = task / s->KV, g = task % s->KV, D = s->D, per_group = s->H / s->KV;
+    int64_t pos = s->positions ? s->positions[b] : s->pos0;
+    int64_t at = b * s->rope.row + pos * s->rope.pos;
+    const float *cs = s->rope.cos + at, *sn = s->rope.sin + at;
+    float *keys = s->cache_k + (b * s->KV + g) * s->max_ctx * D;
+    float *values = s->cache_v + (b * s->KV + g) * s->max_ctx * D;
+    memcpy(keys + pos * D, s->k + (b * s->KV + g) * D, sizeof(float) * D);
+    rope_head(keys + pos * D, (int)D, cs, sn, s->rope.step, s->rope.interleaved);
+    memcpy(values + pos * D, s->v + (b * s->KV + g) * D, sizeof(float) * D);
+    int64_t lo = s->window > 0 && pos - s->window + 1 > 0 ? pos - s->window + 1 : 0;
+    float *scores = thread_scratch(slot, pos + 1 - lo);
+    if (!scores) abort();
+    float qh[MAX_HEAD_DIM] __attribute__((aligned(64)));
+    for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
+        memcpy(qh, s->q + (b * s->H + h) * D, sizeof(float) * D);
+        rope_head(qh, (int)D, cs, sn, s->rope.step, s->rope.interleaved);
+        attend_head(qh, keys, values, lo, pos, D, s->scale, scores, s->out + (b * s->H + h) * D);
+    }
+}
+
 /* One decode step for B rows, each at its own position (positions[b], or pos0 for all when
    positions is NULL): rotate q and the new k, store k and v in the row's cache at the position,
    attend each query head over keys [pos - window + 1, pos] (0..pos when window <= 0) of its KV
    head. q, out (B, H, D); k, v (B, KV, D); caches (B, KV, max_ctx, D); row b's rope angles at
    cos + b * rope.row + pos * rope.pos (sin alike), one every rope.step floats: gathered per-row
-   tables (row) or whole tables indexed by position (pos); scores: max_ctx floats. */
-void attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
-                 int64_t B, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
-                 const int64_t *positions, int64_t pos0, int64_t window, float scale,
-                 rope_t rope, float *scores, float *out) {
-    float qh[MAX_HEAD_DIM];
-    for (int64_t b = 0; b < B; ++b) {
-        int64_t pos = positions ? positions[b] : pos0;
-        int64_t at = b * rope.row + pos * rope.pos;
-        const float *cs = rope.cos + at, *sn = rope.sin + at;
-        int64_t rope_step = rope.step;
-        int interleaved = rope.interleaved;
-        for (int64_t g = 0; g < KV; ++g) {
-            float *kdst = cache_k + ((b * KV + g) * max_ctx + pos) * D;
-            memcpy(kdst, k + (b * KV + g) * D, sizeof(float) * D);
-            rope_head(kdst, (int)D, cs, sn, rope_step, interleaved);
-            memcpy(cache_v + ((b * KV + g) * max_ctx + pos) * D, v + (b * KV + g) * D,
-                   sizeof(float) * D);
-        }
-        int64_t lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
-        for (int64_t h = 0; h < H; ++h) {
-            int64_t g = h / (H / KV);
-            memcpy(qh, q + (b * H + h) * D, sizeof(float) * D);
-            rope_head(qh, (int)D, cs, sn, rope_step, interleaved);
-            attend_head(qh, cache_k + (b * KV + g) * max_ctx * D,
-                        cache_v + (b * KV + g) * max_ctx * D, lo, pos, D, scale, scores,
-                        out + (b * H + h) * D);
-        }
-    }
+   tables (row) or whole tables indexed by position (pos). The (row, KV head) pairs are split
+   over the kernel threads; each is computed alone, so a row's result never depends on B. */
+int attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
+                int64_t B, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
+                const int64_t *positions, int64_t pos0, int64_t window, float scale,
+                rope_t rope, float *out) {
+    step_t s = {q, k, v, cache_k, cache_v, H, KV, D, max_ctx, pos0, window, positions, scale,
+                rope, out};
+    return parallel_for(B * KV, attend_group, &s);
 }
 
+#if !ATTN_AVX512
 static inline float activate(float x, int act) {
     if (act == ACT_SILU) return x / (1.0f + expf(-x));
     const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
     return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
 }
+#endif
 
+/* Element by element, every element through the same formula (masked tail), so a row's result
+   never depends on where it sits in a batch. */
 void act_mul(const float *gate, const float *up, int64_t n, int act, float *out) {
+#if ATTN_AVX512
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(m, gate + i), a;
+        if (act == ACT_SILU) {
+            a = _mm512_div_ps(x, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        } else { /* tanh(y) = 1 - 2 / (1 + e^2y) */
+            __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+            __m512 y = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                                     _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+            __m512 e = exp16(_mm512_add_ps(y, y));
+            __m512 t = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(one, e)));
+            a = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, t));
+        }
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(a, _mm512_maskz_loadu_ps(m, up + i)));
+    }
+#else
     for (int64_t i = 0; i < n; ++i) out[i] = activate(gate[i], act) * up[i];
+#endif
 }

@@ -24,16 +24,18 @@ plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t hidden, int64_t H, in
     P->layers = calloc((size_t)n_layers, sizeof(layer_plan_t));
     int64_t B = rows;
     int64_t sizes[] = {B * hidden, B * H * D, B * KV * D, B * KV * D, B * H * D,
-                       B * hidden, B * inter, B * inter, max_ctx};
+                       B * hidden, B * inter, B * inter};
+    /* each buffer on its own cache lines: the threads of a product write neighbouring rows */
     int64_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) total += sizes[i];
-    P->buffer = malloc(sizeof(float) * (size_t)total);
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i)
+        total += sizes[i] = (sizes[i] + 15) / 16 * 16;
+    P->buffer = aligned_alloc(64, sizeof(float) * (size_t)total);
     if (!P->layers || !P->buffer) {
         plan_free(P);
         return NULL;
     }
     float *at = P->buffer;
-    float **slots[] = {&P->h, &P->q, &P->k, &P->v, &P->att, &P->o, &P->g, &P->u, &P->scores};
+    float **slots[] = {&P->h, &P->q, &P->k, &P->v, &P->att, &P->o, &P->g, &P->u};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
         *slots[i] = at;
         at += sizes[i];
@@ -57,8 +59,9 @@ static int run_layer(const plan_t *P, const layer_plan_t *L, float *x,
         rms_norm_rows(P->k, L->w_k_norm, B * KV, D, P->eps, P->offset, P->k);
     }
     rope_t rope = {L->cos, L->sin, 0, L->rope_pos_stride, L->rope_step, L->interleaved};
-    attend_step(P->q, P->k, P->v, L->cache_k, L->cache_v, B, H, KV, D, P->max_ctx, positions,
-                pos0, L->window, L->scale, rope, P->scores, P->att);
+    if ((rc = attend_step(P->q, P->k, P->v, L->cache_k, L->cache_v, B, H, KV, D, P->max_ctx,
+                          positions, pos0, L->window, L->scale, rope, P->att)))
+        return rc;
     part_t o = L->o;
     if ((rc = product(&o, 1, P->att, H * D, B))) return rc;
     if (L->w_attn_out) rms_norm_rows(P->o, L->w_attn_out, B, hidden, P->eps, P->offset, P->o);

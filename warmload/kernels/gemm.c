@@ -453,15 +453,12 @@ ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, in
         }
 }
 
-void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1) {
-    float *c = malloc(sizeof(float) * (size_t)((r1 - r0) * gx->nb)); /* each row's offsets */
-    if (!c) abort();
+void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1, float *c) {
     int64_t t = 0;
     for (; t + 8 <= gx->n_tokens; t += 8) rows_tile(gx, p, r0, r1, t, 8, c);
     if (t + 4 <= gx->n_tokens) rows_tile(gx, p, r0, r1, t, 4, c), t += 4;
     if (t + 2 <= gx->n_tokens) rows_tile(gx, p, r0, r1, t, 2, c), t += 2;
     if (t < gx->n_tokens) rows_tile(gx, p, r0, r1, t, 1, c);
-    free(c);
 }
 
 #else
@@ -471,8 +468,8 @@ int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
     return -1;
 }
 
-void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1) {
-    (void)gx, (void)p, (void)r0, (void)r1;
+void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1, float *c) {
+    (void)gx, (void)p, (void)r0, (void)r1, (void)c;
 }
 
 #endif

@@ -130,6 +130,13 @@ typedef struct {
     int mode;
 } part_t;
 
+/* task(arg, i, slot) for i in 0..n, split over the kernel threads (slot: the thread's number,
+   for thread_scratch); 0, or -2 (too many items). Callers hold kernels_lock, as for product. */
+typedef void (*task_fn)(void *arg, int64_t i, int slot);
+int parallel_for(int64_t n, task_fn task, void *arg);
+/* A float buffer of at least n owned by thread `slot` (kept between calls), or NULL. */
+float *thread_scratch(int slot, int64_t n);
+
 /* part p of a product: type, weights, rows, output and mode (MODE_INT8 falls back to
    MODE_FLOAT for types without an integer dot) */
 void make_part(part_t *p, const qtype *type, const void *w, int64_t n_rows, int64_t k, float *y,
@@ -161,15 +168,13 @@ int gemm_available(void);
 /* gx <- x (n_tokens, k), in a buffer owned by gemm.c; 0, or -1 (no memory / no VNNI). */
 int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens);
 /* p->y[t, r] for rows r0..r1 of part p and every token of gx. */
-void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1);
+/* c: room for (r1 - r0) * gx->nb floats (each row's offset coefficients) */
+void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1, float *c);
 
 /* --------------------------------------------------------------------- attention.c */
 
 void rope_head(float *x, int d, const float *cos, const float *sin, int64_t step,
                int interleaved);
-/* One query head over keys lo..pos of a cache (KV head's keys and values (max_ctx, D)). */
-void attend_head(const float *q, const float *keys, const float *values, int64_t lo,
-                 int64_t pos, int64_t d, float scale, float *scores, float *out);
 #define MAX_HEAD_DIM 1024
 /* Where a row's rope angles are: cos/sin + row * b + pos * position, one every step floats. */
 typedef struct {
@@ -177,10 +182,11 @@ typedef struct {
     int64_t row, pos, step;
     int interleaved;
 } rope_t;
-void attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
-                 int64_t B, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
-                 const int64_t *positions, int64_t pos0, int64_t window, float scale,
-                 rope_t rope, float *scores, float *out);
+/* 0, or -1 (no memory for a thread's scores) */
+int attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
+                int64_t B, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
+                const int64_t *positions, int64_t pos0, int64_t window, float scale,
+                rope_t rope, float *out);
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1 };
 /* out = act(gate) * up, element-wise (out may be gate) */
 void act_mul(const float *gate, const float *up, int64_t n, int act, float *out);
@@ -205,7 +211,7 @@ typedef struct {
     float eps, offset;
     int act; /* 0 silu, 1 gelu (tanh) */
     layer_plan_t *layers;
-    float *buffer, *h, *q, *k, *v, *att, *o, *g, *u, *scores;
+    float *buffer, *h, *q, *k, *v, *att, *o, *g, *u;
 } plan_t;
 
 plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t hidden, int64_t H, int64_t KV,

@@ -105,16 +105,17 @@ static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
             return PyErr_Format(PyExc_ValueError, "position %lld outside the cache of %lld", pos,
                                 max_ctx);
     }
-    float *scores = malloc(sizeof(float) * (size_t)max_ctx);
-    if (!scores) return PyErr_NoMemory();
+    int rc;
     Py_BEGIN_ALLOW_THREADS
     rope_t rope = {PTR(const float, cos), PTR(const float, sin), rope_row, 0, rope_step,
                    interleaved};
-    attend_step(PTR(const float, q), PTR(const float, k), PTR(const float, v), PTR(float, ck),
-                PTR(float, cv), B, H, KV, D, max_ctx, positions, pos0, window, (float)scale, rope,
-                scores, PTR(float, out));
+    kernels_lock();
+    rc = attend_step(PTR(const float, q), PTR(const float, k), PTR(const float, v),
+                     PTR(float, ck), PTR(float, cv), B, H, KV, D, max_ctx, positions, pos0,
+                     window, (float)scale, rope, PTR(float, out));
+    kernels_unlock();
     Py_END_ALLOW_THREADS
-    free(scores);
+    if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 

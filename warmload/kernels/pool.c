@@ -1,6 +1,7 @@
 /* The thread team and `product`: x (n_tokens, k) float32 times one or more packed weight
    matrices, split over rows between the calling thread and workers that spin briefly between
-   products (a decode step issues ~100 of them a few microseconds apart) and then sleep. */
+   products (a decode step issues ~100 of them a few microseconds apart) and then sleep; and
+   `parallel_for`, any other per-item work (a decode step's attention) on the same team. */
 
 #include "kernels.h"
 
@@ -14,6 +15,8 @@
 /* A product of one x with 1..MAX_PARTS matrices (q, k and v; gate and up), whose chunks of
    rows are numbered one after the other. */
 typedef struct {
+    task_fn task; /* a parallel_for (each chunk one item), or NULL: a product */
+    void *task_arg;
     part_t parts[MAX_PARTS];
     int n_parts;
     int64_t k, n_tokens;
@@ -74,17 +77,26 @@ static void run_rows(const job_t *j, const part_t *p, int64_t r0, int64_t r1, fl
     }
 }
 
-static float *g_row_scratch[MAX_THREADS + 1];
-static int64_t g_row_cap[MAX_THREADS + 1];
+/* Per-thread buffers kept between calls: a float row (the float path, attention scores) and a
+   chunk's offset coefficients (gemm_rows), 64-byte aligned so no two threads share a line. */
+typedef struct {
+    float *buf[MAX_THREADS + 1];
+    int64_t cap[MAX_THREADS + 1];
+} scratch_t;
 
-static float *row_scratch(int slot, int64_t k) {
-    if (g_row_cap[slot] < k) {
-        free(g_row_scratch[slot]);
-        g_row_scratch[slot] = malloc(sizeof(float) * (size_t)k);
-        g_row_cap[slot] = g_row_scratch[slot] ? k : 0;
+static scratch_t g_rows, g_offsets;
+
+static float *scratch(scratch_t *s, int slot, int64_t n) {
+    if (s->cap[slot] < n) {
+        free(s->buf[slot]);
+        size_t bytes = ((size_t)n * sizeof(float) + 63) / 64 * 64;
+        s->buf[slot] = aligned_alloc(64, bytes);
+        s->cap[slot] = s->buf[slot] ? n : 0;
     }
-    return g_row_scratch[slot];
+    return s->buf[slot];
 }
+
+float *thread_scratch(int slot, int64_t n) { return scratch(&g_rows, slot, n); }
 
 /* Claims and runs chunks of generation `gen` until none is left; `slot` names the thread's
    scratch row (float path), sized only once a chunk is claimed and the job is known. */
@@ -95,15 +107,26 @@ static void work_on(job_t *j, unsigned gen, int slot) {
         unsigned long long idx = c & 0xFFFFF, n = (c >> 20) & 0xFFFFF;
         if ((c >> 40) != (gen & 0xFFFFFF) || idx >= n) return;
         if (!atomic_compare_exchange_weak(&j->claim, &c, c + 1)) continue;
+        if (j->task) {
+            j->task(j->task_arg, (int64_t)idx, slot);
+            atomic_fetch_add(&j->done, 1);
+            c = atomic_load(&j->claim);
+            continue;
+        }
         const part_t *p = &j->parts[0];
         for (int i = 1; i < j->n_parts && (int64_t)idx >= j->parts[i].first_chunk; ++i)
             p = &j->parts[i];
         int needs_row = p->mode == MODE_FLOAT || p->mode == MODE_DEQUANT_BF16;
-        if (needs_row && !row && !(row = row_scratch(slot, j->k))) abort();
+        if (needs_row && !row && !(row = thread_scratch(slot, j->k))) abort();
         int64_t r0 = ((int64_t)idx - p->first_chunk) * p->chunk, r1 = r0 + p->chunk;
         if (r1 > p->n_rows) r1 = p->n_rows;
-        if (p->mode != MODE_GEMM) run_rows(j, p, r0, r1, row);
-        else gemm_rows(&j->gx, p, r0, r1);
+        if (p->mode != MODE_GEMM) {
+            run_rows(j, p, r0, r1, row);
+        } else {
+            float *offsets = scratch(&g_offsets, slot, p->chunk * j->gx.nb);
+            if (!offsets) abort();
+            gemm_rows(&j->gx, p, r0, r1, offsets);
+        }
         atomic_fetch_add(&j->done, 1);
         c = atomic_load(&j->claim);
     }
@@ -219,12 +242,13 @@ int product(part_t *parts, int n_parts, const float *x, int64_t k, int64_t n_tok
         g_xq = malloc(need * sizeof(xblock));
         g_xq_cap = g_xq ? need : 0;
     }
-    if ((any_int8 && !g_xq) || (any_float && !row_scratch(0, k))) return -1;
+    if ((any_int8 && !g_xq) || (any_float && !thread_scratch(0, k))) return -1;
     job_t *j = &g_job;
     if (any_gemm && gemm_prepare_x(&j->gx, x, k, n_tokens)) return -1;
     if (any_int8)
         for (int64_t t = 0; t < n_tokens; ++t)
             quantize_x(x + t * k, g_xq + t * (k / QK), (int)(k / QK));
+    j->task = NULL;
     memcpy(j->parts, parts, sizeof(part_t) * (size_t)n_parts);
     j->n_parts = n_parts;
     j->k = k;
@@ -234,6 +258,15 @@ int product(part_t *parts, int n_parts, const float *x, int64_t k, int64_t n_tok
     int64_t n_chunks = plan_chunks(j);
     if (n_chunks > MAX_CHUNKS) return -2;
     run_parallel(n_chunks);
+    return 0;
+}
+
+int parallel_for(int64_t n, task_fn task, void *arg) {
+    if (n <= 0) return 0;
+    if (n > MAX_CHUNKS) return -2;
+    g_job.task = task;
+    g_job.task_arg = arg;
+    run_parallel(n);
     return 0;
 }
 
