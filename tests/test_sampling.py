@@ -9,13 +9,29 @@ import torch
 
 from warmload.config import GenerationConfig
 from warmload.errors import RequestError
-from warmload.sampling import apply_penalties, filter_candidates, make_generator, sample_token
+from warmload.sampling import (
+    apply_penalties,
+    filter_candidates,
+    greedy_token,
+    make_generator,
+    sample_token,
+)
 
 
 def test_greedy_is_argmax_and_ignores_seed():
     logits = torch.tensor([0.1, 2.0, -1.0, 1.9])
     cfg = GenerationConfig(temperature=0.0)
     assert {sample_token(logits, [], cfg, make_generator(s)) for s in range(5)} == {1}
+
+
+def test_greedy_token_is_torchs_argmax_ties_included():
+    rows = torch.randn(6, 5000, generator=torch.Generator().manual_seed(0))
+    rows[1, [7, 4000]] = rows[1].max() + 1.0  # a tie: the first wins, as torch.argmax
+    rows[2, 123] = float("inf")
+    for row in rows:
+        assert greedy_token(row) == int(torch.argmax(row))
+    assert greedy_token(rows[:, 3]) == int(torch.argmax(rows[:, 3]))  # a strided view
+    assert greedy_token(rows[0].double()) == int(torch.argmax(rows[0]))
 
 
 def test_repeat_penalty_divides_positive_and_multiplies_negative_logits():

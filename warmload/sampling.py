@@ -77,11 +77,20 @@ def sample_token(
         logits = logits.clone()
         apply_penalties(logits, penalty_window(history, cfg.repeat_last_n), cfg)
     if cfg.temperature <= 0.0:
-        return int(torch.argmax(logits).item())
+        return greedy_token(logits)
     values, ids = filter_candidates(logits, cfg)
     probs = torch.softmax(values / cfg.temperature, dim=-1)
     choice = torch.multinomial(probs, 1, generator=generator)
     return int(ids[choice].item())
+
+
+def greedy_token(logits: torch.Tensor) -> int:
+    """The index of the largest logit (the first of equal ones, as torch.argmax). On the CPU
+    through numpy, whose argmax is ~25x torch's single-threaded one (13 us vs 0.36 ms on Gemma's
+    262k-token row, measured): a greedy step of 8 batched rows spent ~3 ms in it."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 1:
+        return int(logits.numpy().argmax())
+    return int(torch.argmax(logits).item())
 
 
 def make_generator(seed: int | None) -> torch.Generator:
