@@ -6,9 +6,13 @@ are reported as unknown rather than guessed.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import resource
 import sys
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 
@@ -21,6 +25,26 @@ class MappedFile:
 def peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+@cache
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    """glibc's malloc_trim, or None (another C library, or no C library found)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Collect reference cycles, then hand the C heap's free pages back to the OS. Called when
+    a model is unloaded: without it glibc keeps them for reuse, and after Gemma 3 was closed
+    ~90 MB stayed resident, so the next load peaked ~30 MB higher (measured)."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def current_rss_bytes() -> int | None:

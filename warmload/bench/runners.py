@@ -46,7 +46,11 @@ class WarmloadRunner:
         return done.timings.generate_seconds
 
     def close(self) -> None:
+        from warmload.memstats import release_freed_memory
+
         self.engine.close()
+        self.engine = None
+        release_freed_memory()  # as the server's unload: the next load starts from a clean heap
 
 
 class LlamaCppRunner:

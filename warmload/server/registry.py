@@ -16,6 +16,7 @@ from typing import Any
 
 from warmload.config import ServerConfig
 from warmload.errors import ModelLoadError, RequestError, WarmloadError
+from warmload.memstats import release_freed_memory
 
 log = logging.getLogger("warmload.server")
 
@@ -192,6 +193,7 @@ class ModelCache:
             entry.scheduler.close()
         entry.engine.close()
         entry.engine = entry.scheduler = None
+        release_freed_memory()
         entry.keep_alive = self.config.keep_alive_seconds  # a request's keep_alive lasts a load
         log.info("unloaded %s", entry.id)
         return True
