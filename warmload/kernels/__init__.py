@@ -139,24 +139,55 @@ def decode_attention(
     every row, or an int64 tensor (B,)); returns (B, H, D). cos and sin are float32 views
     (rows, ..., D/2) of the rope angles: one row for all, or one per row; any stride along the
     angles (complex tables are read through view_as_real)."""
-    B, H, D = q.shape
+    B = q.shape[0]
+    row = cos.stride(0) if cos.shape[0] == B and B > 1 else 0
+    where = (0, positions) if isinstance(positions, int) else (positions.data_ptr(), 0)
+    return _attention(
+        q, k, v, cache_k, cache_v, (*where, 0, row), window, scale, cos, sin, interleaved
+    )
+
+
+def chunk_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    start_pos: int,
+    window: int | None,
+    scale: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    interleaved: bool,
+) -> torch.Tensor:
+    """A prompt chunk of one sequence: q (T, H, D), k and v (T, KV, D) float32 contiguous for
+    the tokens at start_pos..; the caches (1, KV, max_ctx, D) receive every token's rotated k
+    and v, then token i attends over the keys up to start_pos + i (within `window`); returns
+    (T, H, D). cos and sin: (T, ..., D/2) float32 views, one row of angles per token."""
+    items = (0, start_pos, 1, cos.stride(0))
+    return _attention(q, k, v, cache_k, cache_v, items, window, scale, cos, sin, interleaved)
+
+
+def _attention(q, k, v, cache_k, cache_v, items, window, scale, cos, sin, interleaved):
+    """items: (pointer to per-row positions or 0, first position, chunk, rope row stride)."""
+    positions, pos0, chunk, row = items
+    n, H, D = q.shape
     KV, max_ctx = cache_k.shape[1], cache_k.shape[2]
     out = q.new_empty(q.shape)
-    row = cos.stride(0) if cos.shape[0] == B and B > 1 else 0
-    per_row = not isinstance(positions, int)
-    _cpu.decode_attention(
+    _cpu.attention(
         q.data_ptr(),
         k.data_ptr(),
         v.data_ptr(),
         cache_k.data_ptr(),
         cache_v.data_ptr(),
-        B,
+        n,
         H,
         KV,
         D,
         max_ctx,
-        positions.data_ptr() if per_row else 0,
-        0 if per_row else positions,
+        positions,
+        pos0,
+        chunk,
         window or 0,
         scale,
         cos.data_ptr(),

@@ -132,54 +132,91 @@ void rms_norm_rows(const float *x, const float *w, int64_t n_rows, int64_t dim, 
     }
 }
 
-/* One (row, KV head) of a decode step: the row's new key (rotated) and value into the cache at
-   its position, then each query head of the group rotated and attended. */
+/* The work of a decode step (item i = row i, each at its own position, with its own cache row)
+   or of a prompt chunk (item i = token i of one sequence at pos0 + i, all in cache row 0). */
 typedef struct {
     const float *q, *k, *v;
     float *cache_k, *cache_v;
     int64_t H, KV, D, max_ctx, pos0, window;
     const int64_t *positions;
+    int chunk;
     float scale;
     rope_t rope;
     float *out;
 } step_t;
 
-static void attend_group(void *arg, int64_t task, int slot) {
-    const step_t *s = arg;
-    int64_t b = task / s->KV, g = task % s->KV, D = s->D, per_group = s->H / s->KV;
-    int64_t pos = s->positions ? s->positions[b] : s->pos0;
-    int64_t at = b * s->rope.row + pos * s->rope.pos;
-    const float *cs = s->rope.cos + at, *sn = s->rope.sin + at;
-    float *keys = s->cache_k + (b * s->KV + g) * s->max_ctx * D;
-    float *values = s->cache_v + (b * s->KV + g) * s->max_ctx * D;
-    memcpy(keys + pos * D, s->k + (b * s->KV + g) * D, sizeof(float) * D);
-    rope_head(keys + pos * D, (int)D, cs, sn, s->rope.step, s->rope.interleaved);
-    memcpy(values + pos * D, s->v + (b * s->KV + g) * D, sizeof(float) * D);
+static int64_t item_pos(const step_t *s, int64_t i) {
+    return s->chunk ? s->pos0 + i : s->positions ? s->positions[i] : s->pos0;
+}
+
+/* Item i's cache of KV head g (keys or values, (max_ctx, D)) and its rope angles. */
+static float *item_cache(const step_t *s, float *cache, int64_t i, int64_t g) {
+    return cache + ((s->chunk ? 0 : i) * s->KV + g) * s->max_ctx * s->D;
+}
+
+static int64_t item_angles(const step_t *s, int64_t i) {
+    return i * s->rope.row + item_pos(s, i) * s->rope.pos;
+}
+
+/* Item i's new key (rotated) and value of KV head g into the cache at its position. */
+static void store_kv(const step_t *s, int64_t i, int64_t g) {
+    int64_t D = s->D, pos = item_pos(s, i), at = item_angles(s, i);
+    float *key = item_cache(s, s->cache_k, i, g) + pos * D;
+    memcpy(key, s->k + (i * s->KV + g) * D, sizeof(float) * D);
+    rope_head(key, (int)D, s->rope.cos + at, s->rope.sin + at, s->rope.step, s->rope.interleaved);
+    memcpy(item_cache(s, s->cache_v, i, g) + pos * D, s->v + (i * s->KV + g) * D,
+           sizeof(float) * D);
+}
+
+/* Item i's query heads of KV head g, rotated and attended over keys [pos - window + 1, pos]
+   (0..pos when window <= 0). */
+static void attend_heads(const step_t *s, int64_t i, int64_t g, int slot) {
+    int64_t D = s->D, per_group = s->H / s->KV, pos = item_pos(s, i), at = item_angles(s, i);
     int64_t lo = s->window > 0 && pos - s->window + 1 > 0 ? pos - s->window + 1 : 0;
     float *scores = thread_scratch(slot, pos + 1 - lo);
     if (!scores) abort();
+    const float *keys = item_cache(s, s->cache_k, i, g), *values = item_cache(s, s->cache_v, i, g);
     float qh[MAX_HEAD_DIM] __attribute__((aligned(64)));
     for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
-        memcpy(qh, s->q + (b * s->H + h) * D, sizeof(float) * D);
-        rope_head(qh, (int)D, cs, sn, s->rope.step, s->rope.interleaved);
-        attend_head(qh, keys, values, lo, pos, D, s->scale, scores, s->out + (b * s->H + h) * D);
+        memcpy(qh, s->q + (i * s->H + h) * D, sizeof(float) * D);
+        rope_head(qh, (int)D, s->rope.cos + at, s->rope.sin + at, s->rope.step,
+                  s->rope.interleaved);
+        attend_head(qh, keys, values, lo, pos, D, s->scale, scores, s->out + (i * s->H + h) * D);
     }
 }
 
-/* One decode step for B rows, each at its own position (positions[b], or pos0 for all when
-   positions is NULL): rotate q and the new k, store k and v in the row's cache at the position,
-   attend each query head over keys [pos - window + 1, pos] (0..pos when window <= 0) of its KV
-   head. q, out (B, H, D); k, v (B, KV, D); caches (B, KV, max_ctx, D); row b's rope angles at
-   cos + b * rope.row + pos * rope.pos (sin alike), one every rope.step floats: gathered per-row
-   tables (row) or whole tables indexed by position (pos). The (row, KV head) pairs are split
-   over the kernel threads; each is computed alone, so a row's result never depends on B. */
+static void step_task(void *arg, int64_t task, int slot) { /* a decode row: its own cache */
+    const step_t *s = arg;
+    store_kv(s, task / s->KV, task % s->KV);
+    attend_heads(s, task / s->KV, task % s->KV, slot);
+}
+
+static void store_task(void *arg, int64_t task, int slot) {
+    (void)slot;
+    const step_t *s = arg;
+    store_kv(s, task / s->KV, task % s->KV);
+}
+
+static void attend_task(void *arg, int64_t task, int slot) {
+    const step_t *s = arg;
+    attend_heads(s, task / s->KV, task % s->KV, slot);
+}
+
+/* Rope, cache write and attention of n items (see step_t): q, out (n, H, D); k, v (n, KV, D);
+   caches (rows, KV, max_ctx, D); item i's rope angles at cos + i * rope.row + pos * rope.pos
+   (sin alike), one every rope.step floats: per-item tables (row) or whole tables indexed by
+   position (pos). The (item, KV head) pairs are split over the kernel threads, each computed
+   alone, so a row's result never depends on how many share the step; a chunk's keys are all
+   stored before any of its tokens attends (token i sees tokens 0..i of the chunk). */
 int attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
-                int64_t B, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
-                const int64_t *positions, int64_t pos0, int64_t window, float scale,
+                int64_t n, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
+                const int64_t *positions, int64_t pos0, int chunk, int64_t window, float scale,
                 rope_t rope, float *out) {
-    step_t s = {q, k, v, cache_k, cache_v, H, KV, D, max_ctx, pos0, window, positions, scale,
-                rope, out};
-    return parallel_for(B * KV, attend_group, &s);
+    step_t s = {q, k, v, cache_k, cache_v, H, KV, D, max_ctx, pos0, window, positions, chunk,
+                scale, rope, out};
+    if (!chunk) return parallel_for(n * KV, step_task, &s);
+    int rc = parallel_for(n * KV, store_task, &s);
+    return rc ? rc : parallel_for(n * KV, attend_task, &s);
 }
 
 #if !ATTN_AVX512

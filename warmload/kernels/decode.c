@@ -60,7 +60,7 @@ static int run_layer(const plan_t *P, const layer_plan_t *L, float *x,
     }
     rope_t rope = {L->cos, L->sin, 0, L->rope_pos_stride, L->rope_step, L->interleaved};
     if ((rc = attend_step(P->q, P->k, P->v, L->cache_k, L->cache_v, B, H, KV, D, P->max_ctx,
-                          positions, pos0, L->window, L->scale, rope, P->att)))
+                          positions, pos0, 0, L->window, L->scale, rope, P->att)))
         return rc;
     part_t o = L->o;
     if ((rc = product(&o, 1, P->att, H * D, B))) return rc;

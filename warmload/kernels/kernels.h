@@ -182,10 +182,11 @@ typedef struct {
     int64_t row, pos, step;
     int interleaved;
 } rope_t;
-/* 0, or -1 (no memory for a thread's scores) */
+/* A decode step (n rows, row b at positions[b] or pos0, each its own cache row) or, with
+   chunk, n tokens of one sequence at pos0.. in cache row 0; 0, or -2 (too many items). */
 int attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
-                int64_t B, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
-                const int64_t *positions, int64_t pos0, int64_t window, float scale,
+                int64_t n, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
+                const int64_t *positions, int64_t pos0, int chunk, int64_t window, float scale,
                 rope_t rope, float *out);
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1 };
 /* out = act(gate) * up, element-wise (out may be gate) */

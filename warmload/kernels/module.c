@@ -85,22 +85,22 @@ static PyObject *py_act_mul(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
+static PyObject *py_attention(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long q, k, v, ck, cv, pos_p, cos, sin, out;
-    long long B, H, KV, D, max_ctx, pos0, window, rope_row, rope_step;
+    long long n, H, KV, D, max_ctx, pos0, window, rope_row, rope_step;
     double scale;
-    int interleaved;
-    if (!PyArg_ParseTuple(args, "KKKKKLLLLLKLLdKKLLiK", &q, &k, &v, &ck, &cv, &B, &H, &KV, &D,
-                          &max_ctx, &pos_p, &pos0, &window, &scale, &cos, &sin, &rope_row,
-                          &rope_step, &interleaved, &out))
+    int chunk, interleaved;
+    if (!PyArg_ParseTuple(args, "KKKKKLLLLLKLiLdKKLLiK", &q, &k, &v, &ck, &cv, &n, &H, &KV, &D,
+                          &max_ctx, &pos_p, &pos0, &chunk, &window, &scale, &cos, &sin,
+                          &rope_row, &rope_step, &interleaved, &out))
         return NULL;
-    if (B <= 0 || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > MAX_HEAD_DIM ||
-        max_ctx <= 0)
+    if (n <= 0 || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > MAX_HEAD_DIM ||
+        max_ctx <= 0 || (chunk && pos_p))
         return PyErr_Format(PyExc_ValueError, "bad attention shape");
     const int64_t *positions = PTR(const int64_t, pos_p);
-    for (long long b = 0; b < B; ++b) {
-        long long pos = positions ? positions[b] : pos0;
+    for (long long i = 0; i < n; ++i) {
+        long long pos = chunk ? pos0 + i : positions ? positions[i] : pos0;
         if (pos < 0 || pos >= max_ctx)
             return PyErr_Format(PyExc_ValueError, "position %lld outside the cache of %lld", pos,
                                 max_ctx);
@@ -111,11 +111,11 @@ static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
                    interleaved};
     kernels_lock();
     rc = attend_step(PTR(const float, q), PTR(const float, k), PTR(const float, v),
-                     PTR(float, ck), PTR(float, cv), B, H, KV, D, max_ctx, positions, pos0,
+                     PTR(float, ck), PTR(float, cv), n, H, KV, D, max_ctx, positions, pos0, chunk,
                      window, (float)scale, rope, PTR(float, out));
     kernels_unlock();
     Py_END_ALLOW_THREADS
-    if (rc) return PyErr_NoMemory();
+    if (rc) return product_error(rc);
     Py_RETURN_NONE;
 }
 
@@ -318,10 +318,10 @@ static PyMethodDef METHODS[] = {
      "rms_norm(x_ptr, w_ptr, n_rows, dim, eps, offset, y_ptr): float32 RMSNorm of each row"},
     {"act_mul", py_act_mul, METH_VARARGS,
      "act_mul(gate_ptr, up_ptr, n, act, out_ptr): act(gate) * up, act 0 = SiLU, 1 = GELU tanh"},
-    {"decode_attention", py_decode_attention, METH_VARARGS,
-     "decode_attention(q, k, v, cache_k, cache_v, B, H, KV, D, max_ctx, positions, pos0,\n"
-     "window, scale, cos, sin, rope_row, rope_step, interleaved, out): rope, cache write and\n"
-     "attention of one decode step"},
+    {"attention", py_attention, METH_VARARGS,
+     "attention(q, k, v, cache_k, cache_v, n, H, KV, D, max_ctx, positions, pos0, chunk, window,\n"
+     "scale, cos, sin, rope_row, rope_step, interleaved, out): rope, cache write and attention\n"
+     "of a decode step (n rows) or, with chunk, of n prompt tokens of one sequence from pos0"},
     {"plan_new", py_plan_new, METH_VARARGS,
      "plan_new((rows, hidden, H, KV, D, inter, max_ctx, eps, offset, act), layers): a plan"},
     {"plan_step", py_plan_step, METH_VARARGS,

@@ -20,6 +20,9 @@ from warmload import kernels
 from warmload.errors import ContextOverflowError, RequestError, UnsupportedError
 
 ROPE_STYLES = ("neox", "interleaved")
+# Prompt chunks shorter than this attend in the C kernels (per query: tens of keys, where
+# torch's SDPA spends more in setting up than in computing); longer ones in SDPA's blocked GEMMs.
+KERNEL_CHUNK_TOKENS = 64
 ACTIVATIONS = {
     "silu": F.silu,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -308,9 +311,9 @@ class KVCache:
         return self.k[layer][:, :, key_start:end], self.v[layer][:, :, key_start:end]
 
 
-def decode_rope_angles(rope: RopeSlice) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
-    """(cos, sin, interleaved) float32 views of a one-token RopeSlice for the fused decode
-    kernel, or None for tables it does not read (other dtypes)."""
+def rope_angles(rope: RopeSlice) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+    """(cos, sin, interleaved) float32 views of a RopeSlice for the C attention kernels (one
+    row of angles per position or row), or None for tables they do not read (other dtypes)."""
     style, *tables = rope
     if style == "neox":
         cos2, sin2 = tables  # (cos|cos), (-sin|sin)
@@ -327,9 +330,10 @@ def decode_rope_angles(rope: RopeSlice) -> tuple[torch.Tensor, torch.Tensor, boo
 class Attention(nn.Module):
     """Multi-head attention with GQA, rope, optional per-head q/k RMSNorm (gemma3).
 
-    A decode step (one token per row) on the CPU runs rope, the cache write and the attention
-    in one C call (warmload.kernels.decode_attention) instead of ~20 torch ops; `window` is the
-    sliding window of a local layer (None: global)."""
+    A decode step (one token per row), or a prompt chunk of one sequence shorter than
+    KERNEL_CHUNK_TOKENS, on the CPU runs rope, the cache write and the attention in one C call
+    (warmload.kernels.decode_attention / chunk_attention) instead of ~20 torch ops; `window`
+    is the sliding window of a local layer (None: global)."""
 
     def __init__(
         self,
@@ -374,10 +378,10 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if T == 1 and kernels.AVAILABLE and q.device.type == "cpu":
-            out = self._fused_decode(q, k, v, cache, layer, start_pos, rope)
+        if kernels.AVAILABLE and q.device.type == "cpu" and T < KERNEL_CHUNK_TOKENS:
+            out = self._fused(q, k, v, cache, layer, start_pos, rope)
             if out is not None:
-                return self.o_proj(out.view(B, 1, self.n_heads * self.head_dim))
+                return self.o_proj(out.view(B, T, self.n_heads * self.head_dim))
         q = apply_rope(q, rope).transpose(1, 2)  # (B, H, T, D)
         k = apply_rope(k, rope).transpose(1, 2)  # (B, KV, T, D)
         keys, values = cache.update(layer, start_pos, k, v.transpose(1, 2), first_key)
@@ -391,7 +395,7 @@ class Attention(nn.Module):
         )  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-    def _fused_decode(
+    def _fused(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
@@ -401,17 +405,28 @@ class Attention(nn.Module):
         start_pos: int | torch.Tensor,
         rope: RopeSlice,
     ) -> torch.Tensor | None:
-        """(B, H, D) attention output of one decode step, or None where the kernel does not
-        apply (float64 or bfloat16 activations, rope tables it cannot read)."""
-        angles = decode_rope_angles(rope)
+        """The (B, T, H, D) attention output of a decode step (T == 1, any rows) or of a short
+        prompt chunk of one sequence, from the C kernels (rope, cache write and attention in
+        one call), or None where they do not apply (float64 or bfloat16 activations, rope
+        tables they cannot read, several sequences of several tokens)."""
+        B, T = q.shape[:2]
+        angles = rope_angles(rope)
         keys, values = cache.k[layer], cache.v[layer]
         if angles is None or keys.dtype != torch.float32 or q.dtype != torch.float32:
             return None
-        B = q.shape[0]
-        q, k, v = (t.reshape(B, -1, self.head_dim).contiguous() for t in (q, k, v))
-        return kernels.decode_attention(
-            q, k, v, keys, values, start_pos, self.window, self.scale, *angles
-        )
+        if T == 1:
+            q, k, v = (t.reshape(B, -1, self.head_dim).contiguous() for t in (q, k, v))
+            out = kernels.decode_attention(
+                q, k, v, keys, values, start_pos, self.window, self.scale, *angles
+            )
+        elif B == 1 and isinstance(start_pos, int):
+            q, k, v = (t.reshape(T, -1, self.head_dim).contiguous() for t in (q, k, v))
+            out = kernels.chunk_attention(
+                q, k, v, keys, values, start_pos, self.window, self.scale, *angles
+            )
+        else:
+            return None
+        return out.view(B, T, self.n_heads, self.head_dim)
 
 
 def embedding(vocab_size: int, hidden_size: int) -> nn.Embedding:
@@ -459,8 +474,8 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = project(x, (self.gate_proj, self.up_proj))
-        decode_step = x.shape[-2] == 1 and gate.device.type == "cpu"
-        if kernels.AVAILABLE and decode_step and gate.dtype == torch.float32:
+        if kernels.AVAILABLE and gate.device.type == "cpu" and gate.dtype == torch.float32:
             # the decode plan's own function, so batched and planned steps agree bit for bit
+            # (and 10-40x torch's two ops)
             return self.down_proj(kernels.act_mul(gate, up, self.activation))
         return self.down_proj(self.act(gate) * up)
