@@ -150,17 +150,18 @@ def test_a_rows_result_does_not_depend_on_its_batch(ggml_type: str):
     assert all(torch.equal(together[i], layer(x[i : i + 1])[0]) for i in range(5))
 
 
+@pytest.mark.parametrize("tokens", [11, 47])
 @pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "IQ4_XS"])
-def test_a_prompt_tokens_result_does_not_depend_on_its_chunk(ggml_type: str):
-    """The integer prompt product takes tokens 8 at a time over each unpacked row, then the
-    rest: every token's sums run in one order, so 11 tokens together equal each alone."""
+def test_a_prompt_tokens_result_does_not_depend_on_its_chunk(ggml_type: str, tokens: int):
+    """The integer prompt product takes tokens 8 at a time over each unpacked row, then 4, 2,
+    1: every token's sums run in one order, so a chunk equals each token alone."""
     if ggml_type not in kernels.GEMM_TYPES:
         pytest.skip("no integer prompt product on this machine (no VNNI)")
     blocks = random_blocks(ggml_type, seed=12)
-    x = torch.randn(11, K, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(tokens, K, generator=torch.Generator().manual_seed(5))
     weights = [(blocks, ggml_type)]
     together = kernels.quantized_matmul(x, weights, "gemm")[0]
-    alone = [kernels.quantized_matmul(x[i : i + 1], weights, "gemm")[0] for i in range(11)]
+    alone = [kernels.quantized_matmul(x[i : i + 1], weights, "gemm")[0] for i in range(tokens)]
     assert torch.equal(together, torch.cat(alone))
 
 
