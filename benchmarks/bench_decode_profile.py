@@ -21,7 +21,7 @@ import warmload
 from warmload import kernels
 from warmload.cli.render import print_table
 
-TIMED = ("plan_step", "quantized_matmul", "decode_attention", "rms_norm")
+TIMED = ("plan_step", "quantized_matmul", "attention", "rms_norm")
 
 
 def instrument() -> dict[str, float]:
@@ -81,7 +81,7 @@ def main() -> None:
         result = profile(name, args.threads, args.steps, args.runs, spent)
         print(json.dumps(result), flush=True)
         results.append(result)
-    columns = ("step", "plan_step", "quantized_matmul", "decode_attention", "rms_norm", "rest")
+    columns = ("step", "plan_step", "quantized_matmul", "attention", "rms_norm", "rest")
     print_table(
         ("model", "threads", *(f"{c} ms" for c in columns), "tokens/s"),
         [

@@ -1,4 +1,4 @@
-"""The C attention kernels (kernels.decode_attention, kernels.chunk_attention) against torch:
+"""The C attention kernel (kernels.attention: decode steps and prompt chunks) against torch:
 rope, the cache write and causal (optionally sliding-window) attention with GQA."""
 
 from __future__ import annotations
@@ -66,9 +66,8 @@ def test_chunk_attention_matches_torch(style: str, D: int, window: int | None):
         window,
         0.3,
     )
-    got = kernels.chunk_attention(
-        q, k, v, cache_k, cache_v, start, window, 0.3, *rope_angles(tables.window(start, T))
-    )
+    angles = rope_angles(tables.window(start, T))
+    got = kernels.attention(q, k, v, cache_k, cache_v, start, window, 0.3, *angles, chunk=True)
     assert torch.allclose(cache_k, want_k, atol=1e-5) and torch.equal(cache_v, want_v)
     assert torch.allclose(got, want, atol=1e-5)
 
@@ -91,7 +90,7 @@ def test_decode_attention_rows_at_their_own_positions(window: int | None):
         want_k[b, :, p] = rotated(k[b : b + 1], tables, [p])[0]
         want_v[b, :, p] = v[b]
     want = reference(rotated(q, tables, rows), want_k, want_v, rows, window, 0.25)
-    got = kernels.decode_attention(
+    got = kernels.attention(
         q,
         k,
         v,
@@ -105,7 +104,7 @@ def test_decode_attention_rows_at_their_own_positions(window: int | None):
     assert torch.allclose(cache_k, want_k, atol=1e-5) and torch.equal(cache_v, want_v)
     assert torch.allclose(got, want, atol=1e-5)
     # a row's result does not depend on the others in its step
-    alone = kernels.decode_attention(
+    alone = kernels.attention(
         q[1:2].clone(),
         k[1:2].clone(),
         v[1:2].clone(),

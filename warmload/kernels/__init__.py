@@ -121,7 +121,7 @@ def quantized_matmul(
     return outs
 
 
-def decode_attention(
+def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -133,45 +133,22 @@ def decode_attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     interleaved: bool,
+    chunk: bool = False,
 ) -> torch.Tensor:
-    """One decode step of attention: q (B, H, D), k and v (B, KV, D) float32 contiguous; the
-    caches (B, KV, max_ctx, D) receive the rotated k and v at each row's position (an int for
-    every row, or an int64 tensor (B,)); returns (B, H, D). cos and sin are float32 views
-    (rows, ..., D/2) of the rope angles: one row for all, or one per row; any stride along the
-    angles (complex tables are read through view_as_real)."""
-    B = q.shape[0]
-    row = cos.stride(0) if cos.shape[0] == B and B > 1 else 0
-    where = (0, positions) if isinstance(positions, int) else (positions.data_ptr(), 0)
-    return _attention(
-        q, k, v, cache_k, cache_v, (*where, 0, row), window, scale, cos, sin, interleaved
-    )
+    """Rope, cache write and attention in one call; float32 contiguous q (n, H, D), k and v
+    (n, KV, D); returns (n, H, D). cos and sin are float32 views (rows, ..., D/2) of the rope
+    angles, any stride along the angles (complex tables are read through view_as_real).
 
-
-def chunk_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cache_k: torch.Tensor,
-    cache_v: torch.Tensor,
-    start_pos: int,
-    window: int | None,
-    scale: float,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    interleaved: bool,
-) -> torch.Tensor:
-    """A prompt chunk of one sequence: q (T, H, D), k and v (T, KV, D) float32 contiguous for
-    the tokens at start_pos..; the caches (1, KV, max_ctx, D) receive every token's rotated k
-    and v, then token i attends over the keys up to start_pos + i (within `window`); returns
-    (T, H, D). cos and sin: (T, ..., D/2) float32 views, one row of angles per token."""
-    items = (0, start_pos, 1, cos.stride(0))
-    return _attention(q, k, v, cache_k, cache_v, items, window, scale, cos, sin, interleaved)
-
-
-def _attention(q, k, v, cache_k, cache_v, items, window, scale, cos, sin, interleaved):
-    """items: (pointer to per-row positions or 0, first position, chunk, rope row stride)."""
-    positions, pos0, chunk, row = items
-    n, H, D = q.shape
+    A decode step (chunk False): n rows, each with its cache row (n, KV, max_ctx, D), at its
+    position (an int for every row, or an int64 tensor (n,)); angles one row for all, or one
+    per row. A prompt chunk (chunk True): n tokens of one sequence at positions.. (an int),
+    cache (1, KV, max_ctx, D), one row of angles per token; every token's k and v are stored
+    before token i attends over the keys up to positions + i. Keys beyond `window` of a query
+    are not seen."""
+    n = q.shape[0]
+    row = cos.stride(0) if chunk or (cos.shape[0] == n and n > 1) else 0
+    pointer, pos0 = (0, positions) if isinstance(positions, int) else (positions.data_ptr(), 0)
+    _, H, D = q.shape
     KV, max_ctx = cache_k.shape[1], cache_k.shape[2]
     out = q.new_empty(q.shape)
     _cpu.attention(
@@ -185,9 +162,9 @@ def _attention(q, k, v, cache_k, cache_v, items, window, scale, cos, sin, interl
         KV,
         D,
         max_ctx,
-        positions,
+        pointer,
         pos0,
-        chunk,
+        int(chunk),
         window or 0,
         scale,
         cos.data_ptr(),

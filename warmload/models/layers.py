@@ -332,7 +332,7 @@ class Attention(nn.Module):
 
     A decode step (one token per row), or a prompt chunk of one sequence shorter than
     KERNEL_CHUNK_TOKENS, on the CPU runs rope, the cache write and the attention in one C call
-    (warmload.kernels.decode_attention / chunk_attention) instead of ~20 torch ops; `window`
+    (warmload.kernels.attention) instead of ~20 torch ops; `window`
     is the sliding window of a local layer (None: global)."""
 
     def __init__(
@@ -414,18 +414,13 @@ class Attention(nn.Module):
         keys, values = cache.k[layer], cache.v[layer]
         if angles is None or keys.dtype != torch.float32 or q.dtype != torch.float32:
             return None
-        if T == 1:
-            q, k, v = (t.reshape(B, -1, self.head_dim).contiguous() for t in (q, k, v))
-            out = kernels.decode_attention(
-                q, k, v, keys, values, start_pos, self.window, self.scale, *angles
-            )
-        elif B == 1 and isinstance(start_pos, int):
-            q, k, v = (t.reshape(T, -1, self.head_dim).contiguous() for t in (q, k, v))
-            out = kernels.chunk_attention(
-                q, k, v, keys, values, start_pos, self.window, self.scale, *angles
-            )
-        else:
+        if T > 1 and (B > 1 or not isinstance(start_pos, int)):
             return None
+        n = B * T  # rows of a decode step, or tokens of one sequence's chunk
+        q, k, v = (t.reshape(n, -1, self.head_dim).contiguous() for t in (q, k, v))
+        out = kernels.attention(
+            q, k, v, keys, values, start_pos, self.window, self.scale, *angles, chunk=T > 1
+        )
         return out.view(B, T, self.n_heads, self.head_dim)
 
 
