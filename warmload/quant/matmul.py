@@ -55,10 +55,11 @@ def bf16_gemm_for(ggml_type: str) -> bool:
     return AMX_BF16_GEMM and ggml_type not in FULL_PRECISION_TYPES
 
 
-def gemm(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+def gemm(x: torch.Tensor, layer: QuantLinear, cast: dict | None = None) -> torch.Tensor:
     """x (T, K) @ W.T by torch's GEMM over W's rows dequantized a slice at a time into a
     per-thread scratch buffer (bounded: a 262k-row output layer never becomes 671 MB), in
-    bfloat16 where `bf16_gemm_for` says so, else float32; y float32 either way."""
+    bfloat16 where `bf16_gemm_for` says so, else float32; y float32 either way. `cast` keeps
+    x's conversions for the other layers of a group (q, k, v share one)."""
     dtype = torch.bfloat16 if bf16_gemm_for(layer.ggml_type) else torch.float32
     rows_per_slice = max(1, SCRATCH_FLOATS // layer.in_features)
     need = min(rows_per_slice, layer.out_features) * layer.in_features
@@ -66,7 +67,10 @@ def gemm(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
     if buf is None or buf.numel() < need:
         buf = _scratch.buf = torch.empty(need)
     weights = buf.view(torch.bfloat16)[:need] if dtype == torch.bfloat16 else buf
-    x = x.to(dtype)
+    cast = {} if cast is None else cast
+    if dtype not in cast:
+        cast[dtype] = x.to(dtype)
+    x = cast[dtype]
     y = torch.empty((x.shape[0], layer.out_features))
     for r0 in range(0, layer.out_features, rows_per_slice):
         r1 = min(r0 + rows_per_slice, layer.out_features)
@@ -138,7 +142,8 @@ def _product(x: torch.Tensor, layers: Sequence[QuantLinear], decode_step: bool) 
     if rows < GEMM_TOKENS and all(m.ggml_type in kernels.GEMM_TYPES for m in layers):
         return kernels.quantized_matmul(x, weights, "gemm")
     if rows >= PREFILL_TOKENS:
-        return [gemm(x, m) for m in layers]
+        cast: dict = {}
+        return [gemm(x, m, cast) for m in layers]
     return kernels.quantized_matmul(x, weights, "float")
 
 
