@@ -55,6 +55,25 @@ static inline void unp_q8_0(const uint8_t *w, __m256i *q, float *d, float *c) {
     *q = _mm256_loadu_si256((const __m256i *)(w + 2)), *d = rdf16(w), *c = 0.0f;
 }
 
+/* Values 64j..64j+63 of a Q4_K or Q5_K super-block (quants qs): the 32 low nibbles (sub-block
+   2j) and the 32 high ones (2j + 1); with `five`, Q5_K's fifth bits, bits 2j and 2j + 1 of each
+   byte of hbits (the block's 32 bytes of high bits). */
+static inline void unp_q45_k(const uint8_t *qs, __m256i hbits, int five, int j, __m256i *lo,
+                             __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+    __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+    *lo = _mm256_and_si256(v, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if (five) {
+        __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j)));
+        __m256i u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
+        __m256i h1 = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1);
+        __m256i h2 = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2);
+        *lo = _mm256_or_si256(*lo, _mm256_and_si256(h1, b4));
+        *hi = _mm256_or_si256(*hi, _mm256_and_si256(h2, b4));
+    }
+}
+
 #endif
 
 #endif

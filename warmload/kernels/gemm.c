@@ -279,7 +279,6 @@ ALWAYS_INLINE void row_32(int id, int size, const uint8_t *w, int64_t nb, xtile_
 ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, xtile_t x, int nt, float *c,
                              vf *acc) {
     const int size = five ? 176 : 144;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
     for (int64_t b = 0; b < nb; b += 8, w += size) {
         _mm_prefetch((const char *)w + PREFETCH_AHEAD, _MM_HINT_T0);
         /* the 8 six-bit scales and mins (scale_min_k4), unpacked 8 at a time as llama.cpp */
@@ -297,19 +296,11 @@ ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, xtile_t x, 
         _mm256_storeu_ps(c + b, _mm256_mul_ps(_mm256_set1_ps(-rdf16(w + 2)), mins));
         __m512 scales16 = _mm512_castps256_ps512(scales);
         const uint8_t *qs = w + (five ? 48 : 16);
-        __m256i hbits = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : m4;
+        __m256i hbits =
+            five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
         for (int j = 0; j < 4; ++j) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
-            __m256i lo = _mm256_and_si256(v, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            if (five) {
-                __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j)));
-                __m256i u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
-                __m256i h1 = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1);
-                __m256i h2 = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2);
-                lo = _mm256_or_si256(lo, _mm256_and_si256(h1, b4));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(h2, b4));
-            }
+            __m256i lo, hi;
+            unp_q45_k(qs, hbits, five, j, &lo, &hi);
             __m512i pick = _mm512_set_epi32(2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
                                             2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j, 2 * j, 2 * j,
                                             2 * j, 2 * j, 2 * j, 2 * j, 2 * j);

@@ -289,20 +289,11 @@ static inline float dot_q45_k(const uint8_t *w, const xblock *x, int nb, int fiv
         float off = 0.0f;
         for (int j = 0; j < 8; ++j) off += mn[j] * x[j].s;
         __m256 acc = _mm256_setzero_ps();
-        const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
-        const __m256i hbits = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : m4;
+        const __m256i hbits =
+            five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
         for (int j = 0; j < 4; ++j) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
-            __m256i lo = _mm256_and_si256(q, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            if (five) {
-                __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j)));
-                __m256i u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
-                __m256i h1 = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1);
-                __m256i h2 = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2);
-                lo = _mm256_or_si256(lo, _mm256_and_si256(h1, b4));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(h2, b4));
-            }
+            __m256i lo, hi;
+            unp_q45_k(qs, hbits, five, j, &lo, &hi);
             acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j] * x[2 * j].d),
                                   dot_u8_f(lo, &x[2 * j]), acc);
             acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * j + 1] * x[2 * j + 1].d),
@@ -388,41 +379,27 @@ static void q8_q5_0(const uint8_t *b, int8_t *q, float *s, float *c) { q8_32(unp
 static void q8_q5_1(const uint8_t *b, int8_t *q, float *s, float *c) { q8_32(unp_q5_1, b, q, s, c); }
 static void q8_q8_0(const uint8_t *b, int8_t *q, float *s, float *c) { q8_32(unp_q8_0, b, q, s, c); }
 
-static void q8_q4_k(const uint8_t *b, int8_t *q, float *s, float *c) {
+/* Q4_K and Q5_K: scales d * sc and offset coefficients -dmin * mn per 32 values. */
+static inline void q8_q45_k(const uint8_t *b, int8_t *q, float *s, float *c, int five) {
     float d = rdf16(b), dmin = rdf16(b + 2);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int j = 0; j < 8; ++j) {
         int sc, mn;
         scale_min_k4(j, b + 4, &sc, &mn);
         put_scale(s + 8 * j, d * sc);
         c[j] = -dmin * mn;
     }
+    const __m256i hbits =
+        five ? _mm256_loadu_si256((const __m256i *)(b + 16)) : _mm256_setzero_si256();
     for (int j = 0; j < 4; ++j) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * j));
-        put_q8(q + 64 * j, _mm256_and_si256(v, m4));
-        put_q8(q + 64 * j + 32, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        __m256i lo, hi;
+        unp_q45_k(b + (five ? 48 : 16), hbits, five, j, &lo, &hi);
+        put_q8(q + 64 * j, lo);
+        put_q8(q + 64 * j + 32, hi);
     }
 }
 
-static void q8_q5_k(const uint8_t *b, int8_t *q, float *s, float *c) {
-    float d = rdf16(b), dmin = rdf16(b + 2);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
-    const __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 16));
-    for (int j = 0; j < 8; ++j) {
-        int sc, mn;
-        scale_min_k4(j, b + 4, &sc, &mn);
-        put_scale(s + 8 * j, d * sc);
-        c[j] = -dmin * mn;
-    }
-    for (int j = 0; j < 4; ++j) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * j));
-        __m256i u1 = _mm256_set1_epi8((char)(1 << (2 * j))), u2 = _mm256_set1_epi8((char)(2 << (2 * j)));
-        __m256i h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, u1), u1), b4);
-        __m256i h2 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, u2), u2), b4);
-        put_q8(q + 64 * j, _mm256_or_si256(_mm256_and_si256(v, m4), h1));
-        put_q8(q + 64 * j + 32, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), h2));
-    }
-}
+static void q8_q4_k(const uint8_t *b, int8_t *q, float *s, float *c) { q8_q45_k(b, q, s, c, 0); }
+static void q8_q5_k(const uint8_t *b, int8_t *q, float *s, float *c) { q8_q45_k(b, q, s, c, 1); }
 
 static void q8_q6_k(const uint8_t *b, int8_t *q, float *s, float *c) {
     (void)c;
