@@ -10,14 +10,20 @@
 #define nearest_int kq_nearest_int
 #define GROUP_MAX_EPS 1e-15f
 
-/* make_qx_quants(n, nmax, x, L, rmse_type = 1, qw = NULL): symmetric scale, weights x*x. */
-static float qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
+/* The first value of largest magnitude, sign kept; 0 when every |x| is below GROUP_MAX_EPS. */
+static float signed_max(int n, const float *x) {
     float max = 0, amax = 0;
     for (int i = 0; i < n; ++i) {
         float ax = fabsf(x[i]);
         if (ax > amax) { amax = ax; max = x[i]; }
     }
-    if (amax < GROUP_MAX_EPS) {
+    return amax < GROUP_MAX_EPS ? 0.0f : max;
+}
+
+/* make_qx_quants(n, nmax, x, L, rmse_type = 1, qw = NULL): symmetric scale, weights x*x. */
+static float qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
+    float max = signed_max(n, x);
+    if (max == 0.0f) {
         memset(L, 0, (size_t)n);
         return 0.f;
     }
@@ -60,12 +66,8 @@ static float qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
 
 /* make_q3_quants(n, nmax, x, L, do_rmse = true): symmetric scale, then coordinate descent. */
 static float q3_quants_rmse(int n, int nmax, const float *x, int8_t *L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; ++i) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < GROUP_MAX_EPS) {
+    float max = signed_max(n, x);
+    if (max == 0.0f) {
         memset(L, 0, (size_t)n);
         return 0.f;
     }
