@@ -15,8 +15,9 @@ product runs in the C kernels of warmload.kernels, by the number of rows T of x 
   in float32 with every row; above it torch's GEMM runs on weight slices dequantized into a
   bounded scratch buffer. On CPUs with AMX tiles that GEMM is bfloat16 (x and weights rounded
   to bfloat16, products summed in float32, each output rounded to bfloat16: SmolLM2's pp256
-  2.4x, benchmarks/bench_generate.py), for block-quantized and BF16 weights, whose own rounding is coarser than
-  bfloat16's 8 bits; F32 and F16 weights keep float32 (`bf16_gemm_for`).
+  2.4x, benchmarks/bench_generate.py), for block-quantized and BF16 weights, whose own
+  rounding is coarser than bfloat16's 8 bits; F32 and F16 weights keep float32
+  (`bf16_gemm_for`).
 
 QuantEmbedding dequantizes only the rows it gathers; `as_linear()` gives the tied output layer
 over the same bytes. Reference for the layouts: llama.cpp ggml/src/ggml-common.h.
