@@ -15,8 +15,14 @@
        signed q_w:    W[n] . x[t] = sum over lanes of scale_w * d_x *
                                     (sum_4 (q_x + 128) q_w - 128 sum_4 q_w)
 
-   where the -128 correction is the accumulator that dpbusd starts from. Every token's sums are
-   taken in the same order however many tokens share the call. */
+   where the -128 correction is the accumulator that dpbusd starts from.
+
+   The 32-value types (Q4_0 .. Q8_0) take 16 blocks of a row at once on AVX-512 (row_grouped):
+   transposed so that int32 lane l sums block l, 8 dpbusd give each block's exact sum, and one
+   float multiply-add per block (two with offsets) scales it: 12 vector ops per 512 values and
+   token, where a scale per 4 values takes 32. A 16-block tail takes the per-4-values way.
+
+   Every token's sums are taken in the same order however many tokens share the call. */
 
 #include "kernels.h"
 #include "blocks.h"
@@ -110,30 +116,58 @@ static void quantize_block(const float *x, int8_t *qs, uint8_t *q, float *scale,
     *sum = d * (float)_mm_cvtsi128_si32(t);
 }
 
+#define GROUP 16                /* blocks of a row taken at once by row_grouped */
+#define GROUP_BYTES (GROUP * QK) /* their values: bytes of x per group */
+
+/* Block b's q (32 bytes) into the group layout: its dword g at [b / 16][g][b % 16]. */
+static void to_group_layout(const void *q, int64_t b, void *grouped) {
+    uint8_t *at = (uint8_t *)grouped + b / GROUP * GROUP_BYTES + b % GROUP * 4;
+    for (int g = 0; g < QK / 4; ++g) memcpy(at + g * GROUP * 4, (const uint8_t *)q + 4 * g, 4);
+}
+
 int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
-    int64_t kp = padded(k), nb = k / QK;
-    int64_t need = n_tokens * (3 * kp + nb * 4);
+    int64_t kp = padded(k), nb = k / QK, ng = (nb + GROUP - 1) / GROUP;
+    int64_t row_major = 3 * kp + nb * 4, grouped = ng * (2 * GROUP_BYTES + 2 * GROUP * 4);
+    int64_t need = n_tokens * (row_major + grouped);
     if (g_x.cap < need) {
         free(g_x.buffer);
         g_x.buffer = aligned_alloc(64, (size_t)((need + 63) / 64 * 64));
         g_x.cap = g_x.buffer ? need : 0;
         if (!g_x.buffer) return -1;
     }
-    gx->n_tokens = n_tokens, gx->kp = kp, gx->nb = nb;
-    gx->q = g_x.buffer;
-    gx->qs = (int8_t *)(g_x.buffer + n_tokens * kp);
-    gx->scale = (float *)(g_x.buffer + 2 * n_tokens * kp);
+    gx->n_tokens = n_tokens, gx->kp = kp, gx->nb = nb, gx->ng = ng;
+    uint8_t *at = g_x.buffer; /* the grouped arrays first: every one 64-byte aligned */
+    gx->gs = (int8_t *)at, at += n_tokens * ng * GROUP_BYTES;
+    gx->gu = at, at += n_tokens * ng * GROUP_BYTES;
+    gx->gd = (float *)at, at += n_tokens * ng * GROUP * 4;
+    gx->gsum = (float *)at, at += n_tokens * ng * GROUP * 4;
+    gx->q = at, at += n_tokens * kp;
+    gx->qs = (int8_t *)at, at += n_tokens * kp;
+    gx->scale = (float *)at;
     gx->sum = gx->scale + n_tokens * (kp / 4);
     for (int64_t t = 0; t < n_tokens; ++t) {
         uint8_t *q = gx->q + t * kp;
         int8_t *qs = gx->qs + t * kp;
         float *scale = gx->scale + t * (kp / 4);
-        for (int64_t b = 0; b < nb; ++b)
+        int8_t *gs = gx->gs + t * ng * GROUP_BYTES;
+        uint8_t *gu = gx->gu + t * ng * GROUP_BYTES;
+        float *gd = gx->gd + t * ng * GROUP, *gsum = gx->gsum + t * ng * GROUP;
+        for (int64_t b = 0; b < nb; ++b) {
             quantize_block(x + t * k + b * QK, qs + b * QK, q + b * QK, scale + b * (QK / 4),
                            gx->sum + t * nb + b);
+            to_group_layout(qs + b * QK, b, gs);
+            to_group_layout(q + b * QK, b, gu);
+            gd[b] = scale[b * (QK / 4)], gsum[b] = gx->sum[t * nb + b];
+        }
         memset(q + k, 128, (size_t)(kp - k)); /* padding: q_x 0 against w 0, scale 0 */
         memset(qs + k, 0, (size_t)(kp - k));
         memset(scale + k / 4, 0, sizeof(float) * (size_t)((kp - k) / 4));
+        static const uint8_t zero[QK], offset[QK] = {[0 ... QK - 1] = 128};
+        for (int64_t b = nb; b < ng * GROUP; ++b) { /* padding blocks, against zero weights */
+            to_group_layout(zero, b, gs);
+            to_group_layout(offset, b, gu);
+            gd[b] = gsum[b] = 0.0f;
+        }
     }
     return 0;
 }
@@ -149,6 +183,20 @@ typedef struct {
     const float *scale;
     int64_t kp;
 } xtile_t;
+
+/* x of a tile of tokens in the group layout (gemm_x_t.gs ..). */
+typedef struct {
+    const int8_t *gs;
+    const uint8_t *gu;
+    const float *gd, *gsum;
+    int64_t ng;
+} xgroups_t;
+
+/* Types whose products take row_grouped (their offset terms included). */
+ALWAYS_INLINE int grouped(int id) {
+    return VB == 64 && (id == T_Q4_0 || id == T_Q4_1 || id == T_Q5_0 || id == T_Q5_1 ||
+                        id == T_Q8_0);
+}
 
 ALWAYS_INLINE xtile_t x_at(xtile_t x, int64_t at) {
     return (xtile_t){x.qs + at, x.q + at, x.scale + at / 4, x.kp};
@@ -198,9 +246,8 @@ ALWAYS_INLINE void row_buffered(const qtype *type, const uint8_t *w, int64_t nb,
 ALWAYS_INLINE __m512i join_i(__m256i lo, __m256i hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
-ALWAYS_INLINE __m512 join_f(float lo, float hi) {
-    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi), 1);
-}
+
+#define PREFETCH_AHEAD 1024 /* bytes of a row's blocks asked for ahead of their use */
 
 /* Block `w` of a 32-value type: bytes, scale and offset coefficient (as its to_q8). */
 ALWAYS_INLINE void block32(int id, const uint8_t *w, __m256i *q, float *d, float *c) {
@@ -213,11 +260,9 @@ ALWAYS_INLINE void block32(int id, const uint8_t *w, __m256i *q, float *d, float
     }
 }
 
-#define PREFETCH_AHEAD 1024 /* bytes of a row's blocks asked for ahead of their use */
-
 /* Blocks w and w + size of a 32-value type in one vector, as two block32 calls would give
    them: bytes [block 0's 32 values, block 1's], lane scales, and the two offset coefficients. */
-ALWAYS_INLINE void pair32(int id, int size, const uint8_t *w, vi *q, vf *s, float *c) {
+ALWAYS_INLINE void pair32(int id, int size, const uint8_t *w, vi *q, vf *s, __m128 *c) {
     const uint8_t *w1 = w + size;
     if (id == T_Q8_0) {
         *q = join_i(_mm256_loadu_si256((const __m256i *)(w + 2)),
@@ -244,35 +289,160 @@ ALWAYS_INLINE void pair32(int id, int size, const uint8_t *w, vi *q, vf *s, floa
     __m128 dm = _mm_cvtph_ps(_mm_unpacklo_epi32(_mm_cvtsi32_si128((int)h0), _mm_cvtsi32_si128((int)h1)));
     *s = _mm512_permutexvar_ps(_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
                                _mm512_castps128_ps512(dm));
-    __m128 d = _mm_shuffle_ps(dm, dm, _MM_SHUFFLE(2, 0, 2, 0)), m;
+    __m128 d = _mm_shuffle_ps(dm, dm, _MM_SHUFFLE(2, 0, 2, 0));
     switch (id) { /* offset coefficients: the mins, or -offset * d */
-    case T_Q4_0: m = _mm_mul_ps(_mm_set1_ps(-8.0f), d); break;
-    case T_Q5_0: m = _mm_mul_ps(_mm_set1_ps(-16.0f), d); break;
-    case T_Q8_0: return;
-    default: m = _mm_shuffle_ps(dm, dm, _MM_SHUFFLE(3, 1, 3, 1)); break; /* Q4_1, Q5_1 */
+    case T_Q4_0: *c = _mm_mul_ps(_mm_set1_ps(-8.0f), d); break;
+    case T_Q5_0: *c = _mm_mul_ps(_mm_set1_ps(-16.0f), d); break;
+    case T_Q8_0: *c = _mm_setzero_ps(); break;
+    default: *c = _mm_shuffle_ps(dm, dm, _MM_SHUFFLE(3, 1, 3, 1)); break; /* Q4_1, Q5_1 */
     }
-    _mm_storel_pi((__m64 *)c, m);
 }
 
-/* 32-value types: two blocks per vector (the second zeros past the row's end). */
-ALWAYS_INLINE void row_32(int id, int size, const uint8_t *w, int64_t nb, xtile_t x, int nt,
-                          float *c, vf *acc) {
-    const int unsigned_q = id != T_Q8_0;
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2, w += 2 * size) {
-        _mm_prefetch((const char *)w + PREFETCH_AHEAD, _MM_HINT_T0);
+/* The 4 bytes at w of each of 16 blocks `size` apart, one per lane: a gather (on CPUs with the
+   gather-data-sampling microcode fix it is slower; scalar loads through a buffer were slower
+   here, the vector load waiting on 16 stores). */
+ALWAYS_INLINE __m512i lanes_at(const uint8_t *w, int size) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_i32gather_epi32(_mm512_mullo_epi32(lane, _mm512_set1_epi32(size)), w, 1);
+}
+
+/* 16 blocks (a group) of a 32-value type, transposed: W[g] holds values 4g..4g+3 of block l
+   in int32 lane l (unsigned q; signed for Q8_0), d the blocks' scales and c their offset
+   coefficients (the mins, or -offset * d), lane by lane. */
+ALWAYS_INLINE void unpack_group(int id, int size, const uint8_t *w, __m512i *W, __m512 *d,
+                                __m512 *c) {
+    if (id == T_Q8_0) { /* R[j] = [block j | block 4 + j], R[4 + j] = [8 + j | 12 + j] */
+        __m512i R[8], t[8], u[8];
+        for (int j = 0; j < 8; ++j) {
+            int b0 = j < 4 ? j : 4 + j, b1 = b0 + 4;
+            R[j] = join_i(_mm256_loadu_si256((const __m256i *)(w + b0 * size + 2)),
+                          _mm256_loadu_si256((const __m256i *)(w + b1 * size + 2)));
+        }
+        for (int j = 0; j < 8; j += 2) {
+            t[j] = _mm512_unpacklo_epi32(R[j], R[j + 1]);
+            t[j + 1] = _mm512_unpackhi_epi32(R[j], R[j + 1]);
+        }
+        for (int h = 0; h < 8; h += 4) {
+            u[h] = _mm512_unpacklo_epi64(t[h], t[h + 2]);
+            u[h + 1] = _mm512_unpackhi_epi64(t[h], t[h + 2]);
+            u[h + 2] = _mm512_unpacklo_epi64(t[h + 1], t[h + 3]);
+            u[h + 3] = _mm512_unpackhi_epi64(t[h + 1], t[h + 3]);
+        }
+        /* u[i] (u[4 + i]): 128-bit lanes of dword i and i + 4 of the low / high blocks */
+        for (int i = 0; i < 4; ++i) {
+            W[i] = _mm512_shuffle_i32x4(u[i], u[4 + i], _MM_SHUFFLE(2, 0, 2, 0));
+            W[4 + i] = _mm512_shuffle_i32x4(u[i], u[4 + i], _MM_SHUFFLE(3, 1, 3, 1));
+        }
+    } else { /* Z[i]: 128-bit lane L holds block 4L + i's 16 bytes of nibbles */
+        int qs = id == T_Q4_0 ? 2 : id == T_Q4_1 ? 4 : id == T_Q5_0 ? 6 : 8;
+        __m512i Z[4], t[4];
+        for (int i = 0; i < 4; ++i) {
+            __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w + i * size + qs)));
+            for (int L = 1; L < 4; ++L)
+                z = _mm512_inserti32x4(
+                    z, _mm_loadu_si128((const __m128i *)(w + (4 * L + i) * size + qs)), L);
+            Z[i] = z;
+        }
+        t[0] = _mm512_unpacklo_epi32(Z[0], Z[1]), t[1] = _mm512_unpackhi_epi32(Z[0], Z[1]);
+        t[2] = _mm512_unpacklo_epi32(Z[2], Z[3]), t[3] = _mm512_unpackhi_epi32(Z[2], Z[3]);
+        __m512i T[4] = {_mm512_unpacklo_epi64(t[0], t[2]), _mm512_unpackhi_epi64(t[0], t[2]),
+                        _mm512_unpacklo_epi64(t[1], t[3]), _mm512_unpackhi_epi64(t[1], t[3])};
+        const __m512i m4 = _mm512_set1_epi8(0x0F);
+        for (int i = 0; i < 4; ++i) { /* low nibbles: values 0-15, high: 16-31 */
+            W[i] = _mm512_and_si512(T[i], m4);
+            W[4 + i] = _mm512_and_si512(_mm512_srli_epi16(T[i], 4), m4);
+        }
+        if (id == T_Q5_0 || id == T_Q5_1) { /* fifth bits: bit v of qh is value v's */
+            __m512i qh = lanes_at(w + (id == T_Q5_0 ? 2 : 4), size);
+            const __m512i dword = _mm512_set4_epi32(0x0C0C0C0C, 0x08080808, 0x04040404, 0);
+            for (int g = 0; g < 8; ++g) { /* values 4g..4g+3: bits 4 (g % 2).. of byte g / 2 */
+                __m512i spread = _mm512_shuffle_epi8(
+                    qh, _mm512_add_epi8(dword, _mm512_set1_epi8((char)(g / 2))));
+                __mmask64 on = _mm512_test_epi8_mask(
+                    spread, _mm512_set1_epi32(g % 2 ? (int)0x80402010 : 0x08040201));
+                W[g] = _mm512_mask_add_epi8(W[g], on, W[g], _mm512_set1_epi8(0x10));
+            }
+        }
+    }
+    __m512i dm = lanes_at(w, size); /* d, and m above it for Q4_1 and Q5_1 */
+    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+    switch (id) {
+    case T_Q4_0: *c = _mm512_mul_ps(_mm512_set1_ps(-8.0f), *d); break;
+    case T_Q5_0: *c = _mm512_mul_ps(_mm512_set1_ps(-16.0f), *d); break;
+    case T_Q8_0: *c = _mm512_setzero_ps(); break;
+    default: *c = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))); break;
+    }
+}
+
+/* One group of a row against nt tokens: each block's exact int32 sum, then per block
+   acc += (d_w * d_x) * sum + c_w * (d_x * sum(q_x)). The integer sums are split in two
+   chains (even and odd g) only for latency: integers add exactly in any order. */
+ALWAYS_INLINE void group_tokens(int id, int size, const uint8_t *w, xgroups_t x, int64_t G,
+                                int nt, vf *acc) {
+    __m512i W[8];
+    __m512 d, c;
+    unpack_group(id, size, w, W, &d, &c);
+    const int unsigned_w = id != T_Q8_0;
+    __m512i corr = _mm512_setzero_si512(); /* signed w against q + 128: -128 * sum(w) */
+    if (!unsigned_w) {
+        for (int g = 0; g < 8; ++g) corr = _mm512_dpbusd_epi32(corr, _mm512_set1_epi8(1), W[g]);
+        corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(corr, 7));
+    }
+    for (int i = 0; i < nt; ++i) {
+        int64_t xo = (i * x.ng + G) * GROUP_BYTES, so = (i * x.ng + G) * GROUP;
+        __m512i s0 = corr, s1 = _mm512_setzero_si512();
+        for (int g = 0; g < 8; g += 2) {
+            if (unsigned_w) {
+                s0 = _mm512_dpbusd_epi32(s0, W[g], LOADI(x.gs + xo + g * VB));
+                s1 = _mm512_dpbusd_epi32(s1, W[g + 1], LOADI(x.gs + xo + (g + 1) * VB));
+            } else {
+                s0 = _mm512_dpbusd_epi32(s0, LOADI(x.gu + xo + g * VB), W[g]);
+                s1 = _mm512_dpbusd_epi32(s1, LOADI(x.gu + xo + (g + 1) * VB), W[g + 1]);
+            }
+        }
+        __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+        acc[i] = _mm512_fmadd_ps(sum, _mm512_mul_ps(d, LOADF(x.gd + so)), acc[i]);
+        if (unsigned_w) acc[i] = _mm512_fmadd_ps(c, LOADF(x.gsum + so), acc[i]);
+    }
+}
+
+/* 32-value types: 16 blocks at a time (row_grouped), and the last blocks of a row (fewer than
+   16) two per vector as the other types, with per-lane scales; their offset terms take one
+   multiply-add per token, against x's group-layout sums. */
+ALWAYS_INLINE void row_grouped(int id, int size, const uint8_t *w, int64_t nb, xtile_t x,
+                               xgroups_t xg, int nt, vf *acc) {
+    const int unsigned_w = id != T_Q8_0;
+    int64_t G = 0;
+    for (; (G + 1) * GROUP <= nb; ++G, w += GROUP * size) {
+        for (int o = 0; o < GROUP * size; o += 64)
+            _mm_prefetch((const char *)w + PREFETCH_AHEAD + o, _MM_HINT_T0);
+        group_tokens(id, size, w, xg, G, nt, acc);
+    }
+    int64_t first = G * GROUP, n = nb - first, b = 0;
+    if (!n) return;
+    __m512 cv = _mm512_setzero_ps(); /* offset coefficients, lane b for block first + b */
+    for (; b + 1 < n; b += 2, w += 2 * size) {
         vi q;
         vf s;
-        pair32(id, size, w, &q, &s, c + b);
-        tokens_step(q, s, unsigned_q, x_at(x, b * QK), nt, acc);
+        __m128 c;
+        pair32(id, size, w, &q, &s, &c);
+        cv = _mm512_mask_broadcastss_ps(cv, (__mmask16)(1u << b), c);
+        cv = _mm512_mask_broadcastss_ps(cv, (__mmask16)(2u << b), _mm_movehdup_ps(c));
+        tokens_step(q, s, unsigned_w, x_at(x, (first + b) * QK), nt, acc);
     }
-    if (b < nb) { /* an odd last block */
+    if (b < n) { /* an odd last block */
         __m256i q0;
-        float d0;
-        block32(id, w, &q0, &d0, &c[b]);
-        tokens_step(join_i(q0, _mm256_setzero_si256()), join_f(d0, 0.0f), unsigned_q,
-                    x_at(x, b * QK), nt, acc);
+        float d0, c;
+        block32(id, w, &q0, &d0, &c);
+        cv = _mm512_mask_broadcastss_ps(cv, (__mmask16)(1u << b), _mm_set_ss(c));
+        __m512 s = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(d0)),
+                                      _mm256_setzero_ps(), 1);
+        tokens_step(join_i(q0, _mm256_setzero_si256()), s, unsigned_w,
+                    x_at(x, (first + b) * QK), nt, acc);
     }
+    if (unsigned_w)
+        for (int i = 0; i < nt; ++i)
+            acc[i] = _mm512_fmadd_ps(cv, LOADF(xg.gsum + (i * xg.ng + G) * GROUP), acc[i]);
 }
 
 /* Q4_K and Q5_K: a super-block of 8 x 32 values with 6-bit scales and mins: 4 vectors. */
@@ -377,17 +547,17 @@ ALWAYS_INLINE void reduce_tokens(const vf *acc, int nt, float *out) {
 #endif
 
 /* out[i] = the row's lane sums with token i of nt (c: the row's offset coefficients). */
-ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, xtile_t x, int nt,
-                              float *c, float *out) {
+ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, xtile_t x,
+                              xgroups_t xg, int nt, float *c, float *out) {
     vf acc[TILE];
     for (int i = 0; i < nt; ++i) acc[i] = ZEROF();
     switch (type->id) {
 #if VB == 64
-    case T_Q4_0: row_32(T_Q4_0, 18, w, nb, x, nt, c, acc); break;
-    case T_Q4_1: row_32(T_Q4_1, 20, w, nb, x, nt, c, acc); break;
-    case T_Q5_0: row_32(T_Q5_0, 22, w, nb, x, nt, c, acc); break;
-    case T_Q5_1: row_32(T_Q5_1, 24, w, nb, x, nt, c, acc); break;
-    case T_Q8_0: row_32(T_Q8_0, 34, w, nb, x, nt, c, acc); break;
+    case T_Q4_0: row_grouped(T_Q4_0, 18, w, nb, x, xg, nt, acc); break;
+    case T_Q4_1: row_grouped(T_Q4_1, 20, w, nb, x, xg, nt, acc); break;
+    case T_Q5_0: row_grouped(T_Q5_0, 22, w, nb, x, xg, nt, acc); break;
+    case T_Q5_1: row_grouped(T_Q5_1, 24, w, nb, x, xg, nt, acc); break;
+    case T_Q8_0: row_grouped(T_Q8_0, 34, w, nb, x, xg, nt, acc); break;
     case T_Q4_K: row_q45_k(0, w, nb, x, nt, c, acc); break;
     case T_Q5_K: row_q45_k(1, w, nb, x, nt, c, acc); break;
     case T_Q6_K: row_q6_k(w, nb, x, nt, acc); break;
@@ -431,12 +601,15 @@ ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, in
                              int64_t t0, int nt, float *c) {
     int64_t kp = gx->kp, nb = gx->nb;
     xtile_t x = {gx->qs + t0 * kp, gx->q + t0 * kp, gx->scale + t0 * (kp / 4), kp};
+    int64_t ng = gx->ng;
+    xgroups_t xg = {gx->gs + t0 * ng * GROUP_BYTES, gx->gu + t0 * ng * GROUP_BYTES,
+                    gx->gd + t0 * ng * GROUP, gx->gsum + t0 * ng * GROUP, ng};
     for (int64_t r = r0; r < r1; ++r) {
         float out[TILE];
-        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, nt, c + (r - r0) * nb, out);
+        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, xg, nt, c + (r - r0) * nb, out);
         for (int i = 0; i < nt; ++i) p->y[(t0 + i) * p->n_rows + r] = out[i];
     }
-    if (p->type->q_unsigned)
+    if (p->type->q_unsigned && !grouped(p->type->id))
         for (int64_t r = r0; r < r1; ++r) {
             float off[TILE];
             offsets_tokens(c + (r - r0) * nb, gx->sum + t0 * nb, nb, nb, nt, off);

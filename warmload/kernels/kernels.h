@@ -158,6 +158,13 @@ typedef struct {
     int8_t *qs;               /* (n_tokens, kp): q (against unsigned weights) */
     float *scale;             /* (n_tokens, kp / 4): the block's d, once per 4 values */
     float *sum;               /* (n_tokens, nb): d * sum(q) per block */
+    /* the same q laid out for 32-value weight types, 16 blocks (a group) at a time: vector g
+       of group G holds values 4g..4g+3 of each of blocks 16G..16G+15 (gemm.c, row_grouped) */
+    int64_t ng;               /* groups: nb / 16 rounded up (padding blocks: q 0, d 0) */
+    int8_t *gs;               /* (n_tokens, ng * 512): q */
+    uint8_t *gu;              /* (n_tokens, ng * 512): q + 128 */
+    float *gd;                /* (n_tokens, ng * 16): d per block */
+    float *gsum;              /* (n_tokens, ng * 16): d * sum(q) per block */
 } gemm_x_t;
 
 /* 0: no VNNI (no integer products of many tokens); GEMM_BUFFERED: AVX-VNNI, weights unpacked
