@@ -94,3 +94,56 @@ def test_batched_plan_matches_modules(name: str, request, monkeypatch):
     planned = step(True)
     assert [p for p in model._plans.values() if p is not None and p.cache.batch_size == 3]
     assert torch.equal(planned, step(False))
+
+
+def chunk_logits(model, prefix: list[int], chunk: list[int], planned: bool, monkeypatch):
+    """Logits of every token of `chunk`, run as one forward after `prefix` (by the modules)."""
+    model.__dict__.pop("_plans", None)
+    with torch.inference_mode():
+        cache = model.new_cache(len(prefix) + len(chunk))
+        if prefix:
+            model(torch.tensor([prefix]), cache, 0)  # > CHUNK_TOKENS: always the modules
+        if not planned:
+            monkeypatch.setattr(fused, "_build", lambda model, cache: None)
+        out = model.compute_logits(model(torch.tensor([chunk]), cache, len(prefix)))[0]
+    monkeypatch.undo()
+    return out
+
+
+def test_prompt_chunks_through_the_plan_match_modules(tmp_path: Path, monkeypatch):
+    path, _ = llama_file(tmp_path, tied=False)
+    with open_checkpoint(path) as ck:
+        model, _ = load_model(ck)
+    prefix = [(7 * i) % 50 for i in range(fused.CHUNK_TOKENS + 1)]
+    for chunk in ([3, 17, 9, 41, 0, 25], [11] * fused.CHUNK_TOKENS):
+        planned = chunk_logits(model, prefix, chunk, True, monkeypatch)
+        assert [p for p in model._plans.values() if p is not None and p.chunk_tokens]
+        assert torch.equal(planned, chunk_logits(model, prefix, chunk, False, monkeypatch))
+
+
+@pytest.mark.slow
+def test_gemma3_prompt_chunks_through_the_plan_match_modules_past_the_window(
+    gemma3_path: Path, monkeypatch
+):
+    """A chunk whose tokens see past the sliding window (512) in its local layers."""
+    model = load_engine(gemma3_path).model
+    prefix, chunk = list(range(1000, 1530)), list(range(700, 720))
+    planned = chunk_logits(model, prefix, chunk, True, monkeypatch)
+    assert torch.equal(planned, chunk_logits(model, prefix, chunk, False, monkeypatch))
+
+
+def test_a_plan_refuses_chunks_it_cannot_take(tmp_path: Path):
+    path, _ = llama_file(tmp_path, tied=False)
+    with open_checkpoint(path) as ck:
+        model, _ = load_model(ck)
+    hidden = model.config.hidden_size
+    one_row = fused.decode_plan(model, model.new_cache(256))
+    rows = fused.decode_plan(model, model.new_cache(256, 2))
+    assert one_row.chunk_tokens == fused.CHUNK_TOKENS and rows.chunk_tokens == 0
+    too_long = torch.zeros(1, fused.CHUNK_TOKENS + 1, hidden)
+    with pytest.raises(ValueError, match="cannot take"):
+        one_row.chunk(too_long, 0)
+    with pytest.raises(ValueError, match="cannot take"):
+        rows.chunk(torch.zeros(1, 4, hidden), 0)
+    with pytest.raises(ValueError, match="outside the KV cache"):
+        one_row.chunk(torch.zeros(1, 8, hidden), 250)

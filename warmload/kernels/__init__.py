@@ -60,18 +60,24 @@ def plan_new(dims: tuple, layers: tuple) -> object:
     return _cpu.plan_new(dims, layers)
 
 
-def plan_step(plan: object, x: torch.Tensor, positions: int | torch.Tensor) -> None:
-    """x (rows, ..., hidden) float32 contiguous through the plan's layers, in place: every row
-    at one position (int), or row b at positions[b] (int64 tensor (rows,))."""
+def plan_step(
+    plan: object, x: torch.Tensor, positions: int | torch.Tensor, chunk: bool = False
+) -> None:
+    """x (rows, 1, hidden) float32 contiguous through the plan's layers, in place: every row at
+    one position (int), or row b at positions[b] (int64 tensor (rows,)). With chunk, x (1, T,
+    hidden) is a prompt chunk of a one-row plan's sequence at positions..positions + T - 1."""
     import torch
 
-    if x.dtype != torch.float32 or not x.is_contiguous():
-        raise ValueError("plan_step needs a contiguous float32 hidden state")
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 3:
+        raise ValueError("plan_step needs a contiguous float32 (rows, tokens, hidden) state")
+    n_tokens = x.shape[1] if chunk else x.shape[0]
+    if x.shape[0 if chunk else 1] != 1:
+        raise ValueError(f"plan_step: {tuple(x.shape)} is neither a step nor one chunk")
     if isinstance(positions, torch.Tensor):
         positions = positions.to(torch.int64).contiguous()
-        _cpu.plan_step(plan, x.data_ptr(), positions.data_ptr(), 0)
+        _cpu.plan_step(plan, x.data_ptr(), n_tokens, positions.data_ptr(), 0, chunk)
     else:
-        _cpu.plan_step(plan, x.data_ptr(), 0, positions)
+        _cpu.plan_step(plan, x.data_ptr(), n_tokens, 0, positions, chunk)
 
 
 def set_threads(n: int) -> None:

@@ -215,20 +215,26 @@ typedef struct {
 } layer_plan_t;
 
 typedef struct {
-    int64_t n_layers, rows, hidden, H, KV, D, inter, max_ctx;
+    int64_t n_layers, rows, chunk_tokens, hidden, H, KV, D, inter, max_ctx;
     float eps, offset;
     int act; /* 0 silu, 1 gelu (tanh) */
     layer_plan_t *layers;
     float *buffer, *h, *q, *k, *v, *att, *o, *g, *u;
 } plan_t;
 
-plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t hidden, int64_t H, int64_t KV,
-                   int64_t D, int64_t inter, int64_t max_ctx);
+/* A plan of `rows` cache rows; chunk_tokens > 0 (one row only): room for prompt chunks of up
+   to that many tokens. */
+plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t chunk_tokens, int64_t hidden,
+                   int64_t H, int64_t KV, int64_t D, int64_t inter, int64_t max_ctx);
 void plan_free(plan_t *P);
-/* x (rows, hidden) through every layer, row b at positions[b] (or every row at pos0 when
-   positions is NULL), in place; 0 or a product() error, -3 for a position outside the cache.
-   The caller holds kernels_lock(). */
-int plan_run(const plan_t *P, float *x, const int64_t *positions, int64_t pos0);
+/* x (n_tokens, hidden) through every layer, in place. A decode step (chunk 0, n_tokens = rows):
+   row b at positions[b], or every row at pos0 when positions is NULL. A prompt chunk (chunk 1,
+   a one-row plan, n_tokens <= chunk_tokens, positions NULL): token i of the row's sequence at
+   pos0 + i, each attending to the cache and the chunk's tokens before it. 0, a product()
+   error, -3 for a position outside the cache, -4 for a shape the plan cannot take. The caller
+   holds kernels_lock(). */
+int plan_run(const plan_t *P, float *x, int64_t n_tokens, const int64_t *positions,
+             int64_t pos0, int chunk);
 
 /* ------------------------------------------- kquant.c, kquant_search.c, kquant_x8.c */
 

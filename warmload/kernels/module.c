@@ -35,6 +35,7 @@ static int parse_part(PyObject *item, long long k, part_t *p) {
 static PyObject *product_error(int rc) {
     if (rc == -2) return PyErr_Format(PyExc_ValueError, "product too large for one call");
     if (rc == -3) return PyErr_Format(PyExc_ValueError, "position outside the KV cache");
+    if (rc == -4) return PyErr_Format(PyExc_ValueError, "a step or chunk the plan cannot take");
     return PyErr_NoMemory();
 }
 
@@ -177,18 +178,18 @@ static int parse_layer(PyObject *item, plan_t *P, layer_plan_t *L) {
 
 static PyObject *py_plan_new(PyObject *self, PyObject *args) {
     (void)self;
-    long long rows, hidden, H, KV, D, inter, max_ctx;
+    long long rows, chunk_tokens, hidden, H, KV, D, inter, max_ctx;
     double eps, offset;
     int act;
     PyObject *layers;
-    if (!PyArg_ParseTuple(args, "(LLLLLLLddi)O!", &rows, &hidden, &H, &KV, &D, &inter, &max_ctx,
-                          &eps, &offset, &act, &PyTuple_Type, &layers))
+    if (!PyArg_ParseTuple(args, "(LLLLLLLLddi)O!", &rows, &chunk_tokens, &hidden, &H, &KV, &D,
+                          &inter, &max_ctx, &eps, &offset, &act, &PyTuple_Type, &layers))
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(layers);
-    if (n < 1 || rows < 1 || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > MAX_HEAD_DIM ||
+    if (n < 1 || rows < 1 || chunk_tokens < 0 || (chunk_tokens && rows != 1) || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > MAX_HEAD_DIM ||
         hidden % QK || (H * D) % QK || inter % QK || max_ctx <= 0 || (act != 0 && act != 1))
         return PyErr_Format(PyExc_ValueError, "unsupported decode plan dimensions");
-    plan_t *P = plan_alloc(n, rows, hidden, H, KV, D, inter, max_ctx);
+    plan_t *P = plan_alloc(n, rows, chunk_tokens, hidden, H, KV, D, inter, max_ctx);
     if (!P) return PyErr_NoMemory();
     P->eps = (float)eps, P->offset = (float)offset, P->act = act;
     for (Py_ssize_t i = 0; i < n; ++i) {
@@ -206,14 +207,16 @@ static PyObject *py_plan_step(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *capsule;
     unsigned long long x, positions;
-    long long pos0;
-    if (!PyArg_ParseTuple(args, "OKKL", &capsule, &x, &positions, &pos0)) return NULL;
+    long long n_tokens, pos0;
+    int chunk;
+    if (!PyArg_ParseTuple(args, "OKLKLp", &capsule, &x, &n_tokens, &positions, &pos0, &chunk))
+        return NULL;
     plan_t *P = PyCapsule_GetPointer(capsule, "warmload.plan");
     if (!P) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     kernels_lock();
-    rc = plan_run(P, PTR(float, x), PTR(const int64_t, positions), pos0);
+    rc = plan_run(P, PTR(float, x), n_tokens, PTR(const int64_t, positions), pos0, chunk);
     kernels_unlock();
     Py_END_ALLOW_THREADS
     if (rc) return product_error(rc);
@@ -323,10 +326,12 @@ static PyMethodDef METHODS[] = {
      "scale, cos, sin, rope_row, rope_step, interleaved, out): rope, cache write and attention\n"
      "of a decode step (n rows) or, with chunk, of n prompt tokens of one sequence from pos0"},
     {"plan_new", py_plan_new, METH_VARARGS,
-     "plan_new((rows, hidden, H, KV, D, inter, max_ctx, eps, offset, act), layers): a plan"},
+     "plan_new((rows, chunk_tokens, hidden, H, KV, D, inter, max_ctx, eps, offset, act),\n"
+     "layers): a plan"},
     {"plan_step", py_plan_step, METH_VARARGS,
-     "plan_step(plan, x_ptr, positions_ptr, pos0): each row's next token through every layer,\n"
-     "in place; row b at positions[b] (int64), or all at pos0 when positions_ptr is 0"},
+     "plan_step(plan, x_ptr, n_tokens, positions_ptr, pos0, chunk): x through every layer, in\n"
+     "place; a decode step (row b at positions[b] (int64), or all at pos0 when positions_ptr is\n"
+     "0), or with chunk a prompt chunk of the plan's one row at pos0.. (kernels.h plan_run)"},
     {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads per product"},
     {"get_threads", py_get_threads, METH_NOARGS, "threads per product"},
     {"types", py_types, METH_NOARGS,

@@ -9,9 +9,11 @@ the layers in C on preallocated buffers (warmload/kernels/decode.c, which follow
 step for step; tests check both give the same logits).
 
 A step is one token for each row of a KV cache (batched decoding: each row at its own
-position). A plan belongs to the memory of one cache (or of a row range of one, as the server's
-batch runner views them): it holds references to it and to the rope tables, so the memory its
-pointers name stays alive. A model keeps the plans of its last few caches.
+position). A plan of a one-row cache also runs prompt chunks of up to CHUNK_TOKENS tokens (the
+short prompts that set the time to first token: a chunk's Python-level work was half of a
+10-token prefill). A plan belongs to the memory of one cache (or of a row range of one, as the
+server's batch runner views them): it holds references to it and to the rope tables, so the
+memory its pointers name stays alive. A model keeps the plans of its last few caches.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from warmload import kernels
-from warmload.models.layers import KVCache, RMSNorm, RotaryTables
+from warmload.models.layers import KERNEL_CHUNK_TOKENS, KVCache, RMSNorm, RotaryTables
 
 _PROJECTIONS = (
     ("self_attn", "q_proj"),
@@ -36,17 +38,39 @@ _PROJECTIONS = (
 
 
 MAX_PLANS = 8  # per model: the engine's cache and a few row ranges of a batch runner's
+CHUNK_TOKENS = KERNEL_CHUNK_TOKENS - 1  # the chunks whose attention the modules run in C too
 
 
 class DecodePlan:
-    def __init__(self, capsule: Any, cache: KVCache, keep: list[Any]) -> None:
+    def __init__(self, capsule: Any, cache: KVCache, keep: list[Any], chunk_tokens: int) -> None:
         self.capsule, self.cache, self._keep = capsule, cache, keep
+        self.chunk_tokens = chunk_tokens
 
     def step(self, x: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
         """x (rows, 1, hidden) float32: through every layer, each row at its position (an int
         for all, or an int64 tensor (rows,)), in place."""
         kernels.plan_step(self.capsule, x, positions)
         return x
+
+    def chunk(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """x (1, T, hidden) float32, T <= chunk_tokens: a prompt chunk at start_pos.., in place."""
+        kernels.plan_step(self.capsule, x, start_pos, chunk=True)
+        return x
+
+
+def run_plan(
+    model: nn.Module, x: torch.Tensor, cache: KVCache, start_pos: int | torch.Tensor
+) -> torch.Tensor | None:
+    """x (B, T, hidden) through every layer in one C call when the model's plan for `cache`
+    takes it (a decode step, or a short prompt chunk of one row), else None."""
+    B, T = x.shape[:2]
+    if T > 1 and (B != 1 or isinstance(start_pos, torch.Tensor) or T > CHUNK_TOKENS):
+        return None
+    plan = decode_plan(model, cache)
+    if plan is None or T > max(1, plan.chunk_tokens):
+        return None
+    x = x.contiguous()
+    return plan.step(x, start_pos) if T == 1 else plan.chunk(x, start_pos)
 
 
 def cache_key(cache: KVCache) -> tuple[int, ...]:
@@ -107,8 +131,10 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
     if act not in kernels.ACTIVATION_IDS or cache.k[0].dtype != torch.float32:
         return None
     config = model.config
+    chunk_tokens = CHUNK_TOKENS if cache.batch_size == 1 else 0
     dims = (
         cache.batch_size,
+        chunk_tokens,
         config.hidden_size,
         attn.n_heads,
         attn.n_kv_heads,
@@ -123,7 +149,7 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
         capsule = kernels.plan_new(dims, tuple(rows))
     except ValueError:
         return None
-    return DecodePlan(capsule, cache, keep)
+    return DecodePlan(capsule, cache, keep, chunk_tokens)
 
 
 def _layer_row(

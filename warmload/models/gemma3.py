@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from warmload.models.fused import decode_plan
+from warmload.models.fused import run_plan
 from warmload.models.layers import (
     Attention,
     GatedMLP,
@@ -174,10 +174,9 @@ class Gemma3ForCausalLM(nn.Module):
         cache.check(start_pos, T, B)
         tokens = tokens.to(self.embed_scale.device)  # ids may come from the CPU
         x = self.model.embed_tokens(tokens) * self.embed_scale  # (B, T, hidden)
-        if T == 1:  # a decode step: every layer in one C call, when all are packed
-            plan = decode_plan(self, cache)
-            if plan is not None:
-                return self.model.norm(plan.step(x.contiguous(), start_pos))
+        fused = run_plan(self, x, cache, start_pos)  # a step or short chunk in one C call
+        if fused is not None:
+            return self.model.norm(fused)
         if isinstance(start_pos, torch.Tensor):
             start_pos = start_pos.to(x.device)
         window, end = self.config.sliding_window, cache.end
