@@ -78,6 +78,8 @@ int gemm_available(void) {
 #if GEMM_VNNI
 
 #define LANES (VB / 4) /* int32 lanes (and lane scales) per vector */
+/* Token loops fully unrolled, so each token's accumulator stays in a register. */
+#define UNROLL_TOKENS _Pragma("GCC unroll 8")
 #define TILE 8         /* tokens per pass over a row (accumulators in registers) */
 
 static int64_t padded(int64_t k) { return (k + VB - 1) / VB * VB; }
@@ -207,6 +209,7 @@ ALWAYS_INLINE xtile_t x_at(xtile_t x, int64_t at) {
    computed from w (exact integers), starts each token's dpbusd. */
 ALWAYS_INLINE void tokens_step(vi w, vf s, int unsigned_w, xtile_t x, int nt, vf *acc) {
     vi corr = unsigned_w ? ZEROI() : SUBI(ZEROI(), SLLI7(DPBUSD(ZEROI(), ONES8(), w)));
+    UNROLL_TOKENS
     for (int i = 0; i < nt; ++i) {
         vi p = unsigned_w ? DPBUSD(ZEROI(), w, LOADI(x.qs + i * x.kp))
                           : DPBUSD(corr, LOADI(x.q + i * x.kp), w);
@@ -388,6 +391,7 @@ ALWAYS_INLINE void group_tokens(int id, int size, const uint8_t *w, xgroups_t x,
         for (int g = 0; g < 8; ++g) corr = _mm512_dpbusd_epi32(corr, _mm512_set1_epi8(1), W[g]);
         corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(corr, 7));
     }
+    UNROLL_TOKENS
     for (int i = 0; i < nt; ++i) {
         int64_t xo = (i * x.ng + G) * GROUP_BYTES, so = (i * x.ng + G) * GROUP;
         __m512i s0 = corr, s1 = _mm512_setzero_si512();
@@ -440,9 +444,11 @@ ALWAYS_INLINE void row_grouped(int id, int size, const uint8_t *w, int64_t nb, x
         tokens_step(join_i(q0, _mm256_setzero_si256()), s, unsigned_w,
                     x_at(x, (first + b) * QK), nt, acc);
     }
-    if (unsigned_w)
+    if (unsigned_w) {
+        UNROLL_TOKENS
         for (int i = 0; i < nt; ++i)
             acc[i] = _mm512_fmadd_ps(cv, LOADF(xg.gsum + (i * xg.ng + G) * GROUP), acc[i]);
+    }
 }
 
 /* Q4_K and Q5_K: a super-block of 8 x 32 values with 6-bit scales and mins: 4 vectors. */
