@@ -1,4 +1,4 @@
-/* A decoder layer stack (llama family and Gemma 3) for one token, on buffers planned once.
+/* A decoder layer stack (llama family and Gemma 3) for a decode step or a short prompt chunk.
 
    Per layer: RMSNorm -> q, k, v products (one call) -> [q/k head norms] -> attention step ->
    o product -> [post-attention norm] -> residual -> RMSNorm -> gate, up products (one call) ->
@@ -11,7 +11,6 @@
 void plan_free(plan_t *P) {
     if (!P) return;
     free(P->layers);
-    free(P->buffer);
     free(P);
 }
 
@@ -22,25 +21,50 @@ plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t chunk_tokens, int64_t
     P->n_layers = n_layers, P->rows = rows, P->chunk_tokens = chunk_tokens;
     P->hidden = hidden, P->H = H, P->KV = KV, P->D = D, P->inter = inter, P->max_ctx = max_ctx;
     P->layers = calloc((size_t)n_layers, sizeof(layer_plan_t));
-    int64_t B = rows > chunk_tokens ? rows : chunk_tokens; /* rows of every buffer */
-    int64_t sizes[] = {B * hidden, B * H * D, B * KV * D, B * KV * D, B * H * D,
-                       B * hidden, B * inter, B * inter};
+    if (!P->layers) {
+        plan_free(P);
+        return NULL;
+    }
+    return P;
+}
+
+/* The activations of a step: one set for every plan, as plans run one at a time (the caller
+   holds kernels_lock), grown to the largest step or chunk seen. */
+typedef struct {
+    float *h, *q, *k, *v, *att, *o, *g, *u;
+} activations_t;
+
+static struct {
+    float *buffer;
+    int64_t cap; /* floats */
+} g_act;
+
+static int activations(const plan_t *P, int64_t B, activations_t *a) {
+    int64_t sizes[] = {B * P->hidden, B * P->H * P->D, B * P->KV * P->D, B * P->KV * P->D,
+                       B * P->H * P->D, B * P->hidden, B * P->inter, B * P->inter};
     /* each buffer on its own cache lines: the threads of a product write neighbouring rows */
     int64_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i)
         total += sizes[i] = (sizes[i] + 15) / 16 * 16;
-    P->buffer = aligned_alloc(64, sizeof(float) * (size_t)total);
-    if (!P->layers || !P->buffer) {
-        plan_free(P);
-        return NULL;
+    if (g_act.cap < total) {
+        free(g_act.buffer);
+        g_act.buffer = aligned_alloc(64, sizeof(float) * (size_t)total);
+        g_act.cap = g_act.buffer ? total : 0;
+        if (!g_act.buffer) return -1;
     }
-    float *at = P->buffer;
-    float **slots[] = {&P->h, &P->q, &P->k, &P->v, &P->att, &P->o, &P->g, &P->u};
+    float *at = g_act.buffer;
+    float **slots[] = {&a->h, &a->q, &a->k, &a->v, &a->att, &a->o, &a->g, &a->u};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
         *slots[i] = at;
         at += sizes[i];
     }
-    return P;
+    return 0;
+}
+
+/* A layer's matrix writing into y. */
+static part_t into(part_t p, float *y) {
+    p.y = y;
+    return p;
 }
 
 static void add_into(float *x, const float *y, int64_t n) {
@@ -48,32 +72,32 @@ static void add_into(float *x, const float *y, int64_t n) {
 }
 
 static int run_layer(const plan_t *P, const layer_plan_t *L, float *x, int64_t B,
-                     const int64_t *positions, int64_t pos0, int chunk) {
+                     const int64_t *positions, int64_t pos0, int chunk, const activations_t *a) {
     int64_t hidden = P->hidden, H = P->H, KV = P->KV, D = P->D;
     int rc;
-    rms_norm_rows(x, L->w_in, B, hidden, P->eps, P->offset, P->h);
-    part_t qkv[3] = {L->q, L->k, L->v};
-    if ((rc = product(qkv, 3, P->h, hidden, B))) return rc;
+    rms_norm_rows(x, L->w_in, B, hidden, P->eps, P->offset, a->h);
+    part_t qkv[3] = {into(L->q, a->q), into(L->k, a->k), into(L->v, a->v)};
+    if ((rc = product(qkv, 3, a->h, hidden, B))) return rc;
     if (L->w_q_norm) {
-        rms_norm_rows(P->q, L->w_q_norm, B * H, D, P->eps, P->offset, P->q);
-        rms_norm_rows(P->k, L->w_k_norm, B * KV, D, P->eps, P->offset, P->k);
+        rms_norm_rows(a->q, L->w_q_norm, B * H, D, P->eps, P->offset, a->q);
+        rms_norm_rows(a->k, L->w_k_norm, B * KV, D, P->eps, P->offset, a->k);
     }
     rope_t rope = {L->cos, L->sin, 0, L->rope_pos_stride, L->rope_step, L->interleaved};
-    if ((rc = attend_step(P->q, P->k, P->v, L->cache_k, L->cache_v, B, H, KV, D, P->max_ctx,
-                          positions, pos0, chunk, L->window, L->scale, rope, P->att)))
+    if ((rc = attend_step(a->q, a->k, a->v, L->cache_k, L->cache_v, B, H, KV, D, P->max_ctx,
+                          positions, pos0, chunk, L->window, L->scale, rope, a->att)))
         return rc;
-    part_t o = L->o;
-    if ((rc = product(&o, 1, P->att, H * D, B))) return rc;
-    if (L->w_attn_out) rms_norm_rows(P->o, L->w_attn_out, B, hidden, P->eps, P->offset, P->o);
-    add_into(x, P->o, B * hidden);
-    rms_norm_rows(x, L->w_ffn_in, B, hidden, P->eps, P->offset, P->h);
-    part_t gate_up[2] = {L->gate, L->up};
-    if ((rc = product(gate_up, 2, P->h, hidden, B))) return rc;
-    act_mul(P->g, P->u, B * P->inter, P->act, P->g);
-    part_t down = L->down;
-    if ((rc = product(&down, 1, P->g, P->inter, B))) return rc;
-    if (L->w_ffn_out) rms_norm_rows(P->o, L->w_ffn_out, B, hidden, P->eps, P->offset, P->o);
-    add_into(x, P->o, B * hidden);
+    part_t o = into(L->o, a->o);
+    if ((rc = product(&o, 1, a->att, H * D, B))) return rc;
+    if (L->w_attn_out) rms_norm_rows(a->o, L->w_attn_out, B, hidden, P->eps, P->offset, a->o);
+    add_into(x, a->o, B * hidden);
+    rms_norm_rows(x, L->w_ffn_in, B, hidden, P->eps, P->offset, a->h);
+    part_t gate_up[2] = {into(L->gate, a->g), into(L->up, a->u)};
+    if ((rc = product(gate_up, 2, a->h, hidden, B))) return rc;
+    act_mul(a->g, a->u, B * P->inter, P->act, a->g);
+    part_t down = into(L->down, a->o);
+    if ((rc = product(&down, 1, a->g, P->inter, B))) return rc;
+    if (L->w_ffn_out) rms_norm_rows(a->o, L->w_ffn_out, B, hidden, P->eps, P->offset, a->o);
+    add_into(x, a->o, B * hidden);
     return 0;
 }
 
@@ -88,8 +112,10 @@ int plan_run(const plan_t *P, float *x, int64_t n_tokens, const int64_t *positio
         int64_t pos = positions ? positions[b] : pos0;
         if (pos < 0 || pos >= P->max_ctx) return -3;
     }
+    activations_t a;
+    if (activations(P, n_tokens, &a)) return -1;
     for (int64_t i = 0; i < P->n_layers; ++i) {
-        int rc = run_layer(P, &P->layers[i], x, n_tokens, positions, pos0, chunk);
+        int rc = run_layer(P, &P->layers[i], x, n_tokens, positions, pos0, chunk, &a);
         if (rc) return rc;
     }
     return 0;

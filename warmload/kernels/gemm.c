@@ -623,12 +623,20 @@ ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, in
         }
 }
 
+/* Tiles of 8 tokens, then one of the rest: each pass unpacks every row once more. */
 void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1, float *c) {
     int64_t t = 0;
-    for (; t + 8 <= gx->n_tokens; t += 8) rows_tile(gx, p, r0, r1, t, 8, c);
-    if (t + 4 <= gx->n_tokens) rows_tile(gx, p, r0, r1, t, 4, c), t += 4;
-    if (t + 2 <= gx->n_tokens) rows_tile(gx, p, r0, r1, t, 2, c), t += 2;
-    if (t < gx->n_tokens) rows_tile(gx, p, r0, r1, t, 1, c);
+    for (; t + TILE <= gx->n_tokens; t += TILE) rows_tile(gx, p, r0, r1, t, TILE, c);
+    switch (gx->n_tokens - t) { /* nt a constant in each */
+    case 7: rows_tile(gx, p, r0, r1, t, 7, c); break;
+    case 6: rows_tile(gx, p, r0, r1, t, 6, c); break;
+    case 5: rows_tile(gx, p, r0, r1, t, 5, c); break;
+    case 4: rows_tile(gx, p, r0, r1, t, 4, c); break;
+    case 3: rows_tile(gx, p, r0, r1, t, 3, c); break;
+    case 2: rows_tile(gx, p, r0, r1, t, 2, c); break;
+    case 1: rows_tile(gx, p, r0, r1, t, 1, c); break;
+    default: break;
+    }
 }
 
 #else

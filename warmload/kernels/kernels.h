@@ -204,7 +204,7 @@ void rms_norm_rows(const float *x, const float *w, int64_t n_rows, int64_t dim, 
 /* ------------------------------------------------------------------------ decode.c */
 
 typedef struct {
-    part_t q, k, v, o, gate, up, down; /* outputs point into the plan's buffers */
+    part_t q, k, v, o, gate, up, down;
     const float *w_in, *w_attn_out, *w_ffn_in, *w_ffn_out, *w_q_norm, *w_k_norm; /* or NULL */
     float *cache_k, *cache_v;           /* (rows, KV, max_ctx, D) */
     const float *cos, *sin;             /* angle j of position p at [p * pos_stride + j * step] */
@@ -218,8 +218,7 @@ typedef struct {
     int64_t n_layers, rows, chunk_tokens, hidden, H, KV, D, inter, max_ctx;
     float eps, offset;
     int act; /* 0 silu, 1 gelu (tanh) */
-    layer_plan_t *layers;
-    float *buffer, *h, *q, *k, *v, *att, *o, *g, *u;
+    layer_plan_t *layers; /* their parts' outputs are set per step (decode.c activations) */
 } plan_t;
 
 /* A plan of `rows` cache rows; chunk_tokens > 0 (one row only): room for prompt chunks of up

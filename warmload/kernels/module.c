@@ -126,7 +126,7 @@ static void plan_capsule_free(PyObject *capsule) {
     plan_free(PyCapsule_GetPointer(capsule, "warmload.plan"));
 }
 
-static int parse_matrix(PyObject *item, long long k, float *y, part_t *p) {
+static int parse_matrix(PyObject *item, long long k, part_t *p) {
     int type_id;
     unsigned long long w;
     long long n_rows;
@@ -137,7 +137,7 @@ static int parse_matrix(PyObject *item, long long k, float *y, part_t *p) {
                      type_id, n_rows, k);
         return -1;
     }
-    make_part(p, type, PTR(void, w), n_rows, k, y, MODE_INT8);
+    make_part(p, type, PTR(void, w), n_rows, k, NULL, MODE_INT8); /* y: set per step */
     return 0;
 }
 
@@ -155,10 +155,10 @@ static int parse_layer(PyObject *item, plan_t *P, layer_plan_t *L) {
                           &sin, &pos_stride, &step, &interleaved, &window, &scale))
         return -1;
     int64_t hd = P->H * P->D, kvd = P->KV * P->D;
-    if (parse_matrix(m[0], P->hidden, P->q, &L->q) || parse_matrix(m[1], P->hidden, P->k, &L->k) ||
-        parse_matrix(m[2], P->hidden, P->v, &L->v) || parse_matrix(m[3], hd, P->o, &L->o) ||
-        parse_matrix(m[4], P->hidden, P->g, &L->gate) ||
-        parse_matrix(m[5], P->hidden, P->u, &L->up) || parse_matrix(m[6], P->inter, P->o, &L->down))
+    if (parse_matrix(m[0], P->hidden, &L->q) || parse_matrix(m[1], P->hidden, &L->k) ||
+        parse_matrix(m[2], P->hidden, &L->v) || parse_matrix(m[3], hd, &L->o) ||
+        parse_matrix(m[4], P->hidden, &L->gate) || parse_matrix(m[5], P->hidden, &L->up) ||
+        parse_matrix(m[6], P->inter, &L->down))
         return -1;
     if (L->q.n_rows != hd || L->k.n_rows != kvd || L->v.n_rows != kvd ||
         L->o.n_rows != P->hidden || L->gate.n_rows != P->inter || L->up.n_rows != P->inter ||

@@ -37,7 +37,7 @@ _PROJECTIONS = (
 )
 
 
-MAX_PLANS = 8  # per model: the engine's cache and a few row ranges of a batch runner's
+MAX_PLANS = 64  # per model: the engine's cache, a batch runner's rows and row ranges
 CHUNK_TOKENS = KERNEL_CHUNK_TOKENS - 1  # the chunks whose attention the modules run in C too
 
 
@@ -121,15 +121,18 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
     eps, offset = first.input_layernorm.eps, first.input_layernorm.offset
     act = first.mlp.activation
     attn = first.self_attn
+    weights = _layer_weights(model, eps, offset)
+    if weights is None or act not in kernels.ACTIVATION_IDS or cache.k[0].dtype != torch.float32:
+        return None
     rows = []
     keep: list[Any] = [cache]
-    for i, layer in enumerate(layers):
-        row = _layer_row(model, layer, i, cache, eps, offset, keep)
-        if row is None:
+    for i, (matrices, norms, window, scale) in enumerate(weights):
+        keys, values = cache.k[i], cache.v[i]
+        if not (keys.is_contiguous() and values.is_contiguous()):
             return None
-        rows.append(row)
-    if act not in kernels.ACTIVATION_IDS or cache.k[0].dtype != torch.float32:
-        return None
+        tables, rope = _rope_pointers(model.rope_tables(i))
+        keep += tables
+        rows.append((matrices, norms, keys.data_ptr(), values.data_ptr(), *rope, window, scale))
     config = model.config
     chunk_tokens = CHUNK_TOKENS if cache.batch_size == 1 else 0
     dims = (
@@ -152,44 +155,36 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
     return DecodePlan(capsule, cache, keep, chunk_tokens)
 
 
-def _layer_row(
-    model: nn.Module,
-    layer: nn.Module,
-    index: int,
-    cache: KVCache,
-    eps: float,
-    offset: float,
-    keep: list[Any],
-) -> tuple | None:
-    matrices = []
-    for block, name in _PROJECTIONS:
-        m = getattr(getattr(layer, block), name)
-        if not hasattr(m, "blocks") or kernels.KERNEL_TYPES.get(m.ggml_type) != "int8":
+def _layer_weights(model: nn.Module, eps: float, offset: float) -> list[tuple] | None:
+    """Per layer (matrices, norm pointers, window, scale), or None when a layer is not packed;
+    kept on the model once every weight is in place (they do not move after that), so a plan
+    for another row range costs only its cache and rope pointers."""
+    known = model.__dict__.get("_plan_weights")
+    if known is not None:
+        return known
+    weights = []
+    for layer in model.model.layers:
+        matrices = []
+        for block, name in _PROJECTIONS:
+            m = getattr(getattr(layer, block), name)
+            if not hasattr(m, "blocks") or kernels.KERNEL_TYPES.get(m.ggml_type) != "int8":
+                return None
+            matrices.append((kernels.type_id(m.ggml_type), m.blocks.data_ptr(), m.out_features))
+        gemma = hasattr(layer, "pre_feedforward_layernorm")
+        attn = layer.self_attn
+        norms = (
+            layer.input_layernorm,
+            layer.post_attention_layernorm if gemma else None,
+            layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm,
+            layer.post_feedforward_layernorm if gemma else None,
+            attn.q_norm,
+            attn.k_norm,
+        )
+        pointers = tuple(_norm(n, eps, offset) for n in norms)
+        if None in pointers:
             return None
-        matrices.append((kernels.type_id(m.ggml_type), m.blocks.data_ptr(), m.out_features))
-    gemma = hasattr(layer, "pre_feedforward_layernorm")
-    attn = layer.self_attn
-    norms = (
-        layer.input_layernorm,
-        layer.post_attention_layernorm if gemma else None,
-        layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm,
-        layer.post_feedforward_layernorm if gemma else None,
-        attn.q_norm,
-        attn.k_norm,
-    )
-    pointers = [_norm(n, eps, offset) for n in norms]
-    keys, values = cache.k[index], cache.v[index]
-    if None in pointers or not (keys.is_contiguous() and values.is_contiguous()):
-        return None
-    tables, rope = _rope_pointers(model.rope_tables(index))
-    keep += tables
-    window = attn.window or 0
-    return (
-        tuple(matrices),
-        tuple(pointers),
-        keys.data_ptr(),
-        values.data_ptr(),
-        *rope,
-        window,
-        attn.scale,
-    )
+        weights.append((tuple(matrices), pointers, attn.window or 0, attn.scale))
+    lazy = getattr(model, "lazy_weights", None)
+    if lazy is None or not lazy.pending:
+        model.__dict__["_plan_weights"] = weights
+    return weights
