@@ -154,6 +154,18 @@ def test_long_prompt_prefills_in_chunks_between_decode_steps(engine):
     assert joining.completion.timings.prompt_tokens == len(long_prompt)
 
 
+def test_requests_arriving_together_prefill_in_one_step_within_the_budget(engine):
+    runner = BatchRunner(engine, max_batch=4, prefill_chunk=12)
+    prompts = [engine.encode_prompt(PROMPTS[i]) for i in (0, 1, 3, 4)]
+    assert [len(ids) for ids in prompts] == [5, 6, 11, 5]
+    recorders = [submit(runner, engine, ids, max_tokens=4, temperature=0)[1] for ids in prompts]
+    runner.step()  # 5 + 6 tokens leave room under 12: the third joins; then 22 >= 12
+    assert [bool(r.chunks) for r in recorders] == [True, True, True, False]
+    run_until_idle(runner)
+    for ids, recorder in zip(prompts, recorders):
+        assert_greedy_continuation(engine, ids, recorder.completion.token_ids)
+
+
 def test_cancel_frees_the_slot_at_the_next_step(engine):
     runner = BatchRunner(engine, max_batch=2)
     doomed, gone = submit(runner, engine, PROMPTS[2], max_tokens=200, temperature=0)

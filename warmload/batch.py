@@ -2,10 +2,13 @@
 
 Each request gets a slot: one row of a KV cache of `max_batch` rows. Between steps a request
 joins (its prompt is prefilled into its row in chunks, one chunk per step, so the running
-streams keep getting a token every step) or leaves (finished or cancelled: its row is free for
-the next request at once). A decode step feeds every decoding row its last sampled token at
-that row's own position (per-row positions, models/layers.py) and samples each row with its
-own options and RNG (engine.SequenceState, the same code the single-sequence Engine runs).
+streams keep getting a token every step; requests arriving together prefill in the same step
+while it has taken under PREFILL_CHUNK prompt tokens, so they decode in step and finish
+together instead of trickling in and out of the batch) or leaves (finished or cancelled: its
+row is free for the next request at once). A decode step feeds every decoding row its last
+sampled token at that row's own position (per-row positions, models/layers.py) and samples
+each row with its own options and RNG (engine.SequenceState, the same code the single-sequence
+Engine runs).
 
 A freed row keeps its tokens' K/V: a later prompt that starts with them (the next turn of a
 chat) prefills only what is new, as llama.cpp's server reuses a slot's prompt cache. As in
@@ -122,14 +125,18 @@ class BatchRunner:
 
     @torch.inference_mode()
     def step(self) -> None:
-        """Drop cancelled requests, admit waiting ones, run one prefill chunk (oldest joining
-        request) and one decode step over every decoding row."""
+        """Drop cancelled requests, admit waiting ones, run prefill chunks of the joining
+        requests (oldest first, one chunk each, until a step has taken prefill_chunk prompt
+        tokens) and one decode step over every decoding row."""
         self._drop_cancelled()
         self._admit()
-        joining = [s for s in self.slots if s.prefilling]
-        if joining:
-            slot = min(joining, key=lambda s: s.admitted)
+        budget = self.prefill_chunk  # bounds the running streams' stall
+        for slot in sorted((s for s in self.slots if s.prefilling), key=lambda s: s.admitted):
+            if budget <= 0:
+                break
+            before = slot.prefill_pos
             self._guard([slot], self._prefill_chunk, slot)
+            budget -= max(1, slot.prefill_pos - before)
         decoding = [s for s in self.slots if s.decoding]
         if decoding:
             self._guard(decoding, self._decode, decoding)
