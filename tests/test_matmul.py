@@ -165,6 +165,30 @@ def test_a_prompt_tokens_result_does_not_depend_on_its_chunk(ggml_type: str, tok
     assert torch.equal(together, torch.cat(alone))
 
 
+@pytest.mark.parametrize(
+    ("ggml_type", "k"),
+    [(t, k) for t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0") for k in (800, 832, 1056)]
+    + [(t, k) for t in ("Q4_K", "Q5_K") for k in (768, 1280)],
+)
+def test_rows_with_a_part_group_match_the_reference_and_their_batch(ggml_type: str, k: int):
+    """Rows whose blocks do not fill whole groups of 16 (gemm.c row_grouped, row_q45_k): the
+    last blocks take the per-lane way, an odd last one alone; a token's bits still do not
+    depend on how many tokens share the call."""
+    rng = np.random.default_rng(k)
+    blocks = torch.from_numpy(
+        quantize(rng.standard_normal((40, k)).astype(np.float32), ggml_type, threads=1)
+    )
+    x = torch.randn(11, k, generator=torch.Generator().manual_seed(k))
+    x[:, 7] *= 50.0
+    got = kernels.quantized_matmul(x, [(blocks, ggml_type)], "int8")[0]
+    want = quantized_activations(x) @ dequantize(blocks, ggml_type, (40, k)).T
+    assert relative_error(got, want) < 1e-5
+    alone = [
+        kernels.quantized_matmul(x[i : i + 1], [(blocks, ggml_type)], "int8")[0] for i in range(11)
+    ]
+    assert torch.equal(got, torch.cat(alone))
+
+
 @pytest.mark.parametrize("ggml_type", ["Q4_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K", "IQ4_NL"])
 def test_decode_steps_and_short_prompts_share_one_arithmetic(ggml_type: str):
     """On AVX-512 VNNI a token's product is the same bits as a decode step, in a batch of

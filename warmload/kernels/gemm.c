@@ -197,7 +197,7 @@ typedef struct {
 /* Types whose products take row_grouped (their offset terms included). */
 ALWAYS_INLINE int grouped(int id) {
     return VB == 64 && (id == T_Q4_0 || id == T_Q4_1 || id == T_Q5_0 || id == T_Q5_1 ||
-                        id == T_Q8_0);
+                        id == T_Q8_0 || id == T_Q4_K || id == T_Q5_K);
 }
 
 ALWAYS_INLINE xtile_t x_at(xtile_t x, int64_t at) {
@@ -380,12 +380,8 @@ ALWAYS_INLINE void unpack_group(int id, int size, const uint8_t *w, __m512i *W, 
 /* One group of a row against nt tokens: each block's exact int32 sum, then per block
    acc += (d_w * d_x) * sum + c_w * (d_x * sum(q_x)). The integer sums are split in two
    chains (even and odd g) only for latency: integers add exactly in any order. */
-ALWAYS_INLINE void group_tokens(int id, int size, const uint8_t *w, xgroups_t x, int64_t G,
-                                int nt, vf *acc) {
-    __m512i W[8];
-    __m512 d, c;
-    unpack_group(id, size, w, W, &d, &c);
-    const int unsigned_w = id != T_Q8_0;
+ALWAYS_INLINE void group_tokens(const __m512i *W, __m512 d, __m512 c, int unsigned_w,
+                                xgroups_t x, int64_t G, int nt, vf *acc) {
     __m512i corr = _mm512_setzero_si512(); /* signed w against q + 128: -128 * sum(w) */
     if (!unsigned_w) {
         for (int g = 0; g < 8; ++g) corr = _mm512_dpbusd_epi32(corr, _mm512_set1_epi8(1), W[g]);
@@ -410,6 +406,13 @@ ALWAYS_INLINE void group_tokens(int id, int size, const uint8_t *w, xgroups_t x,
     }
 }
 
+/* Offset terms of a row's last blocks (c: their coefficients by lane) for nt tokens. */
+ALWAYS_INLINE void tail_offsets(__m512 c, xgroups_t x, int64_t G, int nt, vf *acc) {
+    UNROLL_TOKENS
+    for (int i = 0; i < nt; ++i)
+        acc[i] = _mm512_fmadd_ps(c, LOADF(x.gsum + (i * x.ng + G) * GROUP), acc[i]);
+}
+
 /* 32-value types: 16 blocks at a time (row_grouped), and the last blocks of a row (fewer than
    16) two per vector as the other types, with per-lane scales; their offset terms take one
    multiply-add per token, against x's group-layout sums. */
@@ -420,7 +423,10 @@ ALWAYS_INLINE void row_grouped(int id, int size, const uint8_t *w, int64_t nb, x
     for (; (G + 1) * GROUP <= nb; ++G, w += GROUP * size) {
         for (int o = 0; o < GROUP * size; o += 64)
             _mm_prefetch((const char *)w + PREFETCH_AHEAD + o, _MM_HINT_T0);
-        group_tokens(id, size, w, xg, G, nt, acc);
+        __m512i W[8];
+        __m512 d, c;
+        unpack_group(id, size, w, W, &d, &c);
+        group_tokens(W, d, c, unsigned_w, xg, G, nt, acc);
     }
     int64_t first = G * GROUP, n = nb - first, b = 0;
     if (!n) return;
@@ -444,46 +450,97 @@ ALWAYS_INLINE void row_grouped(int id, int size, const uint8_t *w, int64_t nb, x
         tokens_step(join_i(q0, _mm256_setzero_si256()), s, unsigned_w,
                     x_at(x, (first + b) * QK), nt, acc);
     }
-    if (unsigned_w) {
-        UNROLL_TOKENS
-        for (int i = 0; i < nt; ++i)
-            acc[i] = _mm512_fmadd_ps(cv, LOADF(xg.gsum + (i * xg.ng + G) * GROUP), acc[i]);
-    }
+    if (unsigned_w) tail_offsets(cv, xg, G, nt, acc);
 }
 
-/* Q4_K and Q5_K: a super-block of 8 x 32 values with 6-bit scales and mins: 4 vectors. */
-ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, xtile_t x, int nt, float *c,
-                             vf *acc) {
-    const int size = five ? 176 : 144;
-    for (int64_t b = 0; b < nb; b += 8, w += size) {
-        _mm_prefetch((const char *)w + PREFETCH_AHEAD, _MM_HINT_T0);
-        /* the 8 six-bit scales and mins (scale_min_k4), unpacked 8 at a time as llama.cpp */
-        uint32_t u[4];
-        memcpy(u, w + 4, 12);
-        u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
-        uint32_t mins_lo = u[1] & 0x3f3f3f3f;
-        u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
-        u[2] = mins_lo;
-        u[0] &= 0x3f3f3f3f; /* bytes 0-7: scales, 8-15: mins */
-        __m128i sm = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]); /* no reload */
-        __m256 scales = _mm256_mul_ps(_mm256_set1_ps(rdf16(w)),
-                                      _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)));
-        __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)));
-        _mm256_storeu_ps(c + b, _mm256_mul_ps(_mm256_set1_ps(-rdf16(w + 2)), mins));
-        __m512 scales16 = _mm512_castps256_ps512(scales);
-        const uint8_t *qs = w + (five ? 48 : 16);
-        __m256i hbits =
-            five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
-        for (int j = 0; j < 4; ++j) {
-            __m256i lo, hi;
-            unp_q45_k(qs, hbits, five, j, &lo, &hi);
-            __m512i pick = _mm512_set_epi32(2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
-                                            2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j, 2 * j, 2 * j,
-                                            2 * j, 2 * j, 2 * j, 2 * j, 2 * j);
-            tokens_step(join_i(lo, hi), _mm512_permutexvar_ps(pick, scales16), 1,
-                        x_at(x, (b + 2 * j) * QK), nt, acc);
+/* A Q4_K or Q5_K super-block's 8 scales (d * sc) and offset coefficients (-dmin * m), from
+   its 12 bytes of 6-bit scales and mins (scale_min_k4, unpacked 8 at a time as llama.cpp). */
+ALWAYS_INLINE void scales_q45_k(const uint8_t *w, __m256 *d, __m256 *c) {
+    uint32_t u[4];
+    memcpy(u, w + 4, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+    uint32_t mins_lo = u[1] & 0x3f3f3f3f;
+    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+    u[2] = mins_lo;
+    u[0] &= 0x3f3f3f3f; /* bytes 0-7: scales, 8-15: mins */
+    __m128i sm = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]); /* no reload */
+    *d = _mm256_mul_ps(_mm256_set1_ps(rdf16(w)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)));
+    *c = _mm256_mul_ps(_mm256_set1_ps(-rdf16(w + 2)),
+                       _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8))));
+}
+
+/* Two Q4_K or Q5_K super-blocks (16 sub-blocks of 32) as a group: lane 8s + j is sub-block j
+   of super-block s (as unpack_group's lane l is block l). Sub-block 2i is the low nibbles of
+   quant bytes 32i.., 2i + 1 their high nibbles; Q5_K's fifth bit of value v of sub-block j is
+   bit j of high-bit byte v. */
+ALWAYS_INLINE void unpack_group_q45_k(int five, const uint8_t *w, __m512i *W, __m512 *d,
+                                      __m512 *c) {
+    const int size = five ? 176 : 144, qs = five ? 48 : 16;
+    const uint8_t *w1 = w + size;
+    __m512i A0 = LOADI(w + qs), B0 = LOADI(w + qs + 64); /* bytes 32i + 4g: dword 8i + g */
+    __m512i A1 = LOADI(w1 + qs), B1 = LOADI(w1 + qs + 64);
+    __m512i qh = five ? join_i(_mm256_loadu_si256((const __m256i *)(w + 16)),
+                               _mm256_loadu_si256((const __m256i *)(w1 + 16)))
+                      : _mm512_setzero_si512();
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i bit = _mm512_sllv_epi32( /* lane 8s + j: bit j of each byte */
+        _mm512_set1_epi32(0x01010101),
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7));
+    for (int g = 0; g < 8; ++g) {
+        const __m512i pick = _mm512_setr_epi32(g, 8 + g, 16 + g, 24 + g, g, 8 + g, 16 + g,
+                                               24 + g, g, 8 + g, 16 + g, 24 + g, g, 8 + g,
+                                               16 + g, 24 + g);
+        __m512i p0 = _mm512_permutex2var_epi32(A0, pick, B0); /* lanes 0-3: dwords (0, i, g) */
+        __m512i p1 = _mm512_permutex2var_epi32(A1, pick, B1);
+        __m256i y = _mm256_inserti128_si256(_mm512_castsi512_si256(p0),
+                                            _mm512_castsi512_si128(p1), 1);
+        __m512i z = _mm512_cvtepu32_epi64(y); /* qword 4s + i: the dword, zeros above */
+        z = _mm512_or_si512(z, _mm512_srli_epi32(_mm512_slli_epi64(z, 32), 4));
+        W[g] = _mm512_and_si512(z, m4); /* low nibbles in lane 2m, high ones in 2m + 1 */
+        if (five) {
+            const __m512i from = _mm512_setr_epi32(g, g, g, g, g, g, g, g, 8 + g, 8 + g, 8 + g,
+                                                   8 + g, 8 + g, 8 + g, 8 + g, 8 + g);
+            __mmask64 on = _mm512_test_epi8_mask(_mm512_permutexvar_epi32(from, qh), bit);
+            W[g] = _mm512_mask_add_epi8(W[g], on, W[g], _mm512_set1_epi8(0x10));
         }
     }
+    __m256 d0, c0, d1, c1;
+    scales_q45_k(w, &d0, &c0);
+    scales_q45_k(w1, &d1, &c1);
+    *d = _mm512_insertf32x8(_mm512_castps256_ps512(d0), d1, 1);
+    *c = _mm512_insertf32x8(_mm512_castps256_ps512(c0), c1, 1);
+}
+
+/* Q4_K and Q5_K: two super-blocks at a time as a group; an odd last one as 4 vectors of 64
+   values with per-lane scales, its offset terms as the 32-value types' tail. */
+ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, xtile_t x, xgroups_t xg,
+                             int nt, vf *acc) {
+    const int size = five ? 176 : 144;
+    int64_t G = 0;
+    for (; (G + 1) * GROUP <= nb; ++G, w += 2 * size) {
+        for (int o = 0; o < 2 * size; o += 64)
+            _mm_prefetch((const char *)w + PREFETCH_AHEAD + o, _MM_HINT_T0);
+        __m512i W[8];
+        __m512 d, c;
+        unpack_group_q45_k(five, w, W, &d, &c);
+        group_tokens(W, d, c, 1, xg, G, nt, acc);
+    }
+    if (G * GROUP == nb) return;
+    __m256 scales, c;
+    scales_q45_k(w, &scales, &c);
+    __m512 scales16 = _mm512_castps256_ps512(scales);
+    const uint8_t *qs = w + (five ? 48 : 16);
+    __m256i hbits = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+        __m256i lo, hi;
+        unp_q45_k(qs, hbits, five, j, &lo, &hi);
+        __m512i pick = _mm512_set_epi32(2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
+                                        2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j, 2 * j, 2 * j,
+                                        2 * j, 2 * j, 2 * j, 2 * j, 2 * j);
+        tokens_step(join_i(lo, hi), _mm512_permutexvar_ps(pick, scales16), 1,
+                    x_at(x, (G * GROUP + 2 * j) * QK), nt, acc);
+    }
+    tail_offsets(_mm512_castps256_ps512(c), xg, G, nt, acc); /* lanes 8-15: 0 */
 }
 
 /* Q6_K: 256 values, 16 sub-blocks of 16 with int8 scales: 4 vectors of 4 sub-blocks each. */
@@ -564,8 +621,8 @@ ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, x
     case T_Q5_0: row_grouped(T_Q5_0, 22, w, nb, x, xg, nt, acc); break;
     case T_Q5_1: row_grouped(T_Q5_1, 24, w, nb, x, xg, nt, acc); break;
     case T_Q8_0: row_grouped(T_Q8_0, 34, w, nb, x, xg, nt, acc); break;
-    case T_Q4_K: row_q45_k(0, w, nb, x, nt, c, acc); break;
-    case T_Q5_K: row_q45_k(1, w, nb, x, nt, c, acc); break;
+    case T_Q4_K: row_q45_k(0, w, nb, x, xg, nt, acc); break;
+    case T_Q5_K: row_q45_k(1, w, nb, x, xg, nt, acc); break;
     case T_Q6_K: row_q6_k(w, nb, x, nt, acc); break;
 #endif
     default: row_buffered(type, w, nb, x, nt, c, acc); break;
