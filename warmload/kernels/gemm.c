@@ -17,10 +17,12 @@
 
    where the -128 correction is the accumulator that dpbusd starts from.
 
-   The 32-value types (Q4_0 .. Q8_0) take 16 blocks of a row at once on AVX-512 (row_grouped):
-   transposed so that int32 lane l sums block l, 8 dpbusd give each block's exact sum, and one
-   float multiply-add per block (two with offsets) scales it: 12 vector ops per 512 values and
-   token, where a scale per 4 values takes 32. A 16-block tail takes the per-4-values way.
+   The 32-value types (Q4_0 .. Q8_0) take 16 blocks of a row at once on AVX-512 (row_grouped),
+   Q4_K and Q5_K two super-blocks of 8 sub-blocks of 32 (row_q45_k): transposed so that int32
+   lane l sums block l, 8 dpbusd give each block's exact sum, and one float multiply-add per
+   block (two with offsets) scales it: 12 vector ops per 512 values and token, where a scale per
+   4 values takes 32. The blocks after the last whole group take the per-4-values way; Q6_K and
+   the buffered types take it throughout.
 
    Every token's sums are taken in the same order however many tokens share the call. */
 
