@@ -110,6 +110,12 @@ def chunk_logits(model, prefix: list[int], chunk: list[int], planned: bool, monk
     return out
 
 
+needs_chunk_plans = pytest.mark.skipif(
+    not kernels.DECODE_TAKES_GEMM, reason="plans run prompt chunks only on AVX-512 VNNI"
+)
+
+
+@needs_chunk_plans
 def test_prompt_chunks_through_the_plan_match_modules(tmp_path: Path, monkeypatch):
     path, _ = llama_file(tmp_path, tied=False)
     with open_checkpoint(path) as ck:
@@ -121,6 +127,7 @@ def test_prompt_chunks_through_the_plan_match_modules(tmp_path: Path, monkeypatc
         assert torch.equal(planned, chunk_logits(model, prefix, chunk, False, monkeypatch))
 
 
+@needs_chunk_plans
 @pytest.mark.slow
 def test_gemma3_prompt_chunks_through_the_plan_match_modules_past_the_window(
     gemma3_path: Path, monkeypatch
@@ -132,6 +139,7 @@ def test_gemma3_prompt_chunks_through_the_plan_match_modules_past_the_window(
     assert torch.equal(planned, chunk_logits(model, prefix, chunk, False, monkeypatch))
 
 
+@needs_chunk_plans
 def test_a_plan_refuses_chunks_it_cannot_take(tmp_path: Path):
     path, _ = llama_file(tmp_path, tied=False)
     with open_checkpoint(path) as ck:

@@ -9,11 +9,12 @@ the layers in C on preallocated buffers (warmload/kernels/decode.c, which follow
 step for step; tests check both give the same logits).
 
 A step is one token for each row of a KV cache (batched decoding: each row at its own
-position). A plan of a one-row cache also runs prompt chunks of up to CHUNK_TOKENS tokens (the
-short prompts that set the time to first token: a chunk's Python-level work was half of a
-10-token prefill). A plan belongs to the memory of one cache (or of a row range of one, as the
-server's batch runner views them): it holds references to it and to the rope tables, so the
-memory its pointers name stays alive. A model keeps the plans of its last few caches.
+position). On AVX-512 VNNI a plan of a one-row cache also runs prompt chunks of up to
+CHUNK_TOKENS tokens (the short prompts that set the time to first token: a chunk's Python-level
+work was half of a 10-token prefill). A plan belongs to the memory of one cache (or of a row
+range of one, as the server's batch runner views them): it holds references to it and to the
+rope tables, so the memory its pointers name stays alive. A model keeps the plans of its last
+MAX_PLANS caches; they share one set of activation buffers in C.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
         keep += tables
         rows.append((matrices, norms, keys.data_ptr(), values.data_ptr(), *rope, window, scale))
     config = model.config
-    chunk_tokens = CHUNK_TOKENS if cache.batch_size == 1 else 0
+    # chunks only where decode steps take the prompt products' arithmetic (AVX-512 VNNI):
+    # elsewhere a chunk's products in the modules and in the plan would round differently
+    chunk_tokens = CHUNK_TOKENS if cache.batch_size == 1 and kernels.DECODE_TAKES_GEMM else 0
     dims = (
         cache.batch_size,
         chunk_tokens,
