@@ -21,8 +21,9 @@
    Q4_K and Q5_K two super-blocks of 8 sub-blocks of 32 (row_q45_k): transposed so that int32
    lane l sums block l, 8 dpbusd give each block's exact sum, and one float multiply-add per
    block (two with offsets) scales it: 12 vector ops per 512 values and token, where a scale per
-   4 values takes 32. The blocks after the last whole group take the per-4-values way; Q6_K and
-   the buffered types take it throughout.
+   4 values takes 32. Q6_K's 16 sub-blocks of 16 are a group of 4 vectors (its own x layout).
+   The blocks after the last whole group take the per-4-values way, the buffered types (Q2_K,
+   Q3_K, IQ4) take it throughout.
 
    Every token's sums are taken in the same order however many tokens share the call. */
 
@@ -129,10 +130,22 @@ static void to_group_layout(const void *q, int64_t b, void *grouped) {
     for (int g = 0; g < QK / 4; ++g) memcpy(at + g * GROUP * 4, (const uint8_t *)q + 4 * g, 4);
 }
 
+/* Block b's q + 128 into the super-block layout: value v of sub-block j (16 values) of
+   super-block S at [S][v / 4][j][v % 4]. */
+static void to_super_layout(const uint8_t *q, int64_t b, uint8_t *super) {
+    uint8_t *at = super + b / 8 * QK_K;
+    for (int half = 0; half < 2; ++half) {
+        int j = (int)(b % 8) * 2 + half; /* sub-block of the super-block */
+        for (int g = 0; g < 4; ++g) memcpy(at + g * 64 + j * 4, q + half * 16 + 4 * g, 4);
+    }
+}
+
 int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
     int64_t kp = padded(k), nb = k / QK, ng = (nb + GROUP - 1) / GROUP;
+    int64_t n_super = k % QK_K ? 0 : k / QK_K;
     int64_t row_major = 3 * kp + nb * 4, grouped = ng * (2 * GROUP_BYTES + 2 * GROUP * 4);
-    int64_t need = n_tokens * (row_major + grouped);
+    int64_t super = n_super * (QK_K + QK_K / 16 * 4);
+    int64_t need = n_tokens * (row_major + grouped + super);
     if (g_x.cap < need) {
         free(g_x.buffer);
         g_x.buffer = aligned_alloc(64, (size_t)((need + 63) / 64 * 64));
@@ -145,6 +158,9 @@ int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
     gx->gu = at, at += n_tokens * ng * GROUP_BYTES;
     gx->gd = (float *)at, at += n_tokens * ng * GROUP * 4;
     gx->gsum = (float *)at, at += n_tokens * ng * GROUP * 4;
+    gx->n_super = n_super;
+    gx->su = at, at += n_tokens * n_super * QK_K;
+    gx->sd = (float *)at, at += n_tokens * n_super * (QK_K / 16) * 4;
     gx->q = at, at += n_tokens * kp;
     gx->qs = (int8_t *)at, at += n_tokens * kp;
     gx->scale = (float *)at;
@@ -162,6 +178,11 @@ int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
             to_group_layout(qs + b * QK, b, gs);
             to_group_layout(q + b * QK, b, gu);
             gd[b] = scale[b * (QK / 4)], gsum[b] = gx->sum[t * nb + b];
+            if (n_super) {
+                to_super_layout(q + b * QK, b, gx->su + t * k);
+                float *sd = gx->sd + t * (k / 16) + 2 * b;
+                sd[0] = sd[1] = gd[b];
+            }
         }
         memset(q + k, 128, (size_t)(kp - k)); /* padding: q_x 0 against w 0, scale 0 */
         memset(qs + k, 0, (size_t)(kp - k));
@@ -194,12 +215,13 @@ typedef struct {
     const uint8_t *gu;
     const float *gd, *gsum;
     int64_t ng;
+    int vectors; /* per group: 8 (blocks of 32), or 4 (Q6_K's sub-blocks of 16) */
 } xgroups_t;
 
 /* Types whose products take row_grouped (their offset terms included). */
 ALWAYS_INLINE int grouped(int id) {
     return VB == 64 && (id == T_Q4_0 || id == T_Q4_1 || id == T_Q5_0 || id == T_Q5_1 ||
-                        id == T_Q8_0 || id == T_Q4_K || id == T_Q5_K);
+                        id == T_Q8_0 || id == T_Q4_K || id == T_Q5_K || id == T_Q6_K);
 }
 
 ALWAYS_INLINE xtile_t x_at(xtile_t x, int64_t at) {
@@ -386,14 +408,15 @@ ALWAYS_INLINE void group_tokens(const __m512i *W, __m512 d, __m512 c, int unsign
                                 xgroups_t x, int64_t G, int nt, vf *acc) {
     __m512i corr = _mm512_setzero_si512(); /* signed w against q + 128: -128 * sum(w) */
     if (!unsigned_w) {
-        for (int g = 0; g < 8; ++g) corr = _mm512_dpbusd_epi32(corr, _mm512_set1_epi8(1), W[g]);
+        for (int g = 0; g < x.vectors; ++g)
+            corr = _mm512_dpbusd_epi32(corr, _mm512_set1_epi8(1), W[g]);
         corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(corr, 7));
     }
     UNROLL_TOKENS
     for (int i = 0; i < nt; ++i) {
-        int64_t xo = (i * x.ng + G) * GROUP_BYTES, so = (i * x.ng + G) * GROUP;
+        int64_t xo = (i * x.ng + G) * x.vectors * VB, so = (i * x.ng + G) * GROUP;
         __m512i s0 = corr, s1 = _mm512_setzero_si512();
-        for (int g = 0; g < 8; g += 2) {
+        for (int g = 0; g < x.vectors; g += 2) {
             if (unsigned_w) {
                 s0 = _mm512_dpbusd_epi32(s0, W[g], LOADI(x.gs + xo + g * VB));
                 s1 = _mm512_dpbusd_epi32(s1, W[g + 1], LOADI(x.gs + xo + (g + 1) * VB));
@@ -545,35 +568,48 @@ ALWAYS_INLINE void row_q45_k(int five, const uint8_t *w, int64_t nb, xtile_t x, 
     tail_offsets(_mm512_castps256_ps512(c), xg, G, nt, acc); /* lanes 8-15: 0 */
 }
 
-/* Q6_K: 256 values, 16 sub-blocks of 16 with int8 scales: 4 vectors of 4 sub-blocks each. */
-ALWAYS_INLINE void row_q6_k(const uint8_t *w, int64_t nb, xtile_t x, int nt, vf *acc) {
+/* Q6_K: a super-block of 16 sub-blocks of 16 values with int8 scales is a group of its own
+   (4 vectors): W[g] holds values 4g..4g+3 of sub-block j in lane j, signed (q - 32). */
+ALWAYS_INLINE void unpack_q6_k(const uint8_t *w, __m512i *W, __m512 *d) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
     const __m256i m32 = _mm256_set1_epi8(32);
-    const __m512i quarter = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    for (int64_t b = 0; b < nb; b += 8, w += 210) {
-        __m128i sc = _mm_loadu_si128((const __m128i *)(w + 192));
-        __m512 scales = _mm512_mul_ps(_mm512_set1_ps(rdf16(w + 208)),
-                                      _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
-        for (int half = 0; half < 2; ++half) {
-            const uint8_t *l = w + 64 * half, *h = w + 128 + 32 * half;
-            __m256i q0 = _mm256_loadu_si256((const __m256i *)l);
-            __m256i q1 = _mm256_loadu_si256((const __m256i *)(l + 32));
-            __m256i hh = _mm256_loadu_si256((const __m256i *)h);
-            __m256i v[4];
-            for (int k = 0; k < 4; ++k) {
-                __m256i lowbits = _mm256_and_si256(k < 2 ? (k ? q1 : q0) :
-                                                   _mm256_srli_epi16(k == 2 ? q0 : q1, 4), m4);
-                __m256i highbits = _mm256_and_si256(_mm256_srli_epi16(hh, 2 * k), m2);
-                v[k] = _mm256_sub_epi8(_mm256_or_si256(lowbits, _mm256_slli_epi16(highbits, 4)), m32);
-            }
-            for (int g = 0; g < 2; ++g) { /* values 64 * group ..: sub-blocks 4 * group .. */
-                int group = 2 * half + g;
-                __m512 s = _mm512_permutexvar_ps(
-                    _mm512_add_epi32(quarter, _mm512_set1_epi32(4 * group)), scales);
-                tokens_step(join_i(v[2 * g], v[2 * g + 1]), s, 0, x_at(x, b * QK + 64 * group),
-                            nt, acc);
-            }
+    __m256i v[8]; /* v[4 half + k]: values 128 half + 32 k .. +31, sub-blocks 2m and 2m + 1 */
+    for (int half = 0; half < 2; ++half) {
+        const uint8_t *l = w + 64 * half, *h = w + 128 + 32 * half;
+        __m256i q0 = _mm256_loadu_si256((const __m256i *)l);
+        __m256i q1 = _mm256_loadu_si256((const __m256i *)(l + 32));
+        __m256i hh = _mm256_loadu_si256((const __m256i *)h);
+        for (int k = 0; k < 4; ++k) {
+            __m256i lowbits = _mm256_and_si256(k < 2 ? (k ? q1 : q0) :
+                                               _mm256_srli_epi16(k == 2 ? q0 : q1, 4), m4);
+            __m256i highbits = _mm256_and_si256(_mm256_srli_epi16(hh, 2 * k), m2);
+            v[4 * half + k] =
+                _mm256_sub_epi8(_mm256_or_si256(lowbits, _mm256_slli_epi16(highbits, 4)), m32);
         }
+    }
+    /* Z[i]: 128-bit lane L holds sub-block 4L + i (v[2L + i / 2], half i % 2) */
+    __m512i even0 = join_i(v[0], v[2]), even1 = join_i(v[4], v[6]);
+    __m512i odd0 = join_i(v[1], v[3]), odd1 = join_i(v[5], v[7]);
+    __m512i Z[4] = {_mm512_shuffle_i32x4(even0, even1, _MM_SHUFFLE(2, 0, 2, 0)),
+                    _mm512_shuffle_i32x4(even0, even1, _MM_SHUFFLE(3, 1, 3, 1)),
+                    _mm512_shuffle_i32x4(odd0, odd1, _MM_SHUFFLE(2, 0, 2, 0)),
+                    _mm512_shuffle_i32x4(odd0, odd1, _MM_SHUFFLE(3, 1, 3, 1))};
+    __m512i t0 = _mm512_unpacklo_epi32(Z[0], Z[1]), t1 = _mm512_unpackhi_epi32(Z[0], Z[1]);
+    __m512i t2 = _mm512_unpacklo_epi32(Z[2], Z[3]), t3 = _mm512_unpackhi_epi32(Z[2], Z[3]);
+    W[0] = _mm512_unpacklo_epi64(t0, t2), W[1] = _mm512_unpackhi_epi64(t0, t2);
+    W[2] = _mm512_unpacklo_epi64(t1, t3), W[3] = _mm512_unpackhi_epi64(t1, t3);
+    __m128i sc = _mm_loadu_si128((const __m128i *)(w + 192));
+    *d = _mm512_mul_ps(_mm512_set1_ps(rdf16(w + 208)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
+}
+
+ALWAYS_INLINE void row_q6_k(const uint8_t *w, int64_t nb, xgroups_t xs, int nt, vf *acc) {
+    for (int64_t S = 0; S * 8 < nb; ++S, w += 210) {
+        for (int o = 0; o < 210; o += 64)
+            _mm_prefetch((const char *)w + PREFETCH_AHEAD + o, _MM_HINT_T0);
+        __m512i W[4];
+        __m512 d;
+        unpack_q6_k(w, W, &d);
+        group_tokens(W, d, _mm512_setzero_ps(), 0, xs, S, nt, acc);
     }
 }
 #endif
@@ -613,7 +649,7 @@ ALWAYS_INLINE void reduce_tokens(const vf *acc, int nt, float *out) {
 
 /* out[i] = the row's lane sums with token i of nt (c: the row's offset coefficients). */
 ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, xtile_t x,
-                              xgroups_t xg, int nt, float *c, float *out) {
+                              xgroups_t xg, xgroups_t xs, int nt, float *c, float *out) {
     vf acc[TILE];
     for (int i = 0; i < nt; ++i) acc[i] = ZEROF();
     switch (type->id) {
@@ -625,7 +661,7 @@ ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, x
     case T_Q8_0: row_grouped(T_Q8_0, 34, w, nb, x, xg, nt, acc); break;
     case T_Q4_K: row_q45_k(0, w, nb, x, xg, nt, acc); break;
     case T_Q5_K: row_q45_k(1, w, nb, x, xg, nt, acc); break;
-    case T_Q6_K: row_q6_k(w, nb, x, nt, acc); break;
+    case T_Q6_K: row_q6_k(w, nb, xs, nt, acc); break;
 #endif
     default: row_buffered(type, w, nb, x, nt, c, acc); break;
     }
@@ -668,10 +704,12 @@ ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, in
     xtile_t x = {gx->qs + t0 * kp, gx->q + t0 * kp, gx->scale + t0 * (kp / 4), kp};
     int64_t ng = gx->ng;
     xgroups_t xg = {gx->gs + t0 * ng * GROUP_BYTES, gx->gu + t0 * ng * GROUP_BYTES,
-                    gx->gd + t0 * ng * GROUP, gx->gsum + t0 * ng * GROUP, ng};
+                    gx->gd + t0 * ng * GROUP, gx->gsum + t0 * ng * GROUP, ng, 8};
+    int64_t ns = gx->n_super;
+    xgroups_t xs = {NULL, gx->su + t0 * ns * QK_K, gx->sd + t0 * ns * GROUP, NULL, ns, 4};
     for (int64_t r = r0; r < r1; ++r) {
         float out[TILE];
-        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, xg, nt, c + (r - r0) * nb, out);
+        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, xg, xs, nt, c + (r - r0) * nb, out);
         for (int i = 0; i < nt; ++i) p->y[(t0 + i) * p->n_rows + r] = out[i];
     }
     if (p->type->q_unsigned && !grouped(p->type->id))

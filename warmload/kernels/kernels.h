@@ -165,6 +165,11 @@ typedef struct {
     uint8_t *gu;              /* (n_tokens, ng * 512): q + 128 */
     float *gd;                /* (n_tokens, ng * 16): d per block */
     float *gsum;              /* (n_tokens, ng * 16): d * sum(q) per block */
+    /* for 16-value sub-blocks (Q6_K), when k is whole super-blocks of 256: vector g of
+       super-block S holds values 4g..4g+3 of each of its 16 sub-blocks */
+    int64_t n_super;          /* k / 256, or 0 */
+    uint8_t *su;              /* (n_tokens, k): q + 128 */
+    float *sd;                /* (n_tokens, k / 16): d of the block of 32 holding the sub-block */
 } gemm_x_t;
 
 /* 0: no VNNI (no integer products of many tokens); GEMM_BUFFERED: AVX-VNNI, weights unpacked
