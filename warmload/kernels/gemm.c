@@ -22,8 +22,8 @@
    lane l sums block l, 8 dpbusd give each block's exact sum, and one float multiply-add per
    block (two with offsets) scales it: 12 vector ops per 512 values and token, where a scale per
    4 values takes 32. Q6_K's 16 sub-blocks of 16 are a group of 4 vectors (its own x layout).
-   The blocks after the last whole group take the per-4-values way, the buffered types (Q2_K,
-   Q3_K, IQ4) take it throughout.
+   The blocks after the last whole group take the per-4-values way, the buffered types (Q3_K,
+   IQ4_NL, IQ4_XS) take it throughout.
 
    Every token's sums are taken in the same order however many tokens share the call. */
 
