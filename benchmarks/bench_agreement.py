@@ -8,6 +8,8 @@ and transformers), feeds warmload each reference's sequence and reports per mode
   first_max_abs    max |logit difference| at the first generated position over the reference's
                    top-50 tokens (max over prompts)
   top5_max_abs     the same over the reference's top-5 tokens at every position
+  flips_at_ties    of the positions where warmload's top-1 differs, those where the
+                   reference's own top-1 leads its second by under 0.5 (a near-tie)
   first_kl         KL(reference || warmload) at the first generated position over the reference's
                    top-50 tokens plus one bucket for the rest (a lower bound of the full KL);
                    max over prompts
@@ -31,6 +33,7 @@ import warmload
 from warmload.cli.render import print_table
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "tests" / "golden"
+TIE = 0.5  # a reference top-1 lead under this many logits: a near-tie
 
 
 def coarse_kl(ref: dict[str, Any], ours: torch.Tensor) -> float:
@@ -52,12 +55,16 @@ def compare(engine: Any, prompt: list[int], golden: dict[str, Any]) -> dict[str,
     top1 = region.argmax(dim=-1).tolist()
     top5_ids = torch.tensor(golden["top5_ids"])
     top5_diff = (region.gather(1, top5_ids) - torch.tensor(golden["top5_logits"])).abs().max()
+    flips = [i for i, (a, b) in enumerate(zip(top1, golden["top1"], strict=True)) if a != b]
+    lead = [top[0] - top[1] for top in golden["top5_logits"]]
     first = golden["first"]
     first_diff = (region[0][torch.tensor(first["ids"])] - torch.tensor(first["logits"])).abs()
     return {
         "agree": sum(a == b for a, b in zip(top1, golden["top1"], strict=True)),
         "positions": len(top1),
         "first_equal": top1[0] == golden["continuation_ids"][0],
+        "flips": len(flips),
+        "flips_at_ties": sum(lead[i] < TIE for i in flips),
         "first_max_abs": float(first_diff.max()),
         "top5_max_abs": float(top5_diff),
         "first_kl": coarse_kl(first, region[0]),
@@ -88,6 +95,9 @@ def summarize(model: str, subject: str, parts: list[dict[str, Any]]) -> dict[str
     row["positions"] = sum(p["positions"] for p in parts)
     row["top1_agreement"] = round(sum(p["agree"] for p in parts) / row["positions"], 4)
     row["first_token"] = f"{sum(p['first_equal'] for p in parts)}/{len(parts)}"
+    if "flips" in parts[0]:
+        ties, flips = sum(p["flips_at_ties"] for p in parts), sum(p["flips"] for p in parts)
+        row["flips_at_ties"] = f"{ties}/{flips}"
     for key in ("first_max_abs", "top5_max_abs", "first_kl"):
         if key in parts[0]:
             row[key] = float(f"{max(p[key] for p in parts):.3g}")
@@ -124,7 +134,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     print()
-    columns = ("model", "subject", "positions", "top1_agreement", "first_token")
+    columns = ("model", "subject", "positions", "top1_agreement", "flips_at_ties", "first_token")
     columns += ("first_max_abs", "top5_max_abs", "first_kl")
     print_table(columns, [[row.get(c, "-") for c in columns] for row in rows])
 

@@ -13,6 +13,8 @@ checked. The first generated token (top-1 at the last prompt token)
 must equal both references', and its logits stay within MAX_FIRST_LOGIT_DIFF of transformers'
 over transformers' top-50 tokens.
 (i.i.d. noise of 0.3 on warmload's logits already drops agreement below both thresholds.)
+Top-1 flips between correct engines happen at near-ties, so wherever transformers' top-1 leads
+its second by DECISIVE or more, warmload's top-1 must be the same, without exception.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import warmload
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 MODELS = {"smollm2": "smollm2_path", "gemma3-270m": "gemma3_path"}
 MIN_AGREEMENT = {"transformers": 0.95, "llama.cpp": 0.90}
+DECISIVE = 0.5  # a reference's top-1 logit this far above its second: no near-tie
 MAX_FIRST_LOGIT_DIFF = 1.0
 
 pytestmark = pytest.mark.slow  # ~12 s on 2 cores: loads both real models
@@ -98,6 +101,26 @@ def test_teacher_forced_top1_agreement(model: Model, reference: str) -> None:
     assert rate >= MIN_AGREEMENT[reference], (
         f"top-1 agreement with {reference} {rate:.1%} < {MIN_AGREEMENT[reference]:.0%}: {per_case}"
     )
+
+
+def test_top1_agrees_wherever_transformers_is_decisive(model: Model) -> None:
+    """transformers computes the file's weights in float32, the nearest to exact; llama.cpp's
+    own 8-bit rounding can make it decisive where transformers sees a near-tie (Gemma 3's qa
+    prompt, position 2: a 0.03 lead in transformers), so it is not asked here."""
+    reference = "transformers"
+    wrong, decisive = [], 0
+    for case, prompt, ref, golden in model.cases():
+        if ref != reference:
+            continue
+        region = model.evaluate(prompt, golden)[0]
+        for i, (ours, theirs) in enumerate(zip(region, golden["top1"], strict=True)):
+            top = golden["top5_logits"][i]
+            if top[0] - top[1] >= DECISIVE:
+                decisive += 1
+                if ours != theirs:
+                    wrong.append(f"{case} position {i}: ours {ours}, {reference} {theirs}")
+    assert decisive >= 100, f"only {decisive} decisive positions for {reference}"
+    assert not wrong, "; ".join(wrong)
 
 
 def test_first_token_logits_near_transformers(model: Model) -> None:
