@@ -218,7 +218,8 @@ typedef struct {
     int vectors; /* per group: 8 (blocks of 32), or 4 (Q6_K's sub-blocks of 16) */
 } xgroups_t;
 
-/* Types whose products take row_grouped (their offset terms included). */
+/* Types whose rows sum blocks exactly in groups (gemm.c's header); they add their offset
+   terms themselves, the others in rows_tile's pass over the offset coefficients. */
 ALWAYS_INLINE int grouped(int id) {
     return VB == 64 && (id == T_Q4_0 || id == T_Q4_1 || id == T_Q5_0 || id == T_Q5_1 ||
                         id == T_Q8_0 || id == T_Q4_K || id == T_Q5_K || id == T_Q6_K);
