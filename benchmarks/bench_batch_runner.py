@@ -1,7 +1,7 @@
 """The server's continuous batching without the server: N requests added at once to one
 BatchRunner (warmload/batch.py), stepped until idle, in process. Splits the wall time into the
-prompt prefills and the decode steps, and counts the steps (what `warmload serve` runs for N
-concurrent streams, without HTTP, JSON and the event loop).
+forward passes that carry prompt tokens and those that only decode, and counts the steps (what
+`warmload serve` runs for N concurrent streams, without HTTP, JSON and the event loop).
 
     .venv/bin/python benchmarks/bench_batch_runner.py [--models smollm2,gemma3-270m]
         [--streams 1,8] [--max-tokens 48] [--threads 2] [--runs 3]
@@ -27,14 +27,21 @@ from warmload.engine import Chunk, generation_config
 
 def run_once(engine, runner: BatchRunner, streams: int, max_tokens: int) -> dict:
     """Wall, prefill and decode seconds, steps and generated tokens of one batch."""
-    spent = {"_prefill_chunk": 0.0, "_decode": 0.0}
-    for name in spent:
+    spent = {"prompt": 0.0, "decode": 0.0}
+    passes = ("_prefill_chunk", "_decode", "_ragged_pass")
+
+    def kind(name: str, args: tuple) -> str:  # a ragged pass with chunks carries prompt tokens
+        return (
+            "decode" if name == "_decode" or (name == "_ragged_pass" and not args[1]) else "prompt"
+        )
+
+    for name in passes:
         inner = getattr(BatchRunner, name)
 
         def timed(*args, inner=inner, name=name):
             started = time.perf_counter()
             inner(runner, *args)
-            spent[name] += time.perf_counter() - started
+            spent[kind(name, args)] += time.perf_counter() - started
 
         setattr(runner, name, timed)
     tokens = [0]
@@ -51,12 +58,12 @@ def run_once(engine, runner: BatchRunner, streams: int, max_tokens: int) -> dict
         runner.step()
         steps += 1
     wall = time.perf_counter() - started
-    for name in spent:
+    for name in passes:
         del runner.__dict__[name]
     return {
         "wall_s": wall,
-        "prefill_s": spent["_prefill_chunk"],
-        "decode_s": spent["_decode"],
+        "prompt_passes_s": spent["prompt"],
+        "decode_passes_s": spent["decode"],
         "steps": steps,
         "tok_s": tokens[0] / wall,
     }
@@ -90,8 +97,8 @@ def main() -> None:
                     f"{median['tok_s']:.1f}",
                     f"{median['tok_s'] / single:.2f}x",
                     f"{median['wall_s']:.3f}",
-                    f"{median['prefill_s']:.3f}",
-                    f"{median['decode_s']:.3f}",
+                    f"{median['prompt_passes_s']:.3f}",
+                    f"{median['decode_passes_s']:.3f}",
                     int(median["steps"]),
                 ]
             )
@@ -105,8 +112,8 @@ def main() -> None:
             "tok/s median",
             "vs first",
             "wall s",
-            "prefill s",
-            "decode s",
+            "prompt passes s",
+            "decode passes s",
             "steps",
         ],
         table,

@@ -147,7 +147,7 @@ def test_a_plan_refuses_chunks_it_cannot_take(tmp_path: Path):
     hidden = model.config.hidden_size
     one_row = fused.decode_plan(model, model.new_cache(256))
     rows = fused.decode_plan(model, model.new_cache(256, 2))
-    assert one_row.chunk_tokens == fused.CHUNK_TOKENS and rows.chunk_tokens == 0
+    assert one_row.chunk_tokens == fused.CHUNK_TOKENS and rows.chunk_tokens == fused.RAGGED_TOKENS
     too_long = torch.zeros(1, fused.CHUNK_TOKENS + 1, hidden)
     with pytest.raises(ValueError, match="cannot take"):
         one_row.chunk(too_long, 0)
@@ -155,3 +155,46 @@ def test_a_plan_refuses_chunks_it_cannot_take(tmp_path: Path):
         rows.chunk(torch.zeros(1, 4, hidden), 0)
     with pytest.raises(ValueError, match="outside the KV cache"):
         one_row.chunk(torch.zeros(1, 8, hidden), 250)
+
+
+@needs_chunk_plans
+@pytest.mark.parametrize("name", ["smollm2_path", "gemma3_path"])
+def test_a_ragged_step_equals_its_rows_run_apart(name: str, request):
+    """Two rows' decode tokens and a third row's prompt chunk in one ragged step (the batch
+    runner's step) give the bits of the decode step and the chunk run apart."""
+    model = load_engine(request.getfixturevalue(name)).model
+    prompts = [list(range(100, 110)), list(range(200, 205))]
+    chunk = list(range(300, 317))
+
+    def prefilled():
+        cache = model.new_cache(64, 3)
+        for row, prompt in enumerate(prompts):
+            model(torch.tensor([prompt]), cache.rows(row, row + 1), 0)
+        return cache
+
+    with torch.inference_mode():
+        cache = prefilled()
+        steps = model(torch.tensor([[5], [6]]), cache.rows(0, 2), torch.tensor([10, 5]))
+        alone = model(torch.tensor([chunk]), cache.rows(2, 3), 0)
+        apart = model.compute_logits(torch.cat([steps[:, 0], alone[0]]))
+        cache = prefilled()
+        assert fused.ragged_plan(model, cache) is not None
+        tokens = torch.tensor([5, 6, *chunk])
+        rows = torch.tensor([0, 1] + [2] * len(chunk))
+        positions = torch.tensor([10, 5, *range(len(chunk))])
+        together = model.compute_logits(model.forward_ragged(tokens, cache, rows, positions))
+    assert torch.equal(together, apart)
+
+
+@needs_chunk_plans
+def test_a_plan_refuses_ragged_steps_it_cannot_take(tmp_path: Path):
+    path, _ = llama_file(tmp_path, tied=False)
+    with open_checkpoint(path) as ck:
+        model, _ = load_model(ck)
+    plan = fused.ragged_plan(model, model.new_cache(32, 2))
+    x = torch.zeros(3, model.config.hidden_size)
+    with pytest.raises(ValueError, match="cannot take"):
+        plan.ragged(x, torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]))  # no row 2
+    with pytest.raises(ValueError, match="outside the KV cache"):
+        plan.ragged(x, torch.tensor([0, 1, 1]), torch.tensor([0, 0, 32]))
+    assert fused.ragged_plan(model, model.new_cache(32, 1)) is None

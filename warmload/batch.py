@@ -10,6 +10,14 @@ sampled token at that row's own position (per-row positions, models/layers.py) a
 each row with its own options and RNG (engine.SequenceState, the same code the single-sequence
 Engine runs).
 
+Where the model has a ragged plan for the cache (fused.ragged_plan: AVX-512 VNNI, every layer
+packed), a step is one fused pass over a list of tokens, each with its own row and position:
+every decoding row's next token and the joining rows' prompt chunks of up to
+fused.CHUNK_TOKENS tokens together (longer chunks run alone through the modules, as Engine
+runs them). Every token's result is its own (per-token products, attention over its row), so
+a row gets the same bits as run alone. Elsewhere prefill chunks run alone and the decode step
+spans rows lo..hi, feeding rows in between a dummy token.
+
 A freed row keeps its tokens' K/V: a later prompt that starts with them (the next turn of a
 chat) prefills only what is new, as llama.cpp's server reuses a slot's prompt cache. As in
 Engine (engine.reusable_prefix), kept positions are cut back to the start of the forward pass
@@ -37,6 +45,7 @@ import torch
 from warmload.config import GenerationConfig
 from warmload.engine import Chunk, SequenceState, common_prefix_length, reusable_prefix
 from warmload.errors import ContextOverflowError, RequestError, WarmloadError
+from warmload.models import fused
 
 log = logging.getLogger("warmload.batch")
 
@@ -130,15 +139,23 @@ class BatchRunner:
         tokens) and one decode step over every decoding row."""
         self._drop_cancelled()
         self._admit()
+        ragged = self._takes_ragged_steps()
+        short: list[tuple[Slot, int]] = []  # joining rows' chunks for the ragged pass
         budget = self.prefill_chunk  # bounds the running streams' stall
         for slot in sorted((s for s in self.slots if s.prefilling), key=lambda s: s.admitted):
             if budget <= 0:
                 break
-            before = slot.prefill_pos
-            self._guard([slot], self._prefill_chunk, slot)
-            budget -= max(1, slot.prefill_pos - before)
+            start, stop = slot.prefill_pos, self._chunk_stop(slot)
+            if ragged and stop - start <= fused.CHUNK_TOKENS:
+                short.append((slot, stop))
+            else:
+                self._guard([slot], self._prefill_chunk, slot)
+            budget -= max(1, stop - start)
         decoding = [s for s in self.slots if s.decoding]
-        if decoding:
+        if short or (ragged and decoding):
+            involved = decoding + [slot for slot, _ in short]
+            self._guard(involved, self._ragged_pass, decoding, short)
+        elif decoding:
             self._guard(decoding, self._decode, decoding)
 
     def close(self) -> None:
@@ -219,13 +236,64 @@ class BatchRunner:
                     self._free(slot, exc)
 
     # -- forward passes -----------------------------------------------------------------------
+    def _takes_ragged_steps(self) -> bool:
+        """Whether the model runs this cache's steps as ragged passes (fused.ragged_plan), with
+        room for every row and a step's prompt tokens."""
+        plan = fused.ragged_plan(self.model, self.cache)
+        room = len(self.slots) + self.prefill_chunk + fused.CHUNK_TOKENS
+        return plan is not None and room <= plan.chunk_tokens
+
+    def _chunk_stop(self, slot: Slot) -> int:
+        """Where the row's next prompt chunk ends."""
+        assert slot.request is not None
+        alone = not any(s.decoding for s in self.slots)
+        size = max(self.prefill_chunk, SOLO_PREFILL_CHUNK) if alone else self.prefill_chunk
+        return min(slot.prefill_pos + size, len(slot.request.prompt_ids))
+
+    def _ragged_pass(self, decoding: list[Slot], short: list[tuple[Slot, int]]) -> None:
+        """Every decoding row's next token and the joining rows' short prompt chunks (up to
+        `stop`) in one fused pass, each token at its own row and position (no rows in between
+        take part); the decoding rows and the prompts that end here sample."""
+        tokens: list[int] = []
+        rows: list[int] = []
+        positions: list[int] = []
+        sampled: list[tuple[Slot, int]] = []  # (slot, index of the token whose logits it takes)
+        for slot in decoding:
+            assert slot.seq is not None
+            sampled.append((slot, len(tokens)))
+            tokens.append(slot.seq.history[-1])
+            rows.append(slot.row)
+            positions.append(len(slot.cached))
+        for slot, stop in short:
+            assert slot.request is not None
+            prompt, start = slot.request.prompt_ids, slot.prefill_pos
+            tokens += prompt[start:stop]
+            rows += [slot.row] * (stop - start)
+            positions += range(start, stop)
+            if stop == len(prompt):
+                sampled.append((slot, len(tokens) - 1))
+        as_long = [torch.tensor(v, dtype=torch.long) for v in (tokens, rows, positions)]
+        hidden = self.model.forward_ragged(as_long[0], self.cache, as_long[1], as_long[2])
+        self.steps += 1
+        for slot in decoding:
+            assert slot.seq is not None
+            slot.chunk_starts.append(len(slot.cached))  # a decode step is a pass of its own
+            slot.cached.append(slot.seq.history[-1])
+            slot.clean_to = max(slot.clean_to, len(slot.cached))
+        for slot, stop in short:
+            assert slot.request is not None
+            slot.chunk_starts.append(slot.prefill_pos)
+            slot.prefill_pos, slot.cached = stop, slot.request.prompt_ids[:stop]
+            slot.clean_to = max(slot.clean_to, stop)
+        logits = self.model.compute_logits(hidden[[i for _, i in sampled]]).float()
+        for (slot, _), row_logits in zip(sampled, logits):
+            self._sample(slot, row_logits)
+
     def _prefill_chunk(self, slot: Slot) -> None:
         """One chunk of the row's prompt into its KV row, alone; the last one samples."""
         assert slot.request is not None
         prompt, start = slot.request.prompt_ids, slot.prefill_pos
-        alone = not any(s.decoding for s in self.slots)
-        size = max(self.prefill_chunk, SOLO_PREFILL_CHUNK) if alone else self.prefill_chunk
-        stop = min(start + size, len(prompt))
+        stop = self._chunk_stop(slot)
         cache = self.cache.rows(slot.row, slot.row + 1)
         hidden = self.model(torch.tensor([prompt[start:stop]], dtype=torch.long), cache, start)
         self.steps += 1

@@ -75,9 +75,24 @@ def plan_step(
         raise ValueError(f"plan_step: {tuple(x.shape)} is neither a step nor one chunk")
     if isinstance(positions, torch.Tensor):
         positions = positions.to(torch.int64).contiguous()
-        _cpu.plan_step(plan, x.data_ptr(), n_tokens, positions.data_ptr(), 0, chunk)
+        _cpu.plan_step(plan, x.data_ptr(), n_tokens, 0, positions.data_ptr(), 0, chunk)
     else:
-        _cpu.plan_step(plan, x.data_ptr(), n_tokens, 0, positions, chunk)
+        _cpu.plan_step(plan, x.data_ptr(), n_tokens, 0, 0, positions, chunk)
+
+
+def plan_ragged(plan: object, x: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> None:
+    """x (N, hidden) float32 contiguous through the plan's layers, in place: token i in cache
+    row rows[i] at positions[i] (int64 tensors (N,)), every token's keys stored before any
+    attends (decode tokens and prompt chunks of any rows in one step)."""
+    import torch
+
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2:
+        raise ValueError("plan_ragged needs a contiguous float32 (tokens, hidden) state")
+    n_tokens = x.shape[0]
+    if rows.shape != (n_tokens,) or positions.shape != (n_tokens,):
+        raise ValueError("plan_ragged needs one row and one position per token")
+    rows, positions = rows.to(torch.int64).contiguous(), positions.to(torch.int64).contiguous()
+    _cpu.plan_step(plan, x.data_ptr(), n_tokens, rows.data_ptr(), positions.data_ptr(), 0, True)
 
 
 def set_threads(n: int) -> None:

@@ -132,13 +132,14 @@ void rms_norm_rows(const float *x, const float *w, int64_t n_rows, int64_t dim, 
     }
 }
 
-/* The work of a decode step (item i = row i, each at its own position, with its own cache row)
-   or of a prompt chunk (item i = token i of one sequence at pos0 + i, all in cache row 0). */
+/* The work of a decode step (item i = row i, each at its own position, with its own cache row),
+   of a prompt chunk (item i = token i of one sequence at pos0 + i, all in cache row 0) or of a
+   ragged step (item i in cache row rows[i] at positions[i]). */
 typedef struct {
     const float *q, *k, *v;
     float *cache_k, *cache_v;
     int64_t H, KV, D, max_ctx, pos0, window;
-    const int64_t *positions;
+    const int64_t *rows, *positions;
     int chunk;
     float scale;
     rope_t rope;
@@ -146,12 +147,13 @@ typedef struct {
 } step_t;
 
 static int64_t item_pos(const step_t *s, int64_t i) {
-    return s->chunk ? s->pos0 + i : s->positions ? s->positions[i] : s->pos0;
+    return s->positions ? s->positions[i] : s->pos0 + (s->chunk ? i : 0);
 }
 
 /* Item i's cache of KV head g (keys or values, (max_ctx, D)) and its rope angles. */
 static float *item_cache(const step_t *s, float *cache, int64_t i, int64_t g) {
-    return cache + ((s->chunk ? 0 : i) * s->KV + g) * s->max_ctx * s->D;
+    int64_t row = s->rows ? s->rows[i] : s->chunk ? 0 : i;
+    return cache + (row * s->KV + g) * s->max_ctx * s->D;
 }
 
 static int64_t item_angles(const step_t *s, int64_t i) {
@@ -210,10 +212,10 @@ static void attend_task(void *arg, int64_t task, int slot) {
    stored before any of its tokens attends (token i sees tokens 0..i of the chunk). */
 int attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
                 int64_t n, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
-                const int64_t *positions, int64_t pos0, int chunk, int64_t window, float scale,
-                rope_t rope, float *out) {
-    step_t s = {q, k, v, cache_k, cache_v, H, KV, D, max_ctx, pos0, window, positions, chunk,
-                scale, rope, out};
+                const int64_t *rows, const int64_t *positions, int64_t pos0, int chunk,
+                int64_t window, float scale, rope_t rope, float *out) {
+    step_t s = {q, k, v, cache_k, cache_v, H, KV, D, max_ctx, pos0, window, rows, positions,
+                chunk, scale, rope, out};
     if (!chunk) return parallel_for(n * KV, step_task, &s);
     int rc = parallel_for(n * KV, store_task, &s);
     return rc ? rc : parallel_for(n * KV, attend_task, &s);

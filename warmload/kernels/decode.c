@@ -72,7 +72,8 @@ static void add_into(float *x, const float *y, int64_t n) {
 }
 
 static int run_layer(const plan_t *P, const layer_plan_t *L, float *x, int64_t B,
-                     const int64_t *positions, int64_t pos0, int chunk, const activations_t *a) {
+                     const int64_t *rows, const int64_t *positions, int64_t pos0, int chunk,
+                     const activations_t *a) {
     int64_t hidden = P->hidden, H = P->H, KV = P->KV, D = P->D;
     int rc;
     rms_norm_rows(x, L->w_in, B, hidden, P->eps, P->offset, a->h);
@@ -84,7 +85,7 @@ static int run_layer(const plan_t *P, const layer_plan_t *L, float *x, int64_t B
     }
     rope_t rope = {L->cos, L->sin, 0, L->rope_pos_stride, L->rope_step, L->interleaved};
     if ((rc = attend_step(a->q, a->k, a->v, L->cache_k, L->cache_v, B, H, KV, D, P->max_ctx,
-                          positions, pos0, chunk, L->window, L->scale, rope, a->att)))
+                          rows, positions, pos0, chunk, L->window, L->scale, rope, a->att)))
         return rc;
     part_t o = into(L->o, a->o);
     if ((rc = product(&o, 1, a->att, H * D, B))) return rc;
@@ -101,21 +102,25 @@ static int run_layer(const plan_t *P, const layer_plan_t *L, float *x, int64_t B
     return 0;
 }
 
-int plan_run(const plan_t *P, float *x, int64_t n_tokens, const int64_t *positions,
-             int64_t pos0, int chunk) {
+int plan_run(const plan_t *P, float *x, int64_t n_tokens, const int64_t *rows,
+             const int64_t *positions, int64_t pos0, int chunk) {
+    if (rows && (!chunk || !positions)) return -4;
     if (!chunk && n_tokens != P->rows) return -4;
-    if (chunk) {
-        if (P->rows != 1 || n_tokens < 1 || n_tokens > P->chunk_tokens || positions) return -4;
+    if (chunk && (n_tokens < 1 || n_tokens > P->chunk_tokens || (!rows && P->rows != 1)))
+        return -4;
+    if (chunk && !rows) {
+        if (positions) return -4;
         if (pos0 < 0 || pos0 + n_tokens > P->max_ctx) return -3;
     }
-    for (int64_t b = 0; !chunk && b < P->rows; ++b) {
-        int64_t pos = positions ? positions[b] : pos0;
+    for (int64_t i = 0; (!chunk || rows) && i < n_tokens; ++i) {
+        if (rows && (rows[i] < 0 || rows[i] >= P->rows)) return -4;
+        int64_t pos = positions ? positions[i] : pos0;
         if (pos < 0 || pos >= P->max_ctx) return -3;
     }
     activations_t a;
     if (activations(P, n_tokens, &a)) return -1;
     for (int64_t i = 0; i < P->n_layers; ++i) {
-        int rc = run_layer(P, &P->layers[i], x, n_tokens, positions, pos0, chunk, &a);
+        int rc = run_layer(P, &P->layers[i], x, n_tokens, rows, positions, pos0, chunk, &a);
         if (rc) return rc;
     }
     return 0;

@@ -195,11 +195,13 @@ typedef struct {
     int interleaved;
 } rope_t;
 /* A decode step (n rows, row b at positions[b] or pos0, each its own cache row) or, with
-   chunk, n tokens of one sequence at pos0.. in cache row 0; 0, or -2 (too many items). */
+   chunk, n tokens whose keys are all stored before any attends: of one sequence at pos0.. in
+   cache row 0, or with rows, token i in cache row rows[i] at positions[i] (a ragged step: any
+   rows' decode tokens and prompt chunks at once); 0, or -2 (too many items). */
 int attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
                 int64_t n, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
-                const int64_t *positions, int64_t pos0, int chunk, int64_t window, float scale,
-                rope_t rope, float *out);
+                const int64_t *rows, const int64_t *positions, int64_t pos0, int chunk,
+                int64_t window, float scale, rope_t rope, float *out);
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1 };
 /* out = act(gate) * up, element-wise (out may be gate) */
 void act_mul(const float *gate, const float *up, int64_t n, int act, float *out);
@@ -226,19 +228,20 @@ typedef struct {
     layer_plan_t *layers; /* their parts' outputs are set per step (decode.c activations) */
 } plan_t;
 
-/* A plan of `rows` cache rows; chunk_tokens > 0 (one row only): room for prompt chunks of up
-   to that many tokens. */
+/* A plan of `rows` cache rows; chunk_tokens > 0: it takes prompt chunks (one-row plans) and
+   ragged steps of up to that many tokens. */
 plan_t *plan_alloc(int64_t n_layers, int64_t rows, int64_t chunk_tokens, int64_t hidden,
                    int64_t H, int64_t KV, int64_t D, int64_t inter, int64_t max_ctx);
 void plan_free(plan_t *P);
 /* x (n_tokens, hidden) through every layer, in place. A decode step (chunk 0, n_tokens = rows):
    row b at positions[b], or every row at pos0 when positions is NULL. A prompt chunk (chunk 1,
-   a one-row plan, n_tokens <= chunk_tokens, positions NULL): token i of the row's sequence at
-   pos0 + i, each attending to the cache and the chunk's tokens before it. 0, a product()
-   error, -3 for a position outside the cache, -4 for a shape the plan cannot take. The caller
-   holds kernels_lock(). */
-int plan_run(const plan_t *P, float *x, int64_t n_tokens, const int64_t *positions,
-             int64_t pos0, int chunk);
+   n_tokens <= chunk_tokens, positions NULL, a one-row plan): token i of the row's sequence at
+   pos0 + i, each attending to the cache and the chunk's tokens before it. A ragged step (chunk
+   1, rows and positions given, n_tokens <= chunk_tokens): token i in row rows[i] at
+   positions[i], attending as a chunk's token does. 0, a product() error, -3 for a position
+   outside the cache, -4 for a shape the plan cannot take. The caller holds kernels_lock(). */
+int plan_run(const plan_t *P, float *x, int64_t n_tokens, const int64_t *rows,
+             const int64_t *positions, int64_t pos0, int chunk);
 
 /* ------------------------------------------- kquant.c, kquant_search.c, kquant_x8.c */
 

@@ -112,8 +112,8 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
                    interleaved};
     kernels_lock();
     rc = attend_step(PTR(const float, q), PTR(const float, k), PTR(const float, v),
-                     PTR(float, ck), PTR(float, cv), n, H, KV, D, max_ctx, positions, pos0, chunk,
-                     window, (float)scale, rope, PTR(float, out));
+                     PTR(float, ck), PTR(float, cv), n, H, KV, D, max_ctx, NULL, positions, pos0,
+                     chunk, window, (float)scale, rope, PTR(float, out));
     kernels_unlock();
     Py_END_ALLOW_THREADS
     if (rc) return product_error(rc);
@@ -186,8 +186,9 @@ static PyObject *py_plan_new(PyObject *self, PyObject *args) {
                           &inter, &max_ctx, &eps, &offset, &act, &PyTuple_Type, &layers))
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(layers);
-    if (n < 1 || rows < 1 || chunk_tokens < 0 || (chunk_tokens && rows != 1) || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > MAX_HEAD_DIM ||
-        hidden % QK || (H * D) % QK || inter % QK || max_ctx <= 0 || (act != 0 && act != 1))
+    if (n < 1 || rows < 1 || chunk_tokens < 0 || H <= 0 || KV <= 0 || H % KV || D <= 0 ||
+        D % 2 || D > MAX_HEAD_DIM || hidden % QK || (H * D) % QK || inter % QK || max_ctx <= 0 ||
+        (act != 0 && act != 1))
         return PyErr_Format(PyExc_ValueError, "unsupported decode plan dimensions");
     plan_t *P = plan_alloc(n, rows, chunk_tokens, hidden, H, KV, D, inter, max_ctx);
     if (!P) return PyErr_NoMemory();
@@ -206,17 +207,19 @@ static PyObject *py_plan_new(PyObject *self, PyObject *args) {
 static PyObject *py_plan_step(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *capsule;
-    unsigned long long x, positions;
+    unsigned long long x, rows, positions;
     long long n_tokens, pos0;
     int chunk;
-    if (!PyArg_ParseTuple(args, "OKLKLp", &capsule, &x, &n_tokens, &positions, &pos0, &chunk))
+    if (!PyArg_ParseTuple(args, "OKLKKLp", &capsule, &x, &n_tokens, &rows, &positions, &pos0,
+                          &chunk))
         return NULL;
     plan_t *P = PyCapsule_GetPointer(capsule, "warmload.plan");
     if (!P) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     kernels_lock();
-    rc = plan_run(P, PTR(float, x), n_tokens, PTR(const int64_t, positions), pos0, chunk);
+    rc = plan_run(P, PTR(float, x), n_tokens, PTR(const int64_t, rows),
+                  PTR(const int64_t, positions), pos0, chunk);
     kernels_unlock();
     Py_END_ALLOW_THREADS
     if (rc) return product_error(rc);
@@ -329,9 +332,10 @@ static PyMethodDef METHODS[] = {
      "plan_new((rows, chunk_tokens, hidden, H, KV, D, inter, max_ctx, eps, offset, act),\n"
      "layers): a plan"},
     {"plan_step", py_plan_step, METH_VARARGS,
-     "plan_step(plan, x_ptr, n_tokens, positions_ptr, pos0, chunk): x through every layer, in\n"
-     "place; a decode step (row b at positions[b] (int64), or all at pos0 when positions_ptr is\n"
-     "0), or with chunk a prompt chunk of the plan's one row at pos0.. (kernels.h plan_run)"},
+     "plan_step(plan, x_ptr, n_tokens, rows_ptr, positions_ptr, pos0, chunk): x through every\n"
+     "layer, in place; a decode step (row b at positions[b] (int64), or all at pos0 when\n"
+     "positions_ptr is 0), with chunk a prompt chunk of the plan's one row at pos0.., or with\n"
+     "chunk and rows a ragged step (kernels.h plan_run)"},
     {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads per product"},
     {"get_threads", py_get_threads, METH_NOARGS, "threads per product"},
     {"types", py_types, METH_NOARGS,

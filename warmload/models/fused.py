@@ -40,6 +40,7 @@ _PROJECTIONS = (
 
 MAX_PLANS = 64  # per model: the engine's cache, a batch runner's rows and row ranges
 CHUNK_TOKENS = KERNEL_CHUNK_TOKENS - 1  # the chunks whose attention the modules run in C too
+RAGGED_TOKENS = 512  # tokens of one ragged step (the batch runner's decode rows and chunks)
 
 
 class DecodePlan:
@@ -58,6 +59,11 @@ class DecodePlan:
         kernels.plan_step(self.capsule, x, start_pos, chunk=True)
         return x
 
+    def ragged(self, x: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x (N, hidden) float32, N <= chunk_tokens: token i in row rows[i] at positions[i]."""
+        kernels.plan_ragged(self.capsule, x, rows, positions)
+        return x
+
 
 def run_plan(
     model: nn.Module, x: torch.Tensor, cache: KVCache, start_pos: int | torch.Tensor
@@ -72,6 +78,13 @@ def run_plan(
         return None
     x = x.contiguous()
     return plan.step(x, start_pos) if T == 1 else plan.chunk(x, start_pos)
+
+
+def ragged_plan(model: nn.Module, cache: KVCache) -> DecodePlan | None:
+    """The model's plan for `cache` when it takes ragged steps (a cache of several rows, on
+    AVX-512 VNNI, every layer packed), else None."""
+    plan = decode_plan(model, cache) if cache.batch_size > 1 else None
+    return plan if plan is not None and plan.chunk_tokens else None
 
 
 def cache_key(cache: KVCache) -> tuple[int, ...]:
@@ -137,7 +150,9 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
     config = model.config
     # chunks only where decode steps take the prompt products' arithmetic (AVX-512 VNNI):
     # elsewhere a chunk's products in the modules and in the plan would round differently
-    chunk_tokens = CHUNK_TOKENS if cache.batch_size == 1 and kernels.DECODE_TAKES_GEMM else 0
+    chunk_tokens = 0
+    if kernels.DECODE_TAKES_GEMM:
+        chunk_tokens = CHUNK_TOKENS if cache.batch_size == 1 else RAGGED_TOKENS
     dims = (
         cache.batch_size,
         chunk_tokens,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from warmload.models.fused import run_plan
+from warmload.models.fused import ragged_plan, run_plan
 from warmload.models.layers import (
     Attention,
     GatedMLP,
@@ -148,6 +148,18 @@ class LlamaForCausalLM(nn.Module):
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cache, i, start_pos, rope, mask)
         return self.model.norm(x)
+
+    def forward_ragged(
+        self, tokens: torch.Tensor, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """tokens (N,), token i in row rows[i] of `cache` at positions[i] (decode tokens and
+        short prompt chunks of several rows), in one fused pass -> final-normed hidden states
+        (N, hidden). Only where fused.ragged_plan(model, cache) has a plan."""
+        plan = ragged_plan(self, cache)
+        if plan is None:
+            raise RuntimeError("this model and cache take no ragged steps (fused.ragged_plan)")
+        x = self.model.embed_tokens(tokens.to(self.model.norm.weight.device))
+        return self.model.norm(plan.ragged(x.contiguous(), rows, positions))
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, hidden) -> float32 logits (B, T, vocab)."""
