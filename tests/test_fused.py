@@ -182,7 +182,7 @@ def test_a_ragged_step_equals_its_rows_run_apart(name: str, request):
         tokens = torch.tensor([5, 6, *chunk])
         rows = torch.tensor([0, 1] + [2] * len(chunk))
         positions = torch.tensor([10, 5, *range(len(chunk))])
-        together = model.compute_logits(model.forward_ragged(tokens, cache, rows, positions))
+        together = model.compute_logits(fused.forward_ragged(model, tokens, cache, rows, positions))
     assert torch.equal(together, apart)
 
 

@@ -273,7 +273,7 @@ class BatchRunner:
             if stop == len(prompt):
                 sampled.append((slot, len(tokens) - 1))
         as_long = [torch.tensor(v, dtype=torch.long) for v in (tokens, rows, positions)]
-        hidden = self.model.forward_ragged(as_long[0], self.cache, as_long[1], as_long[2])
+        hidden = fused.forward_ragged(self.model, as_long[0], self.cache, as_long[1], as_long[2])
         self.steps += 1
         for slot in decoding:
             assert slot.seq is not None

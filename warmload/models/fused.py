@@ -80,6 +80,22 @@ def run_plan(
     return plan.step(x, start_pos) if T == 1 else plan.chunk(x, start_pos)
 
 
+def forward_ragged(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    cache: KVCache,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """tokens (N,), token i in row rows[i] of `cache` at positions[i] (decode tokens and short
+    prompt chunks of several rows), in one fused pass -> final-normed hidden states (N, hidden).
+    Only where ragged_plan(model, cache) has a plan."""
+    plan = ragged_plan(model, cache)
+    if plan is None:
+        raise RuntimeError("this model and cache take no ragged steps (fused.ragged_plan)")
+    return model.model.norm(plan.ragged(model.embed(tokens).contiguous(), rows, positions))
+
+
 def ragged_plan(model: nn.Module, cache: KVCache) -> DecodePlan | None:
     """The model's plan for `cache` when it takes ragged steps (a cache of several rows, on
     AVX-512 VNNI, every layer packed), else None."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from warmload.models.fused import ragged_plan, run_plan
+from warmload.models.fused import run_plan
 from warmload.models.layers import (
     Attention,
     GatedMLP,
@@ -136,8 +136,7 @@ class LlamaForCausalLM(nn.Module):
         assert self.rope is not None, "call prepare() after attaching the weights"
         B, T = tokens.shape
         cache.check(start_pos, T, B)
-        tokens = tokens.to(self.model.norm.weight.device)  # ids may come from the CPU
-        x = self.model.embed_tokens(tokens)  # (B, T, hidden)
+        x = self.embed(tokens)  # (B, T, hidden); ids may come from the CPU
         fused = run_plan(self, x, cache, start_pos)  # a step or short chunk in one C call
         if fused is not None:
             return self.model.norm(fused)
@@ -149,17 +148,9 @@ class LlamaForCausalLM(nn.Module):
             x = layer(x, cache, i, start_pos, rope, mask)
         return self.model.norm(x)
 
-    def forward_ragged(
-        self, tokens: torch.Tensor, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor
-    ) -> torch.Tensor:
-        """tokens (N,), token i in row rows[i] of `cache` at positions[i] (decode tokens and
-        short prompt chunks of several rows), in one fused pass -> final-normed hidden states
-        (N, hidden). Only where fused.ragged_plan(model, cache) has a plan."""
-        plan = ragged_plan(self, cache)
-        if plan is None:
-            raise RuntimeError("this model and cache take no ragged steps (fused.ragged_plan)")
-        x = self.model.embed_tokens(tokens.to(self.model.norm.weight.device))
-        return self.model.norm(plan.ragged(x.contiguous(), rows, positions))
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (any shape, any device) -> their input embeddings (..., hidden)."""
+        return self.model.embed_tokens(tokens.to(self.model.norm.weight.device))
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, hidden) -> float32 logits (B, T, vocab)."""
