@@ -14,8 +14,8 @@ product runs in the C kernels of warmload.kernels, by the number of rows T of x 
 - other chunks: below PREFILL_TOKENS rows each weight row is dequantized once in C and dotted
   in float32 with every row; above it torch's GEMM runs on weight slices dequantized into a
   bounded scratch buffer. On CPUs with AMX tiles that GEMM is bfloat16 (x and weights rounded
-  to bfloat16, products summed in float32, each output rounded to bfloat16: SmolLM2's pp256
-  2.4x, benchmarks/bench_generate.py), for block-quantized and BF16 weights, whose own
+  to bfloat16, products summed in float32, each output rounded to bfloat16; measured by
+  benchmarks/bench_generate.py), for block-quantized and BF16 weights, whose own
   rounding is coarser than bfloat16's 8 bits; F32 and F16 weights keep float32
   (`bf16_gemm_for`).
 
