@@ -116,9 +116,9 @@ def record_completions(monkeypatch) -> list:
     seen = []
     finish = Generation._finish
 
-    def recording(self, completion):
-        seen.append((list(self.prompt_ids), completion))
-        finish(self, completion)
+    def recording(self, choice, completion):
+        seen.append((list(choice.prompt_ids), completion))
+        finish(self, choice, completion)
 
     monkeypatch.setattr(Generation, "_finish", recording)
     return seen

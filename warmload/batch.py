@@ -54,6 +54,19 @@ SOLO_PREFILL_CHUNK = 512  # per step when nothing else decodes (only TTFT matter
 MIN_REUSE = 8  # prompt tokens a free row must already hold to be preferred (not just BOS)
 ZERO_AHEAD = 128  # KV positions zeroed past a step's end at once (see _zero_unwritten)
 
+
+def _emit_quietly(request: BatchRequest, event: Event) -> None:
+    try:
+        request.emit(event)
+    except Exception:  # the listener's failure must not stop the runner
+        log.exception("delivering a request's event failed")
+
+
+def _end(request: BatchRequest, error: BaseException) -> None:
+    _emit_quietly(request, error)
+    _emit_quietly(request, None)
+
+
 # What a request's emit() receives: a Chunk, an exception (the request failed), or None (end).
 Event = Chunk | BaseException | None
 
@@ -68,6 +81,8 @@ class BatchRequest:
     logprobs: int | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.perf_counter)
+    processor: Any = None  # engine.LogitsProcessor: logit_bias, constrained decoding
+    prompt_logprobs: bool = False  # also give each prompt token's logprob (echo)
 
 
 @dataclass(eq=False, slots=True)
@@ -160,14 +175,7 @@ class BatchRunner:
 
     def close(self) -> None:
         """Fail every request still here (the model is going away) and let go of the cache."""
-        gone = WarmloadError("the model was unloaded before this request finished")
-        for request in self.waiting:
-            request.emit(gone)
-            request.emit(None)
-        self.waiting.clear()
-        for slot in self.slots:
-            if slot.request is not None:
-                self._free(slot, gone)
+        self.fail_all(WarmloadError("the model was unloaded before this request finished"))
         self.cache = None
 
     # -- admission and leaving ----------------------------------------------------------------
@@ -182,18 +190,32 @@ class BatchRunner:
     def _admit(self) -> None:
         while self.waiting and any(s.request is None for s in self.slots):
             request = self.waiting.popleft()
+            try:  # the request's own options (seed, constraint) may fail: its failure only
+                seq = SequenceState(
+                    self.engine.tokenizer,
+                    request.prompt_ids,
+                    request.cfg,
+                    self.ctx,
+                    request.started,
+                    request.logprobs,
+                    processor=request.processor,
+                )
+            except Exception as exc:
+                log.warning("request refused at admission: %s", exc)
+                _end(request, exc)
+                continue
+            if seq.done and not request.prompt_logprobs:  # max_tokens=0: no forward pass
+                for chunk in seq.finish():
+                    request.emit(chunk)
+                request.emit(None)
+                continue
             slot = self._pick_slot(request.prompt_ids)
-            reuse = self._reusable(slot, request.prompt_ids)
+            reuse = 0 if request.prompt_logprobs else self._reusable(slot, request.prompt_ids)
+            if request.prompt_logprobs:
+                slot.chunk_starts = []
             slot.request, slot.cached, slot.prefill_pos = request, slot.cached[:reuse], reuse
-            slot.seq = SequenceState(
-                self.engine.tokenizer,
-                request.prompt_ids,
-                request.cfg,
-                self.ctx,
-                request.started,
-                request.logprobs,
-            )
-            slot.seq.timings.cached_tokens = reuse
+            slot.seq = seq
+            seq.timings.cached_tokens = reuse
             self._admitted += 1
             slot.admitted = self._admitted
 
@@ -212,17 +234,36 @@ class BatchRunner:
         return best if common_prefix_length(best.cached, prompt_ids) >= MIN_REUSE else free[0]
 
     def _free(self, slot: Slot, error: BaseException | None = None) -> None:
+        """End the row's request (with `error`, or its last chunks) and free the row. Never
+        raises: a failure while finishing becomes the request's error."""
         request, seq = slot.request, slot.seq
         slot.request = slot.seq = None
-        assert request is not None and seq is not None
+        if request is None:
+            return
         try:
+            if error is None and seq is None:
+                error = WarmloadError("internal error: the request had no sequence state")
             if error is not None:
                 request.emit(error)
             elif not request.cancelled.is_set():
                 for chunk in seq.finish():
                     request.emit(chunk)
+        except Exception as exc:
+            log.exception("finishing a request failed")
+            _emit_quietly(request, exc)
         finally:
-            request.emit(None)
+            _emit_quietly(request, None)
+
+    def fail_all(self, error: BaseException) -> None:
+        """After an unexpected failure of a step: end every request (waiting or running) with
+        `error`, free every row and forget every row's K/V (it may be half-written). Never
+        raises, so the runner can go on serving new requests."""
+        while self.waiting:
+            _end(self.waiting.popleft(), error)
+        for slot in self.slots:
+            slot.cached, slot.chunk_starts, slot.prefill_pos, slot.clean_to = [], [], 0, 0
+            if slot.request is not None:
+                self._free(slot, error)
 
     def _guard(self, slots: list[Slot], fn: Callable[..., None], *args: Any) -> None:
         """Run a forward pass; if it fails, those slots' requests fail, and only they."""
@@ -264,9 +305,11 @@ class BatchRunner:
             tokens.append(slot.seq.history[-1])
             rows.append(slot.row)
             positions.append(len(slot.cached))
+        spans: dict[int, int] = {}  # row -> index of its chunk's first token
         for slot, stop in short:
             assert slot.request is not None
             prompt, start = slot.request.prompt_ids, slot.prefill_pos
+            spans[slot.row] = len(tokens)
             tokens += prompt[start:stop]
             rows += [slot.row] * (stop - start)
             positions += range(start, stop)
@@ -281,7 +324,11 @@ class BatchRunner:
             slot.cached.append(slot.seq.history[-1])
             slot.clean_to = max(slot.clean_to, len(slot.cached))
         for slot, stop in short:
-            assert slot.request is not None
+            assert slot.request is not None and slot.seq is not None
+            if slot.request.prompt_logprobs:  # echo: the chunk's tokens' logits too
+                first = spans[slot.row]
+                logits = self.model.compute_logits(hidden[first : first + stop - slot.prefill_pos])
+                slot.seq.score_prompt(logits.float(), slot.prefill_pos)
             slot.chunk_starts.append(slot.prefill_pos)
             slot.prefill_pos, slot.cached = stop, slot.request.prompt_ids[:stop]
             slot.clean_to = max(slot.clean_to, stop)
@@ -300,7 +347,13 @@ class BatchRunner:
         slot.prefill_pos, slot.cached = stop, prompt[:stop]
         slot.chunk_starts.append(start)
         slot.clean_to = max(slot.clean_to, stop)
-        if stop == len(prompt):
+        if slot.request.prompt_logprobs:
+            assert slot.seq is not None
+            logits = self.model.compute_logits(hidden)[0].float()  # (T, vocab)
+            slot.seq.score_prompt(logits, start)
+            if stop == len(prompt):
+                self._sample(slot, logits[-1])
+        elif stop == len(prompt):
             self._sample(slot, self.model.compute_logits(hidden[:, -1:])[0, -1].float())
 
     def _decode(self, decoding: list[Slot]) -> None:
@@ -365,6 +418,9 @@ class BatchRunner:
         assert request is not None and seq is not None
         if seq.first_token_at is None:
             seq.prefilled()  # the prompt's last token just went through the model
+        if seq.done:  # max_tokens=0 (echo scored the prompt): nothing to sample
+            self._free(slot)
+            return
         try:
             chunk = seq.step(logits)
         except Exception as exc:  # this request's options or tokens: its failure only

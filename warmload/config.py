@@ -125,6 +125,8 @@ class ServerConfig:
     max_stop_strings: int = 8
     max_batch: int = 8  # sequences decoded together per model
     load: LoadConfig = field(default_factory=LoadConfig)
+    aliases: tuple[tuple[str, str], ...] = ()  # (name a client sends, served model id)
+    fallback_model: str | None = None  # answers requests naming an unknown model
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

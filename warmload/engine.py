@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -67,6 +67,19 @@ class Chunk:
     completion: Completion | None = field(default=None)
     logprob: float | None = None  # of token_id, when logprobs were asked for
     top_logprobs: list[tuple[int, float]] | None = None
+    # echo: each prompt token's (id, logprob or None for the first, top alternatives)
+    prompt_logprobs: list[tuple[int, float | None, list[tuple[int, float]]]] | None = None
+
+
+class LogitsProcessor(Protocol):
+    """Changes a sequence's logits before sampling (logit_bias, constrained decoding) and
+    follows the tokens sampled. `finished`: the constraint admits nothing more (end here)."""
+
+    finished: bool
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor: ...
+
+    def accept(self, token: int) -> None: ...
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -116,8 +129,11 @@ class SequenceState:
         ctx: int,
         started: float,
         logprobs: int | None = None,
+        processor: LogitsProcessor | None = None,
     ) -> None:
         self.tokenizer, self.cfg, self.ctx, self.logprobs = tokenizer, cfg, ctx, logprobs
+        self.processor = processor
+        self.prompt_logprobs: list[tuple[int, float | None, list[tuple[int, float]]]] = []
         self.started = started
         self.timings = Timings(prompt_tokens=len(prompt_ids))
         self.generator = make_generator(cfg.seed)
@@ -139,7 +155,13 @@ class SequenceState:
 
     def step(self, logits: torch.Tensor) -> Chunk | None:
         """Sample the next token from `logits` (vocab,); the chunk to stream, if any."""
+        model_logits = logits
+        if self.processor is not None:
+            logits = self.processor.apply(logits)
         token = sample_token(logits, self.history, self.cfg, self.generator)
+        if self.processor is not None:
+            self.processor.accept(token)
+        logits = model_logits  # logprobs report the model's own distribution
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
             self.timings.ttft_seconds = self.first_token_at - self.started
@@ -147,21 +169,47 @@ class SequenceState:
         self.history.append(token)
         if token in self.tokenizer.stop_ids:
             self.finish_reason = "stop"
-            return None
+            scored = self._take_prompt_logprobs()
+            return Chunk("", None, prompt_logprobs=scored) if scored else None
         piece, stopped = self.stops.feed(self.decoder.push(token))
         self.text_parts.append(piece)
         if stopped:  # the text before the stop string is still streamed
             self.finish_reason, self.stopped_by_string = "stop", True
-            return Chunk(piece) if piece else None
+            scored = self._take_prompt_logprobs()
+            return Chunk(piece, prompt_logprobs=scored) if piece or scored else None
         chunk = Chunk(piece, token)
         if self.logprobs is not None:
             chunk.logprob, chunk.top_logprobs = token_logprobs(logits, token, self.logprobs)
+        chunk.prompt_logprobs = self._take_prompt_logprobs()
         if len(self.history) >= self.ctx or len(self.generated) >= self.cfg.max_tokens:
             self.finish_reason = "length"  # no room (or no need) to feed this token back
+        elif self.processor is not None and self.processor.finished:
+            self.finish_reason = "stop"  # the grammar is complete
         return chunk
+
+    def _take_prompt_logprobs(self) -> list | None:
+        """The prompt's logprobs, once (with the first chunk)."""
+        taken, self.prompt_logprobs = self.prompt_logprobs or None, []
+        return taken
+
+    def score_prompt(self, logits: torch.Tensor, start: int) -> None:
+        """Record the logprobs of prompt tokens start+1.. from the logits (T, vocab) at
+        positions start..start+T-1 (echo with logprobs; the first prompt token has none)."""
+        prompt = self.history if not self.generated else self.history[: -len(self.generated)]
+        if start == 0:
+            self.prompt_logprobs.append((prompt[0], None, []))
+        top = self.logprobs or 0
+        for i in range(logits.shape[0]):
+            if start + i + 1 >= len(prompt):
+                break
+            token = prompt[start + i + 1]
+            lp, alternatives = token_logprobs(logits[i], token, top)
+            self.prompt_logprobs.append((token, lp, alternatives))
 
     def finish(self) -> Iterator[Chunk]:
         """The held-back tail (unless a stop string cut it) and the chunk with the Completion."""
+        if self.prompt_logprobs:  # max_tokens=0 with echo: the prompt's logprobs alone
+            yield Chunk("", prompt_logprobs=self._take_prompt_logprobs())
         if not self.stopped_by_string:
             tail, _ = self.stops.feed(self.decoder.flush())
             tail += self.stops.flush()
@@ -260,9 +308,12 @@ class Engine:
     def stream_chat(self, messages: Sequence[dict[str, Any]], **options: Any) -> Iterator[str]:
         return self.stream(self.chat_prompt(messages), **options)
 
-    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> list[int]:
-        """Token ids of the rendered chat, with BOS exactly once."""
-        text = self.template.render(messages, add_generation_prompt=True)
+    def chat_prompt(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Token ids of the rendered chat, with BOS exactly once; `tools` (OpenAI's function
+        definitions) go to the template's `tools` variable, as Hugging Face passes them."""
+        text = self.template.render(messages, add_generation_prompt=True, tools=tools)
         return self.encode_rendered(text)
 
     def encode_rendered(self, text: str) -> list[int]:

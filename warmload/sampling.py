@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from warmload.config import GenerationConfig
+from warmload.errors import RequestError
 
 
 def penalty_window(history: Sequence[int], repeat_last_n: int) -> Sequence[int]:
@@ -93,8 +94,18 @@ def greedy_token(logits: torch.Tensor) -> int:
     return int(torch.argmax(logits).item())
 
 
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed accepts
+
+
+def check_seed(seed: int | None) -> None:
+    """A seed torch can take: -2**63 .. 2**64-1 (a larger one raised inside the sampler)."""
+    if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
+        raise RequestError(f"seed must be in {SEED_MIN}..{SEED_MAX}, got {seed}", "seed")
+
+
 def make_generator(seed: int | None) -> torch.Generator:
     """A private RNG: a seed makes sampling reproducible without touching torch's global RNG."""
+    check_seed(seed)
     generator = torch.Generator()
     if seed is None:
         generator.seed()

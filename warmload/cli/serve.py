@@ -77,6 +77,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     p.add_argument("--no-wait", action="store_true", help="503 while a model loads")
     p.add_argument("--parallel", "-np", type=int, default=8, help="sequences decoded together")
+    p.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL",
+        help="answer requests for NAME (e.g. gpt-3.5-turbo) with served model MODEL (repeatable)",
+    )
+    p.add_argument(
+        "--fallback-model",
+        default=None,
+        metavar="MODEL",
+        help="answer requests naming an unknown model with MODEL instead of a 404",
+    )
     p.set_defaults(handler=run_serve)
 
 
@@ -99,7 +112,17 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         no_wait=args.no_wait,
         max_batch=args.parallel,
         load=LoadConfig(**load_options(args)),
+        aliases=tuple(parse_alias(a) for a in args.alias),
+        fallback_model=args.fallback_model,
     )
+
+
+def parse_alias(text: str) -> tuple[str, str]:
+    """`NAME=MODEL` (both non-empty)."""
+    name, _, model = text.partition("=")
+    if not name or not model:
+        raise RequestError(f"--alias {text!r}: expected NAME=MODEL", "alias")
+    return name, model
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -13,4 +13,15 @@ def serve(config: ServerConfig) -> None:
 
     from warmload.server.app import create_app
 
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
+    # A bounded graceful shutdown: SIGTERM/SIGINT stop the server even while streams are open
+    # (they are cut after SHUTDOWN_GRACE_SECONDS; each model's scheduler then fails its requests).
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
+
+
+SHUTDOWN_GRACE_SECONDS = 5

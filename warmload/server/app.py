@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from warmload.config import ServerConfig
 from warmload.errors import RequestError
-from warmload.server import ollama_api, openai_api
+from warmload.server import embeddings, ollama_api, ollama_models, openai_api
 from warmload.server.errors import error_response
 from warmload.server.metrics import Metrics
 from warmload.server.registry import ModelCache
@@ -51,7 +51,7 @@ class ServerState:
         return {f'model="{e.id}"': e.nbytes for e in self.cache.entries.values() if e.engine}
 
     async def read_json(self, request: Request) -> dict[str, Any]:
-        from warmload.server.schemas import parse_json
+        from warmload.server.fields import parse_json
 
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
@@ -94,7 +94,7 @@ def guarded(handler: Any) -> Any:
                 "Failed requests.",
                 labels=f'path="{request.url.path}"',
             )
-            return error_response(exc)
+            return error_response(exc, ollama=request.url.path.startswith("/api/"))
 
     return route
 
@@ -106,10 +106,18 @@ async def health(request: Request, state: ServerState) -> Response:
         "status": status,
         "models": {e.id: e.state for e in state.cache.entries.values()},
     }
+    errors = {
+        e.id: {"errors": e.scheduler.errors, "last_error": e.scheduler.last_error}
+        for e in state.cache.entries.values()
+        if getattr(e.scheduler, "errors", 0)
+    }
+    if errors:  # steps that failed (their requests got errors; the model kept serving)
+        body["scheduler_errors"] = errors
     if status == "loading":
         body["progress"] = round(entry.progress, 4)
     if entry is not None and entry.state == "failed":
-        body["error"] = entry.error
+        scheduler = entry.scheduler
+        body["error"] = entry.error or getattr(scheduler, "last_error", None)
     return JSONResponse(body, status_code=200 if status in ("ok", "loading") else 500)
 
 
@@ -155,6 +163,9 @@ def create_app(config: ServerConfig, make_scheduler: Any = Scheduler) -> Starlet
         Route("/metrics", guarded(metrics)),
         *[Route(path, guarded(fn), methods=[m]) for path, m, fn in openai_api.ROUTES],
         *[Route(path, guarded(fn), methods=[m]) for path, m, fn in ollama_api.ROUTES],
+        *[Route(path, guarded(fn), methods=[m]) for path, m, fn in ollama_models.ROUTES],
+        *[Route(path, guarded(fn), methods=[m]) for path, m, fn in embeddings.OPENAI_ROUTES],
+        *[Route(path, guarded(fn), methods=[m]) for path, m, fn in embeddings.OLLAMA_ROUTES],
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.warmload = state

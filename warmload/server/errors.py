@@ -7,6 +7,7 @@ import logging
 from starlette.responses import JSONResponse
 
 from warmload.errors import (
+    DownloadError,
     ModelLoadError,
     RequestError,
     UnsupportedError,
@@ -23,12 +24,15 @@ STATUS = (
     (RequestError, 400, "invalid_request_error"),
     (UnsupportedError, 400, "invalid_request_error"),
     (ModelLoadingError, 503, "server_busy"),
+    (DownloadError, 502, "server_error"),
     (ModelLoadError, 500, "server_error"),
     (WarmloadError, 500, "server_error"),
 )
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+def error_response(exc: BaseException, ollama: bool = False) -> JSONResponse:
+    """The error's status and body: OpenAI's {"error": {message, type, param, code}}, or
+    Ollama's {"error": "message"} for the /api/* routes."""
     match = next(((status, kind) for cls, status, kind in STATUS if isinstance(exc, cls)), None)
     if match is None:
         log.error("unexpected error", exc_info=exc)
@@ -36,6 +40,8 @@ def error_response(exc: BaseException) -> JSONResponse:
     else:
         (status, kind), message = match, str(exc)
     headers = {"Retry-After": "2"} if status == 503 else {}
+    if ollama:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
     body = {
         "error": {
             "message": message,

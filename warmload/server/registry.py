@@ -53,7 +53,7 @@ class ModelEntry:
     @property
     def state(self) -> str:
         if self.engine is not None:
-            return "ready"
+            return "failed" if getattr(self.scheduler, "failed", False) else "ready"
         if self.task is not None and not self.task.done():
             return "loading"
         return "failed" if self.error else "unloaded"
@@ -86,6 +86,14 @@ class ModelCache:
             model_id: ModelEntry(model_id, path, keep_alive=config.keep_alive_seconds)
             for model_id, path in discover_models(config).items()
         }
+        self.aliases = dict(config.aliases)
+        for alias, target in [*self.aliases.items(), ("fallback", config.fallback_model)]:
+            if target is not None and target not in self.entries:
+                raise RequestError(
+                    f"{alias} names model {target!r}, which is not served "
+                    f"(served: {', '.join(self.entries) or 'none'})",
+                    "alias",
+                )
         self.counters = {
             "hits": 0,
             "misses": 0,
@@ -93,6 +101,7 @@ class ModelCache:
             "evictions": 0,
             "load_failures": 0,
             "rewarms": 0,
+            "reloads": 0,
         }
 
     @property
@@ -100,11 +109,26 @@ class ModelCache:
         return next(iter(self.entries), None)
 
     def entry(self, model_id: str | None) -> ModelEntry:
+        """The entry for a request's model name: an id, an --alias, or (unknown names, with
+        --fallback-model) the fallback; else 404."""
         model_id = model_id or self.default_id
+        model_id = self.aliases.get(model_id, model_id) if model_id else model_id
+        if model_id not in self.entries and self.config.fallback_model is not None:
+            log.info("unknown model %r: answering with %s", model_id, self.config.fallback_model)
+            model_id = self.config.fallback_model
         if model_id is None or model_id not in self.entries:
-            known = ", ".join(self.entries) or "none"
+            known = ", ".join([*self.entries, *self.aliases]) or "none"
             raise ModelNotFoundError(f"model {model_id!r} not found; available: {known}", "model")
         return self.entries[model_id]
+
+    def add_model(self, path: Path) -> str:
+        """Serve a new model file (a finished pull) under its stem; its id."""
+        model_id = path.stem if path.is_file() else path.name
+        if model_id not in self.entries:
+            self.entries[model_id] = ModelEntry(
+                model_id, str(path), keep_alive=self.config.keep_alive_seconds
+            )
+        return model_id
 
     async def acquire(
         self, model_id: str | None, keep_alive: float | None = None, wait: bool = True
@@ -113,6 +137,12 @@ class ModelCache:
         entry = self.entry(model_id)
         if keep_alive is not None:
             entry.keep_alive = keep_alive
+        if entry.engine is not None and getattr(entry.scheduler, "failed", False):
+            log.error(
+                "%s: its scheduler stopped (%s); reloading", entry.id, entry.scheduler.last_error
+            )
+            self.counters["reloads"] += 1
+            self.unload(entry.id)
         if entry.engine is not None:
             self.counters["hits"] += 1
         else:

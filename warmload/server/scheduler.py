@@ -19,6 +19,7 @@ from typing import Any
 from warmload.batch import BatchRequest, BatchRunner
 from warmload.config import ServerConfig
 from warmload.engine import generation_config
+from warmload.errors import WarmloadError
 
 log = logging.getLogger("warmload.server")
 
@@ -39,6 +40,38 @@ class Job:
         try:
             self.loop.call_soon_threadsafe(self.out.put_nowait, item)
         except RuntimeError:  # the loop closed (server shutting down): nobody listens
+            pass
+
+
+@dataclass(slots=True)
+class _Call:
+    """A function to run on the worker; its result or exception goes to `future`."""
+
+    fn: Any
+    args: tuple
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+    def run(self) -> None:
+        try:
+            result = self.fn(*self.args)
+        except Exception as exc:  # the caller's failure only
+            self.settle(None, exc)
+        else:
+            self.settle(result, None)
+
+    def settle(self, result: Any, error: BaseException | None) -> None:
+        def deliver() -> None:
+            if self.future.done():  # the caller gave up
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        try:
+            self.loop.call_soon_threadsafe(deliver)
+        except RuntimeError:  # the loop closed
             pass
 
 
@@ -70,7 +103,10 @@ class Scheduler:
     def __init__(self, engine: Any, config: ServerConfig) -> None:
         self.engine = engine
         self.runner = BatchRunner(engine, config.max_batch)
-        self.incoming: queue.Queue[BatchRequest | None] = queue.Queue()
+        self.incoming: queue.Queue[BatchRequest | _Call | None] = queue.Queue()
+        self.errors = 0  # steps that failed unexpectedly (their requests ended with an error)
+        self.last_error: str | None = None
+        self.failed = False  # the worker stopped: the model must be reloaded
         self.thread = threading.Thread(target=self._run, name="warmload-scheduler", daemon=True)
         self.thread.start()
 
@@ -79,8 +115,18 @@ class Scheduler:
         return self.runner.kv_cache_nbytes if self.runner.cache is not None else 0
 
     def submit(
-        self, prompt_ids: list[int], options: dict[str, Any], logprobs: int | None = None
+        self,
+        prompt_ids: list[int],
+        options: dict[str, Any],
+        logprobs: int | None = None,
+        processor: Any = None,
+        prompt_logprobs: bool = False,
     ) -> RequestStream:
+        if self.failed or not self.thread.is_alive():
+            raise WarmloadError(
+                f"the model's scheduler stopped ({self.last_error or 'closed'}); "
+                "it is reloaded on the next request"
+            )
         job = Job(asyncio.get_running_loop())
         request = BatchRequest(
             list(prompt_ids),
@@ -88,18 +134,80 @@ class Scheduler:
             job.put,
             logprobs=logprobs,
             cancelled=job.cancelled,
+            processor=processor,
+            prompt_logprobs=prompt_logprobs,
         )
         self.incoming.put(request)
+        if self.failed:  # the worker stopped meanwhile: nobody will take it
+            self._drain()
         return RequestStream(job)
 
     def _run(self) -> None:
+        """Take requests and run steps until closed. An unexpected exception in a step ends
+        the requests in the runner with that error, frees their rows and goes on serving."""
         try:
-            while self._take_requests():
-                self.runner.step()
-        except Exception:  # a bug in the runner: end every request rather than hang them
+            while True:
+                try:
+                    if not self._take_requests():
+                        return
+                    self.runner.step()
+                except Exception as exc:
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("a batch step failed; ending its requests")
+                    self.runner.fail_all(WarmloadError(f"internal error in generation: {exc}"))
+        except BaseException as exc:  # fail_all itself failed: stop, and say so
+            self.failed = True
+            self.last_error = self.last_error or f"{type(exc).__name__}: {exc}"
             log.exception("scheduler stopped")
+            self._abandon(WarmloadError(f"internal error in generation: {self.last_error}"))
         finally:
-            self.runner.close()
+            self._drain()
+            try:
+                self.runner.close()
+            except Exception:
+                log.exception("closing the batch runner failed")
+
+    def _abandon(self, error: BaseException) -> None:
+        """Last resort when the runner cannot clean up: end its requests directly."""
+        requests = list(self.runner.waiting)
+        requests += [s.request for s in self.runner.slots if s.request is not None]
+        self.runner.waiting.clear()
+        for slot in self.runner.slots:
+            slot.request = slot.seq = None
+        for request in requests:
+            for event in (error, None):
+                try:
+                    request.emit(event)
+                except Exception:
+                    log.exception("ending an abandoned request failed")
+
+    def _drain(self) -> None:
+        """End every request still queued (the worker is stopping)."""
+        self.failed = True
+        gone = WarmloadError("the model was unloaded before this request started")
+        while True:
+            try:
+                request = self.incoming.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(request, _Call):
+                request.settle(None, gone)
+            elif request is not None:
+                request.emit(gone)
+                request.emit(None)
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Run fn(*args) on the worker between two steps (the model is the worker's: a forward
+        pass of its own, such as embeddings, must not run beside a step); its result."""
+        if self.failed or not self.thread.is_alive():
+            raise WarmloadError("the model's scheduler stopped; retry to reload it")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.incoming.put(_Call(fn, args, future, loop))
+        if self.failed:
+            self._drain()
+        return await future
 
     def _take_requests(self) -> bool:
         """Move queued requests into the runner (blocking while it is idle); False: stop."""
@@ -111,6 +219,10 @@ class Scheduler:
                 return True
             if request is None:
                 return False
+            if isinstance(request, _Call):
+                request.run()
+                block = self.runner.idle
+                continue
             try:
                 self.runner.add(request)
             except Exception as exc:  # that request's problem only
