@@ -22,7 +22,7 @@ from warmload.server.schemas import (
     sampling_options,
 )
 from warmload.server.structured import parse_ollama_format
-from warmload.server.tools import parse_tools
+from warmload.server.tools import parse_tool_choice, parse_tools
 
 log = logging.getLogger("warmload.server")
 
@@ -130,5 +130,7 @@ def parse_ollama(data: dict[str, Any], chat: bool, max_stop: int) -> GenerateReq
         system=get(data, "system", str),
         suffix=suffix,
         tools=tools,
+        # OpenAI's tool_choice, accepted here too (an extension: Ollama has none)
+        tool_choice=parse_tool_choice(data.get("tool_choice"), tools),
         constraint=parse_ollama_format(data.get("format")),
     )
