@@ -252,3 +252,24 @@ def test_pull_downloads_streams_progress_and_serves_the_file(live, tiny_files, t
     assert "tiny-q4_k_m" in [m["name"] for m in live.get("/api/tags")[1]["models"]]
     code, data = live.post("/api/pull", {"model": "llama3.2"})
     assert code == 400 and "URL" in data["error"]
+
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 7}}}},
+            None,
+        ),
+        ({"grammar": "root ::= ("}, None),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
+        ({"grammar": "root ::= 'a'", "response_format": {"type": "json_object"}}, None),
+    ],
+)
+def test_bad_schemas_and_grammars_are_400s(live, extra, param):
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, **extra}
+    code, data = live.post("/v1/chat/completions", body)
+    assert code == 400, data
+    assert param is None or data["error"]["param"] == param
+    code, _ = live.post("/v1/chat/completions", {**body, **{k: None for k in extra}})
+    assert code == 200

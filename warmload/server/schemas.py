@@ -2,7 +2,7 @@
 every error a RequestError naming the parameter. OpenAI's fields plus llama.cpp's extensions
 (top_k, min_p, repeat_penalty, grammar, json_schema); Ollama's are in ollama_schema.py.
 
-Choices made where the APIs leave room (docs/server.md says the same):
+Choices made where the APIs leave room (README.md, "Serving", says the same):
 - max_tokens=0 generates nothing (finish_reason "length"); with echo and logprobs it scores
   the prompt, as OpenAI's legacy completions did.
 - seed: any integer in -2**63..2**64-1; temperature: finite, 0..100 (0: greedy).

@@ -173,15 +173,20 @@ class GrammarProcessor:
     def allowed(self) -> np.ndarray:
         """Boolean mask (vocab_size,) of the tokens allowed next."""
         words = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        return np.unpackbits(words, bitorder="little")[: self.vocab_size].astype(bool)
+        return np.unpackbits(words, bitorder="little")[: self.vocab_size].view(bool)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        allowed = torch.from_numpy(self.allowed())
-        if logits.shape[-1] > self.vocab_size:  # padded output rows are never tokens
-            allowed = torch.cat(
-                [allowed, torch.zeros(logits.shape[-1] - self.vocab_size, dtype=torch.bool)]
-            )
-        return logits.masked_fill(~allowed, float("-inf"))
+        """A copy of the row with -inf where the grammar forbids (padded output rows too).
+        On the CPU in numpy: one masked copy, no torch ops (~10x cheaper per token)."""
+        allowed = self.allowed()
+        n = min(self.vocab_size, logits.shape[-1])
+        if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 1:
+            out = np.full(logits.shape[-1], -np.inf, dtype=np.float32)
+            np.copyto(out[:n], logits.numpy()[:n], where=allowed[:n])
+            return torch.from_numpy(out)
+        mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        mask[:n] = torch.from_numpy(allowed[:n]).to(logits.device)
+        return logits.masked_fill(~mask, float("-inf"))
 
     def accept(self, token: int) -> None:
         if not self.matcher.consume_token(token):
