@@ -237,3 +237,53 @@ def test_close_fails_running_and_waiting_requests(engine):
     for recorder in (running, waiting):
         assert recorder.ended and isinstance(recorder.error, WarmloadError)
         assert recorder.completion is None
+
+
+@pytest.mark.parametrize("length,generate", [(12, 0), (12, 3), (150, 0)])
+def test_echo_scores_every_prompt_token(engine, length, generate):
+    """prompt_logprobs (echo): each prompt token's logprob from the previous position's logits,
+    from a short chunk of the ragged pass (12) and from chunks run alone (150); max_tokens=0
+    runs the prompt and samples nothing."""
+    runner = BatchRunner(engine, 2)
+    text = "The quick brown fox jumps over the lazy dog. " * 20
+    prompt = engine.tokenizer.encode(text, add_special=False)[:length]
+    other, _ = submit(runner, engine, "1, 2, 3,", max_tokens=8, temperature=0)  # shares steps
+    recorder = Recorder()
+    cfg = generation_config({"max_tokens": generate, "temperature": 0})
+    runner.add(BatchRequest(prompt, cfg, recorder, logprobs=2, prompt_logprobs=True))
+    run_until_idle(runner)
+    assert recorder.error is None and recorder.ended
+    scored = [s for c in recorder.chunks for s in (c.prompt_logprobs or [])]
+    assert [token for token, _, _ in scored] == prompt
+    assert scored[0][1] is None
+    expected = engine.logits(prompt).log_softmax(-1)
+    for i in range(1, length):
+        assert scored[i][1] == pytest.approx(float(expected[i - 1, prompt[i]]), abs=0.05)
+        assert len(scored[i][2]) == 2
+    assert len(recorder.completion.token_ids) == generate
+
+
+def test_a_request_whose_state_cannot_be_built_fails_alone(engine, monkeypatch):
+    """An exception while admitting a request (a seed torch refuses, a broken constraint)
+    ends that request with the error; the batch and the other rows go on."""
+    runner = BatchRunner(engine, 2)
+    good, good_rec = submit(runner, engine, "Hello", max_tokens=4, temperature=0)
+    bad_rec = Recorder()
+    cfg = generation_config({"max_tokens": 4, "seed": 2**64})
+    runner.add(BatchRequest([1, 2, 3], cfg, bad_rec))
+    run_until_idle(runner)
+    assert bad_rec.ended and "seed" in str(bad_rec.error)
+    assert good_rec.completion is not None and len(good_rec.completion.token_ids) == 4
+
+
+def test_fail_all_ends_everything_and_the_runner_serves_again(engine):
+    runner = BatchRunner(engine, 1)
+    running, running_rec = submit(runner, engine, "Once upon a time", max_tokens=50)
+    waiting, waiting_rec = submit(runner, engine, "Hello", max_tokens=5)
+    runner.step()
+    runner.fail_all(WarmloadError("boom"))
+    assert running_rec.ended and waiting_rec.ended and runner.idle
+    assert "boom" in str(running_rec.error) and "boom" in str(waiting_rec.error)
+    _, again = submit(runner, engine, "Hello", max_tokens=3, temperature=0)
+    run_until_idle(runner)
+    assert len(again.completion.token_ids) == 3
