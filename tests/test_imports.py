@@ -30,6 +30,7 @@ LAYERS = {
     "hf_vocab": 5,
     "hf_convert": 6,
     "sampling": 6,
+    "sequence": 6.5,  # one sequence's generation (engine and batch share it)
     "engine": 7,
     "batch": 8,
     "server": 9,
