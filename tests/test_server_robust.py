@@ -70,6 +70,7 @@ CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
         ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
         ("/v1/chat/completions", {**CHAT, "logit_bias": {"abc": 1}}, "logit_bias"),
         ("/v1/chat/completions", {**CHAT, "logit_bias": {"5": 101}}, "logit_bias"),
+        ("/v1/chat/completions", {**CHAT, "logit_bias": {"49152": 1}}, "logit_bias"),
         ("/v1/chat/completions", {**CHAT, "response_format": {"type": "xml"}}, "response_format"),
         ("/v1/completions", {"prompt": "x", "echo": True, "suffix": "y"}, "suffix"),
         ("/v1/completions", ("[" * 100_000 + "]" * 100_000).encode(), "body"),

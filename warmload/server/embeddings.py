@@ -65,6 +65,10 @@ def openai_inputs(data: dict[str, Any]) -> list[str | list[int]]:
 
 
 def ollama_inputs(data: dict[str, Any], legacy: bool) -> list[str]:
+    if data.get("dimensions") is not None:
+        raise RequestError(
+            "dimensions is not supported: the size is the model's hidden size", "dimensions"
+        )
     if legacy:
         return [get(data, "prompt", str, "")]
     value = data.get("input")

@@ -86,6 +86,13 @@ class Generation:
 
     async def _prepare(self, engine: Any) -> None:
         req = self.request
+        outside = [t for t in req.logit_bias if t >= engine.tokenizer.vocab_size]
+        if outside:
+            raise RequestError(
+                f"logit_bias token {outside[0]} is outside the vocabulary "
+                f"(0..{engine.tokenizer.vocab_size - 1})",
+                "logit_bias",
+            )
         built = build_prompts(engine, req)
         self.prompt_texts, self.tool_format = built.texts, built.tool_format
         for ids in built.ids:
