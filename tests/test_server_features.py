@@ -147,6 +147,20 @@ def test_json_schema_output_is_always_valid(live, seed):
     check_schema(json.loads(data["choices"][0]["message"]["content"]))
 
 
+def test_eight_rows_at_high_temperature_all_match_the_schema(live):
+    messages = [{"role": "user", "content": "Invent a person."}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
+    code, data = live.post(
+        "/v1/chat/completions",
+        {"messages": messages, "response_format": fmt, "max_tokens": 150, "n": 8}
+        | {"temperature": 1.5, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 11},
+    )
+    assert code == 200 and len(data["choices"]) == 8
+    for choice in data["choices"]:
+        assert choice["finish_reason"] == "stop", choice
+        check_schema(json.loads(choice["message"]["content"]))
+
+
 def test_json_mode_and_ollama_format(live):
     messages = [{"role": "user", "content": "List two fruits."}]
     code, data = live.post(

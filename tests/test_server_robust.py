@@ -228,8 +228,9 @@ def test_an_abandoned_non_streaming_request_is_cancelled(live, path):
         while runner.steps < steps + 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert runner.active == 1
+        closed_at = runner.steps
     wait_idle(live, 5)
-    assert runner.steps - steps < 100  # far from the 400 tokens asked for
+    assert runner.steps - closed_at <= 5  # the step in flight, then dropped at the next one
     still_serves(live)
 
 

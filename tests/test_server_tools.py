@@ -43,6 +43,13 @@ WEATHER = {
     },
 }
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+NO_ARGS = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +259,19 @@ def test_ollama_chat_returns_tool_calls(hermes_live):
     assert code == 200, data
     call = data["message"]["tool_calls"][0]["function"]
     assert call["name"] == "get_weather" and set(call["arguments"]) == {"city", "unit"}
+
+
+def test_ollama_streamed_chat_carries_tool_calls(hermes_live):
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "What time is it?"}],
+        "tools": [WEATHER, NO_ARGS],
+        "tool_choice": {"type": "function", "function": {"name": "get_time"}},
+        "options": {"temperature": 0, "num_predict": 60},
+    }
+    code, raw, _ = hermes_live.request("POST", "/api/chat", json.dumps(body).encode())
+    lines = [json.loads(line) for line in raw.decode().splitlines()]
+    assert code == 200 and lines[-1]["done"] is True
+    calls = [c for line in lines for c in line.get("message", {}).get("tool_calls", [])]
+    assert [c["function"]["name"] for c in calls] == ["get_time"]
+    assert "<tool_call>" not in "".join(line["message"]["content"] for line in lines)
