@@ -287,3 +287,16 @@ def test_bad_schemas_and_grammars_are_400s(live, extra, param):
     assert param is None or data["error"]["param"] == param
     code, _ = live.post("/v1/chat/completions", {**body, **{k: None for k in extra}})
     assert code == 200
+
+
+def test_embedding_batches_are_bounded_and_cover_every_input():
+    from warmload.server.embeddings import EMBED_BATCH_TOKENS, batches
+
+    lengths = [5, 900, 3, 3000, 40, 40, 700, 1]
+    inputs = [[1] * n for n in lengths]
+    groups = batches(inputs)
+    assert sorted(i for g in groups for i in g) == list(range(len(inputs)))
+    for group in groups:
+        width = max(lengths[i] for i in group)
+        assert len(group) == 1 or len(group) * width <= EMBED_BATCH_TOKENS
+    assert [3] in groups  # the 3000-token input runs alone

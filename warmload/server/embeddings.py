@@ -98,34 +98,36 @@ def token_ids(engine: Any, inputs: list[str | list[int]], truncate: bool) -> lis
     return out
 
 
-@torch.inference_mode()
-def embed(engine: Any, inputs: list[list[int]], normalize: bool) -> list[np.ndarray]:
-    """Mean-pooled last hidden states of each input (float32), in input order."""
-    model = engine.model
+def batches(inputs: list[list[int]]) -> list[list[int]]:
+    """Input indices grouped for one forward pass each: sorted by length (little padding),
+    rows x padded length <= EMBED_BATCH_TOKENS (a longer input runs alone)."""
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-    result: list[np.ndarray] = [np.empty(0, np.float32)] * len(inputs)
-    start = 0
+    groups, start = [], 0
     while start < len(order):
         stop = start + 1
         while stop < len(order):
             if (stop - start + 1) * len(inputs[order[stop]]) > EMBED_BATCH_TOKENS:
                 break
             stop += 1
-        group = order[start:stop]
-        width = len(inputs[group[-1]])
-        tokens = torch.zeros((len(group), width), dtype=torch.long)
-        mask = torch.zeros((len(group), width, 1), dtype=torch.float32)
-        for row, i in enumerate(group):
-            tokens[row, : len(inputs[i])] = torch.tensor(inputs[i])
-            mask[row, : len(inputs[i])] = 1.0
-        hidden = _hidden(model, tokens)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)  # (rows, hidden)
-        if normalize:
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        for row, i in enumerate(group):
-            result[i] = pooled[row].numpy().copy()
+        groups.append(order[start:stop])
         start = stop
-    return result
+    return groups
+
+
+@torch.inference_mode()
+def embed(engine: Any, rows: list[list[int]], normalize: bool) -> list[np.ndarray]:
+    """Mean-pooled last hidden states of each row (float32), in one forward pass."""
+    width = max(len(r) for r in rows)
+    tokens = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width, 1), dtype=torch.float32)
+    for i, ids in enumerate(rows):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = 1.0
+    hidden = _hidden(engine.model, tokens)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)  # (rows, hidden)
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    return [row.numpy().copy() for row in pooled]
 
 
 def _hidden(model: Any, tokens: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,13 @@ async def _run(state: Any, model: str | None, ids_of: Any, normalize: bool, keep
     entry = await state.cache.acquire(model, keep_alive=keep_alive, wait=not state.config.no_wait)
     try:
         ids = ids_of(entry.engine)
-        vectors = await entry.scheduler.call(embed, entry.engine, ids, normalize)
+        vectors: list[Any] = [None] * len(ids)
+        for group in batches(ids):  # one call each: decode steps of other requests go between
+            rows = [ids[i] for i in group]
+            for i, vector in zip(
+                group, await entry.scheduler.call(embed, entry.engine, rows, normalize)
+            ):
+                vectors[i] = vector
     finally:
         state.cache.release(entry)
     return entry.id, vectors, sum(len(x) for x in ids)
