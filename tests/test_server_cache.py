@@ -22,6 +22,7 @@ from warmload.cli.serve import server_config  # noqa: E402
 from warmload.config import LoadConfig, ServerConfig  # noqa: E402
 from warmload.errors import RequestError  # noqa: E402
 from warmload.server.app import create_app  # noqa: E402
+from warmload.server.registry import ModelCache  # noqa: E402
 
 LOAD = LoadConfig(ctx=128, threads=1)
 
@@ -205,3 +206,22 @@ def test_serve_command_line():
     args.memory_budget = "lots"
     with pytest.raises(RequestError, match="memory-budget"):
         server_config(args)
+
+
+def test_aliases_and_fallback_from_the_command_line(smollm2_path):
+    args = build_parser().parse_args(
+        ["serve", "-m", f"s={smollm2_path}", "--alias", "gpt-3.5-turbo=s"]
+        + ["--fallback-model", "s"]
+    )
+    config = server_config(args)
+    assert config.aliases == (("gpt-3.5-turbo", "s"),) and config.fallback_model == "s"
+    cache = ModelCache(config, make_scheduler=None)
+    assert cache.entry("gpt-3.5-turbo").id == "s" and cache.entry("anything").id == "s"
+    with pytest.raises(RequestError, match="NAME=MODEL"):
+        server_config(build_parser().parse_args(["serve", "--alias", "nothing"]))
+    bad = build_parser().parse_args(["serve", "-m", f"s={smollm2_path}", "--alias", "x=t"])
+    with pytest.raises(RequestError, match="'t', which is not served"):
+        ModelCache(server_config(bad), make_scheduler=None)
+    plain = ModelCache(server_config(build_parser().parse_args(["serve", "-m", "s=x"])), None)
+    with pytest.raises(RequestError, match="not found"):
+        plain.entry("gpt-3.5-turbo")
