@@ -275,3 +275,51 @@ def test_ollama_streamed_chat_carries_tool_calls(hermes_live):
     calls = [c for line in lines for c in line.get("message", {}).get("tool_calls", [])]
     assert [c["function"]["name"] for c in calls] == ["get_time"]
     assert "<tool_call>" not in "".join(line["message"]["content"] for line in lines)
+
+
+LLAMA_JSON_TEMPLATE = (  # the Llama 3.x convention: tools in the prompt, a bare JSON call back
+    "{%- if tools %}<|im_start|>system\nCall a function by answering with "
+    '{"name": function name, "parameters": dictionary of arguments}. '
+    "{%- for tool in tools %}{{ tool | tojson }}{%- endfor %}<|im_end|>\n{%- endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+def test_llama_json_convention_and_auto_mode_text(hermes_live):
+    engine = hermes_live.state.cache.entries["smollm2"].engine
+    hermes = engine.template
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Weather in Rome?"}],
+        "tools": [WEATHER],
+        "max_tokens": 60,
+        "temperature": 0,
+    }
+    try:
+        engine.template = ChatTemplate(LLAMA_JSON_TEMPLATE, origin="test llama template")
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        code, data = hermes_live.post("/v1/chat/completions", body | {"tool_choice": named})
+        assert code == 200, data
+        call = data["choices"][0]["message"]["tool_calls"][0]["function"]
+        assert call["name"] == "get_weather"
+        assert set(json.loads(call["arguments"])) == {"city", "unit"}
+    finally:
+        engine.template = hermes
+    # auto: whatever the model writes, streamed and whole answers agree
+    body["messages"] = [{"role": "user", "content": "Say hi."}]
+    code, whole = hermes_live.post("/v1/chat/completions", body)
+    code, raw, _ = hermes_live.request(
+        "POST", "/v1/chat/completions", json.dumps(body | {"stream": True}).encode()
+    )
+    content, calls, finish = "", [], None
+    for line in raw.decode().splitlines():
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:])["choices"]:
+                content += choice["delta"].get("content") or ""
+                calls += choice["delta"].get("tool_calls") or []
+                finish = choice["finish_reason"] or finish
+    message = whole["choices"][0]["message"]
+    assert content == (message["content"] or "")
+    assert len(calls) == len(message.get("tool_calls") or [])
+    assert finish == whole["choices"][0]["finish_reason"]
