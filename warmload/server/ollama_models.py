@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,8 +134,7 @@ async def ps(request: Request, state: Any) -> Response:
 
 
 def _wall_offset() -> float:
-    import time
-
+    """Seconds to add to a time.monotonic() value to get a wall-clock time."""
     return time.time() - time.monotonic()
 
 
