@@ -530,6 +530,8 @@ static void deqv_q8_0(const uint8_t *b, float *y) {
 }
 #define DEQ_OF(scalar, vector) vector
 #define Q8_OF(f) f
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include "arm/neon_quants.h" /* NEON row dots: DOT_OF, DOTN_OF, Q8_OF, DEQ_OF */
 #else
 #define Q8_OF(f) NULL
 #define DEQ_OF(scalar, vector) scalar

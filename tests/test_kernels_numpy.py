@@ -1,0 +1,207 @@
+"""The C kernels (warmload/kernels/*.c, arm/*.h) through raw pointers on numpy buffers only: no
+torch, so the same file runs on x86 in the normal suite and under qemu on the aarch64 lane
+(scripts/arm64_lane.sh, `make test-arm`).
+
+Ground truth: gguf-py's numpy dequantizers (`gguf.quants.dequantize`). The integer paths are
+checked against the exact product of the 8-bit activations (quantized as quantize_x does: d =
+max|x| / 127, q = nearest(x * (1 / d))) with the dequantized weights, in float64: the integer
+sums are exact, so only the float scaling and summing of per-block results differ (tolerance
+1e-5 of sum |w x|). Within a build a token's result is the same bits however many tokens share
+the call; on aarch64 the row dots and the many-token product are one arithmetic, checked bit
+for bit. `python tests/test_kernels_numpy.py --digest` prints a hash of the integer products,
+which the lane compares across the NEON, dotprod and i8mm builds (they must agree bit for bit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from gguf import quants as gguf_quants
+
+from warmload import kernels
+from warmload.formats.ggml_types import GGML_TYPES
+
+pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="the C extension is not built")
+
+_cpu = kernels._cpu
+FLOAT, INT8, DEQUANT, GEMM, ROW_DOTS = range(5)
+AARCH64 = platform.machine().lower() in ("aarch64", "arm64")
+QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
+SUPER_TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]
+# byte offsets of each type's fp16 scales (ggml-common.h): set to sane values in random blocks
+SCALE_FIELDS = {
+    "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "IQ4_NL": (0,),
+    "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
+    "IQ4_XS": (0,),
+}  # fmt: skip
+
+
+def ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+def random_blocks(name: str, n_rows: int, k: int, seed: int = 0) -> np.ndarray:
+    """(n_rows, row_nbytes) uint8: random quants (every bit pattern) with finite scales."""
+    rng = np.random.default_rng(seed)
+    info = GGML_TYPES[name]
+    if name in ("F16", "BF16"):
+        w = rng.standard_normal((n_rows, k)).astype(np.float32)
+        if name == "F16":
+            return w.astype(np.float16).view(np.uint8)
+        return (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    n_blocks = n_rows * k // info.block_size
+    raw = rng.integers(0, 256, (n_blocks, info.type_size), dtype=np.uint8)
+    for at in SCALE_FIELDS[name]:
+        scale = rng.uniform(0.001, 0.02, n_blocks).astype(np.float16)
+        raw[:, at : at + 2] = scale.view(np.uint8).reshape(n_blocks, 2)
+    return raw.reshape(n_rows, -1)
+
+
+def dequantized(raw: np.ndarray, name: str) -> np.ndarray:
+    if name == "F16":
+        return raw.view(np.float16).astype(np.float32)
+    if name == "BF16":
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(gguf_quants.dequantize(raw, GGMLQuantizationType[name]), np.float32)
+
+
+def quantize_x(x: np.ndarray) -> np.ndarray:
+    """x (T, K) -> the values the integer paths see: d * q per block of 32, as quantize_x."""
+    t, k = x.shape
+    blocks = x.reshape(t, k // 32, 32)
+    d = (np.abs(blocks).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = np.rint(blocks * inv)  # float32 product, rounded half to even (nearbyintf)
+    return (q.astype(np.float64) * d.astype(np.float64)).reshape(t, k)
+
+
+def matmul(name: str, raw: np.ndarray, x: np.ndarray, mode: int) -> np.ndarray:
+    n_rows = raw.shape[0]
+    t, k = x.shape
+    y = np.full((t, n_rows), np.nan, np.float32)
+    _cpu.matmul(k, ptr(x), t, ((kernels.type_id(name), ptr(raw), n_rows, ptr(y), mode),))
+    return y
+
+
+def activations(t: int, k: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((t, k)).astype(np.float32) * rng.uniform(0.1, 4, (t, 1))
+    x[0, :32] = 0.0  # an all-zero block: d = 0
+    return np.ascontiguousarray(x.astype(np.float32))
+
+
+def int8_types() -> list[str]:
+    return [name for name, kind in kernels.KERNEL_TYPES.items() if kind == "int8"]
+
+
+def shape_of(name: str) -> tuple[int, int]:
+    """Odd row counts (row pairs of smmla and one left over); for the 32-value types a k that
+    is not whole groups of 4 blocks."""
+    return (37, 512) if name in SUPER_TYPES else (37, 32 * 13)
+
+
+# types with a per-row integer dot (quants.c's table on AVX2 and NEON builds); the others'
+# integer path is the many-token product alone
+ROW_DOT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+ALL_TYPES = QUANT_TYPES + SUPER_TYPES + ["F16", "BF16"]
+
+
+@pytest.mark.parametrize("name", ALL_TYPES)
+def test_dequantize_matches_gguf_py(name: str):
+    n_rows, k = shape_of(name)
+    raw = random_blocks(name, n_rows, k)
+    got = np.empty((n_rows, k), np.float32)
+    _cpu.matmul(k, 0, 1, ((kernels.type_id(name), ptr(raw), n_rows, ptr(got), DEQUANT),))
+    np.testing.assert_array_equal(got, dequantized(raw, name))
+
+
+@pytest.mark.parametrize("name", ALL_TYPES)
+def test_float_product_matches_numpy(name: str):
+    n_rows, k = shape_of(name)
+    raw, x = random_blocks(name, n_rows, k), activations(3, k)
+    w = dequantized(raw, name).astype(np.float64)
+    want = x.astype(np.float64) @ w.T
+    bound = np.abs(x).astype(np.float64) @ np.abs(w).T
+    err = np.abs(matmul(name, raw, x, FLOAT) - want)
+    assert np.all(err <= 1e-5 * bound + 1e-30), float((err / bound).max())
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 8, 11])
+@pytest.mark.parametrize("name", QUANT_TYPES + SUPER_TYPES)
+def test_integer_products_match_the_exact_sum(name: str, tokens: int):
+    """Every integer path of this build (the per-row dots, the many-token product, and what
+    decode steps take) against the exact product of the 8-bit x with the dequantized w."""
+    if name not in int8_types():
+        pytest.skip(f"{name} takes the float path in this build")
+    n_rows, k = shape_of(name)
+    raw, x = random_blocks(name, n_rows, k, seed=tokens), activations(tokens, k, seed=tokens)
+    w = dequantized(raw, name).astype(np.float64)
+    xq = quantize_x(x)
+    want, bound = xq @ w.T, np.abs(xq) @ np.abs(w).T
+    modes = [INT8] + ([ROW_DOTS] if name in ROW_DOT_TYPES else [])
+    modes += [GEMM] if name in kernels.GEMM_TYPES else []
+    for mode in modes:
+        got = matmul(name, raw, x, mode)
+        err = np.abs(got - want)
+        assert np.all(err <= 1e-5 * bound + 1e-30), (mode, float((err / bound).max()))
+
+
+@pytest.mark.parametrize("name", QUANT_TYPES + SUPER_TYPES)
+def test_a_token_gets_the_same_bits_however_it_is_batched(name: str):
+    """Decode steps, batches and prompt chunks of any size: one token's result, one set of
+    bits (tiles of 8 tokens, a pair of rows per smmla, the odd token and row left over)."""
+    if name not in int8_types():
+        pytest.skip(f"{name} takes the float path in this build")
+    n_rows, k = shape_of(name)
+    raw, x = random_blocks(name, n_rows, k), activations(19, k)
+    whole = matmul(name, raw, x, INT8)
+    for size in (1, 2, 3, 5, 8, 9):
+        for t0 in range(0, 19, size):
+            part = matmul(name, raw, np.ascontiguousarray(x[t0 : t0 + size]), INT8)
+            np.testing.assert_array_equal(part, whole[t0 : t0 + size], err_msg=f"size {size}")
+
+
+@pytest.mark.skipif(not AARCH64, reason="the NEON row dots and products share one arithmetic")
+@pytest.mark.parametrize("name", ROW_DOT_TYPES)
+def test_neon_row_dots_and_product_are_the_same_bits(name: str):
+    assert kernels.DECODE_TAKES_GEMM  # arm/neon_gemm.h: decode steps take the product
+    n_rows, k = shape_of(name)
+    raw, x = random_blocks(name, n_rows, k), activations(10, k)
+    np.testing.assert_array_equal(matmul(name, raw, x, ROW_DOTS), matmul(name, raw, x, GEMM))
+
+
+def test_rms_norm_and_act_mul_match_numpy():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((5, 576)) * 7).astype(np.float32)
+    g = rng.standard_normal(576).astype(np.float32)
+    y = np.empty_like(x)
+    _cpu.rms_norm(ptr(x), ptr(g), 5, 576, 1e-6, 1.0, ptr(y))
+    x64 = x.astype(np.float64)
+    want = x64 / np.sqrt((x64**2).mean(-1, keepdims=True) + 1e-6) * (1.0 + g)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    gate, up = rng.standard_normal((2, 1000)).astype(np.float32)
+    out = np.empty_like(gate)
+    _cpu.act_mul(ptr(gate), ptr(up), 1000, 0, ptr(out))
+    silu = gate / (1 + np.exp(-gate.astype(np.float64))) * up
+    np.testing.assert_allclose(out, silu, rtol=1e-5, atol=1e-6)
+
+
+def product_digest() -> str:
+    """sha256 of every integer product of this build on fixed inputs (bits, not values)."""
+    h = hashlib.sha256()
+    for name in sorted(int8_types()):
+        n_rows, k = shape_of(name)
+        raw, x = random_blocks(name, n_rows, k), activations(11, k)
+        for mode in (INT8, ROW_DOTS) if name in ROW_DOT_TYPES else (INT8,):
+            h.update(name.encode() + matmul(name, raw, x, mode).tobytes())
+    return h.hexdigest()
+
+
+if __name__ == "__main__" and "--digest" in sys.argv:
+    print(f"product digest {product_digest()} ({', '.join(sorted(int8_types()))})")
