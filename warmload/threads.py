@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 
 # The C kernels' thread team holds at most this many threads (kernels.h MAX_THREADS).
 MAX_KERNEL_THREADS = 64
-# A CPU whose capacity (or top frequency) is below this fraction of the fastest one's is an
-# efficiency core: Intel E-cores run at ~0.6-0.8 of the P-cores' top clock, ARM LITTLE cores at
-# ~0.3-0.5 of the big ones' capacity, while a non-hybrid CPU's favoured cores differ by < 0.1.
-_PERFORMANCE_FRACTION = 0.85
+# An efficiency core is below this fraction of the fastest CPU's capacity (ARM LITTLE cores:
+# ~0.25-0.5 of the big ones; mid cores ~0.7-0.9 count as performance) or of its top frequency
+# (Intel E-cores: ~0.7-0.8 of the P-cores' clock; a non-hybrid CPU's favoured cores differ < 0.1).
+_PERFORMANCE_FRACTION = {"cpu_capacity": 0.6, "cpufreq/cpuinfo_max_freq": 0.85}
 _SYS_CPU = Path("/sys/devices/system/cpu")
 
 
@@ -64,11 +64,11 @@ def performance_cpus(cpus: list[int], sys_cpu: Path = _SYS_CPU) -> list[int]:
             return [c for c in cpus if c in core]
     except (OSError, ValueError):
         pass
-    for name in ("cpu_capacity", "cpufreq/cpuinfo_max_freq"):
+    for name, fraction in _PERFORMANCE_FRACTION.items():
         speed = {c: _read_int(sys_cpu / f"cpu{c}" / name) for c in cpus}
         if cpus and all(v for v in speed.values()):
             top = max(speed.values())
-            return [c for c in cpus if speed[c] >= _PERFORMANCE_FRACTION * top]
+            return [c for c in cpus if speed[c] >= fraction * top]
     return cpus
 
 
