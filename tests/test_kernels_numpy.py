@@ -8,8 +8,10 @@ max|x| / 127, q = nearest(x * (1 / d))) with the dequantized weights, in float64
 sums are exact, so only the float scaling and summing of per-block results differ (tolerance
 1e-5 of sum |w x|). Within a build a token's result is the same bits however many tokens share
 the call; on aarch64 the row dots and the many-token product are one arithmetic, checked bit
-for bit. `python tests/test_kernels_numpy.py --digest` prints a hash of the integer products,
-which the lane compares across the NEON, dotprod and i8mm builds (they must agree bit for bit).
+for bit. `python tests/test_kernels_numpy.py --digest` prints hashes of the dequantized rows and
+of the integer products, which the lane compares across its builds: the dequantizers of the NEON,
+dotprod and i8mm builds against the plain C build's (-DWARMLOAD_GENERIC), bit for bit, and the
+integer products of the three (the plain C build has none) with each other.
 """
 
 from __future__ import annotations
@@ -170,6 +172,8 @@ def test_a_token_gets_the_same_bits_however_it_is_batched(name: str):
 @pytest.mark.skipif(not AARCH64, reason="the NEON row dots and products share one arithmetic")
 @pytest.mark.parametrize("name", ROW_DOT_TYPES)
 def test_neon_row_dots_and_product_are_the_same_bits(name: str):
+    if not int8_types():
+        pytest.skip("a plain C build (-DWARMLOAD_GENERIC): no integer products")
     assert kernels.DECODE_TAKES_GEMM  # arm/neon_gemm.h: decode steps take the product
     n_rows, k = shape_of(name)
     raw, x = random_blocks(name, n_rows, k), activations(10, k)
@@ -192,6 +196,18 @@ def test_rms_norm_and_act_mul_match_numpy():
     np.testing.assert_allclose(out, silu, rtol=1e-5, atol=1e-6)
 
 
+def dequant_digest() -> str:
+    """sha256 of every type's dequantized rows (bits, signs of zeros included)."""
+    h = hashlib.sha256()
+    for name in ALL_TYPES:
+        n_rows, k = shape_of(name)
+        raw = random_blocks(name, n_rows, k)
+        got = np.empty((n_rows, k), np.float32)
+        _cpu.matmul(k, 0, 1, ((kernels.type_id(name), ptr(raw), n_rows, ptr(got), DEQUANT),))
+        h.update(name.encode() + got.tobytes())
+    return h.hexdigest()
+
+
 def product_digest() -> str:
     """sha256 of every integer product of this build on fixed inputs (bits, not values)."""
     h = hashlib.sha256()
@@ -204,4 +220,5 @@ def product_digest() -> str:
 
 
 if __name__ == "__main__" and "--digest" in sys.argv:
+    print(f"dequant digest {dequant_digest()}")
     print(f"product digest {product_digest()} ({', '.join(sorted(int8_types()))})")

@@ -29,7 +29,7 @@
 
 #include "kernels.h"
 
-#if defined(__aarch64__) && defined(__ARM_NEON)
+#if HAVE_NEON
 #include "arm/neon_gemm.h" /* the same entry points with sdot / smmla */
 #else
 #include "blocks.h"

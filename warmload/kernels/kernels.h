@@ -27,6 +27,13 @@
 #define HAVE_AVX2 0
 #endif
 
+/* aarch64 NEON kernels (headers in arm/); -DWARMLOAD_GENERIC builds the plain C ones instead */
+#if defined(__aarch64__) && defined(__ARM_NEON) && !defined(WARMLOAD_GENERIC)
+#define HAVE_NEON 1
+#else
+#define HAVE_NEON 0
+#endif
+
 /* ---------------------------------------------------------------- types and block layouts */
 
 enum {

@@ -55,9 +55,46 @@ static void q8_q4_k(const uint8_t *b, int8_t *q, float *s, float *c) { arm_to_q8
 static void q8_q5_k(const uint8_t *b, int8_t *q, float *s, float *c) { arm_to_q8(T_Q5_K, 0, b, q, s, c); }
 static void q8_q6_k(const uint8_t *b, int8_t *q, float *s, float *c) { arm_to_q8(T_Q6_K, 0, b, q, s, NULL); (void)c; }
 
+/* sum a[i] * b[i] for i < n (n a multiple of 16): four chains of 4 lanes (the float path and
+   dequantized rows; FMA latency hides behind the other chains). */
+static inline float arm_dot_f32(const float *a, const float *b, int n) {
+    float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f),
+                          vdupq_n_f32(0.0f)};
+    for (int k = 0; k < n; k += 16)
+        for (int i = 0; i < 4; ++i)
+            acc[i] = vfmaq_f32(acc[i], vld1q_f32(a + k + 4 * i), vld1q_f32(b + k + 4 * i));
+    return vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+}
+
+/* Dequantizers of the 32-value types, 4 floats at a time with the scalar formulas' operations
+   (d * q, or d * q then + m: no fused multiply-add, as -std=c11 compiles deq_*), so the same
+   bits as deq_* (quants.c), signs of zeros included. */
+static inline void arm_deq32(int id, const uint8_t *b, float *y) {
+    wblock_t o;
+    float d, m;
+    unp32(id, b, &o, &d, &m);
+    const int8x16_t halves[2] = {o.lo, o.hi};
+    const float32x4_t vd = vdupq_n_f32(d), vm = vdupq_n_f32(m);
+    const int add_m = id == T_Q4_1 || id == T_Q5_0 || id == T_Q5_1; /* deq_q5 adds m = 0 too */
+    for (int h = 0; h < 2; ++h) {
+        int16x8_t w[2] = {vmovl_s8(vget_low_s8(halves[h])), vmovl_high_s8(halves[h])};
+        for (int i = 0; i < 4; ++i) {
+            int16x4_t part = i & 1 ? vget_high_s16(w[i / 2]) : vget_low_s16(w[i / 2]);
+            float32x4_t v = vmulq_f32(vd, vcvtq_f32_s32(vmovl_s16(part)));
+            vst1q_f32(y + 16 * h + 4 * i, add_m ? vaddq_f32(v, vm) : v);
+        }
+    }
+}
+
+static void deqv_q4_0(const uint8_t *b, float *y) { arm_deq32(T_Q4_0, b, y); }
+static void deqv_q4_1(const uint8_t *b, float *y) { arm_deq32(T_Q4_1, b, y); }
+static void deqv_q5_0(const uint8_t *b, float *y) { arm_deq32(T_Q5_0, b, y); }
+static void deqv_q5_1(const uint8_t *b, float *y) { arm_deq32(T_Q5_1, b, y); }
+static void deqv_q8_0(const uint8_t *b, float *y) { arm_deq32(T_Q8_0, b, y); }
+
 #define DOT_OF(f) f
 #define DOTN_OF(f) f
 #define Q8_OF(f) f
-#define DEQ_OF(scalar, vector) scalar
+#define DEQ_OF(scalar, vector) vector
 
 #endif
