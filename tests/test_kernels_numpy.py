@@ -222,3 +222,41 @@ def product_digest() -> str:
 if __name__ == "__main__" and "--digest" in sys.argv:
     print(f"dequant digest {dequant_digest()}")
     print(f"product digest {product_digest()} ({', '.join(sorted(int8_types()))})")
+
+
+def rope_neox(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """(n, heads, D) rotated in halves (j, j + D/2) by angles (n, D/2)."""
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return np.concatenate([a * c - b * s, b * c + a * s], axis=-1)
+
+
+@pytest.mark.parametrize(("n", "chunk"), [(1, 0), (5, 1)])
+def test_attention_matches_numpy(n: int, chunk: int):
+    """Rope, cache write and causal softmax attention (GQA, 4 query heads per key head) of a
+    decode step (n = 1) or a prompt chunk, after 7 cached positions."""
+    rng = np.random.default_rng(5)
+    H, KV, D, max_ctx, pos0, scale = 8, 2, 64, 32, 7, 0.125
+    q, k, v = (rng.standard_normal((n, h, D)).astype(np.float32) for h in (H, KV, KV))
+    cache_k = rng.standard_normal((1, KV, max_ctx, D)).astype(np.float32)
+    cache_v = rng.standard_normal((1, KV, max_ctx, D)).astype(np.float32)
+    want_k, want_v = cache_k.astype(np.float64), cache_v.astype(np.float64)
+    pos = np.arange(pos0, pos0 + n)
+    angles = pos[:, None] * 10000.0 ** (-np.arange(D // 2) * 2 / D)
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    out = np.empty_like(q)
+    args = (ptr(q), ptr(k), ptr(v), ptr(cache_k), ptr(cache_v), n, H, KV, D, max_ctx, 0, pos0)
+    _cpu.attention(*args, chunk, 0, scale, ptr(cos), ptr(sin), D // 2, 1, 0, ptr(out))
+    rq = rope_neox(q.astype(np.float64), cos, sin)
+    want_k[0, :, pos] = rope_neox(k.astype(np.float64), cos, sin)  # indexed as (n, KV, D)
+    want_v[0, :, pos] = v
+    np.testing.assert_allclose(cache_k, want_k, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cache_v, want_v)
+    for i in range(n):
+        for h in range(H):
+            keys = want_k[0, h // (H // KV), : pos0 + i + 1]
+            scores = keys @ rq[i, h] * scale
+            p = np.exp(scores - scores.max())
+            want = (p / p.sum()) @ want_v[0, h // (H // KV), : pos0 + i + 1]
+            np.testing.assert_allclose(out[i, h], want, rtol=1e-4, atol=1e-5)
