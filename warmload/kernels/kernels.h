@@ -20,6 +20,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(_WIN32)
+/* Windows' C runtimes have no aligned_alloc, and what _aligned_malloc returns must go back
+   through _aligned_free: every allocation of the kernels takes that pair (MinGW-w64 builds). */
+#include <malloc.h>
+static inline void *win_calloc(size_t n, size_t size) {
+    void *p = _aligned_malloc(n * size, 16);
+    if (p) memset(p, 0, n * size);
+    return p;
+}
+#define aligned_alloc(align, n) _aligned_malloc((n), (align))
+#define malloc(n) _aligned_malloc((n), 16)
+#define calloc(n, size) win_calloc((n), (size))
+#define free(p) _aligned_free(p)
+#endif
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #define HAVE_AVX2 1
