@@ -29,8 +29,6 @@ from warmload import kernels
 from warmload.formats.ggml_types import GGML_TYPES
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="the C extension is not built")
-
-_cpu = kernels._cpu
 FLOAT, INT8, DEQUANT, GEMM, ROW_DOTS = range(5)
 AARCH64 = platform.machine().lower() in ("aarch64", "arm64")
 QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
@@ -41,6 +39,25 @@ SCALE_FIELDS = {
     "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
     "IQ4_XS": (0,),
 }  # fmt: skip
+
+
+# every kernel variant this CPU runs (warmload.kernels.dispatch), else the one module built
+VARIANTS = kernels.runnable_variants() if hasattr(kernels, "runnable_variants") else [None]
+
+
+@pytest.fixture(autouse=True, params=VARIANTS, ids=lambda v: v or "built")
+def variant(request):
+    """Each test once per variant: warmload.kernels rebound to it meanwhile."""
+    if request.param is None:
+        yield None
+        return
+    with kernels.use_variant(request.param):
+        yield request.param
+
+
+def cpu():
+    """The extension module of the variant under test."""
+    return kernels._cpu
 
 
 def ptr(a: np.ndarray) -> int:
@@ -87,7 +104,7 @@ def matmul(name: str, raw: np.ndarray, x: np.ndarray, mode: int) -> np.ndarray:
     n_rows = raw.shape[0]
     t, k = x.shape
     y = np.full((t, n_rows), np.nan, np.float32)
-    _cpu.matmul(k, ptr(x), t, ((kernels.type_id(name), ptr(raw), n_rows, ptr(y), mode),))
+    cpu().matmul(k, ptr(x), t, ((kernels.type_id(name), ptr(raw), n_rows, ptr(y), mode),))
     return y
 
 
@@ -119,7 +136,7 @@ def test_dequantize_matches_gguf_py(name: str):
     n_rows, k = shape_of(name)
     raw = random_blocks(name, n_rows, k)
     got = np.empty((n_rows, k), np.float32)
-    _cpu.matmul(k, 0, 1, ((kernels.type_id(name), ptr(raw), n_rows, ptr(got), DEQUANT),))
+    cpu().matmul(k, 0, 1, ((kernels.type_id(name), ptr(raw), n_rows, ptr(got), DEQUANT),))
     np.testing.assert_array_equal(got, dequantized(raw, name))
 
 
@@ -185,13 +202,13 @@ def test_rms_norm_and_act_mul_match_numpy():
     x = (rng.standard_normal((5, 576)) * 7).astype(np.float32)
     g = rng.standard_normal(576).astype(np.float32)
     y = np.empty_like(x)
-    _cpu.rms_norm(ptr(x), ptr(g), 5, 576, 1e-6, 1.0, ptr(y))
+    cpu().rms_norm(ptr(x), ptr(g), 5, 576, 1e-6, 1.0, ptr(y))
     x64 = x.astype(np.float64)
     want = x64 / np.sqrt((x64**2).mean(-1, keepdims=True) + 1e-6) * (1.0 + g)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
     gate, up = rng.standard_normal((2, 1000)).astype(np.float32)
     out = np.empty_like(gate)
-    _cpu.act_mul(ptr(gate), ptr(up), 1000, 0, ptr(out))
+    cpu().act_mul(ptr(gate), ptr(up), 1000, 0, ptr(out))
     silu = gate / (1 + np.exp(-gate.astype(np.float64))) * up
     np.testing.assert_allclose(out, silu, rtol=1e-5, atol=1e-6)
 
@@ -203,7 +220,7 @@ def dequant_digest() -> str:
         n_rows, k = shape_of(name)
         raw = random_blocks(name, n_rows, k)
         got = np.empty((n_rows, k), np.float32)
-        _cpu.matmul(k, 0, 1, ((kernels.type_id(name), ptr(raw), n_rows, ptr(got), DEQUANT),))
+        cpu().matmul(k, 0, 1, ((kernels.type_id(name), ptr(raw), n_rows, ptr(got), DEQUANT),))
         h.update(name.encode() + got.tobytes())
     return h.hexdigest()
 
@@ -220,6 +237,9 @@ def product_digest() -> str:
 
 
 if __name__ == "__main__" and "--digest" in sys.argv:
+    print(f"variant {getattr(kernels, 'VARIANT', None) or 'built'} available {kernels.AVAILABLE}")
+    if not kernels.AVAILABLE:
+        sys.exit(0)
     print(f"dequant digest {dequant_digest()}")
     print(f"product digest {product_digest()} ({', '.join(sorted(int8_types()))})")
 
@@ -247,7 +267,7 @@ def test_attention_matches_numpy(n: int, chunk: int):
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
     out = np.empty_like(q)
     args = (ptr(q), ptr(k), ptr(v), ptr(cache_k), ptr(cache_v), n, H, KV, D, max_ctx, 0, pos0)
-    _cpu.attention(*args, chunk, 0, scale, ptr(cos), ptr(sin), D // 2, 1, 0, ptr(out))
+    cpu().attention(*args, chunk, 0, scale, ptr(cos), ptr(sin), D // 2, 1, 0, ptr(out))
     rq = rope_neox(q.astype(np.float64), cos, sin)
     want_k[0, :, pos] = rope_neox(k.astype(np.float64), cos, sin)  # indexed as (n, KV, D)
     want_v[0, :, pos] = v

@@ -4,7 +4,7 @@
    times pairs of tokens take smmla (arm/neon_i8mm.h), with the same float arithmetic per token
    and row, so that every build and every tiling gives the same bits. The row dots of quants.c
    are the same function, so decode steps, batches and prompt chunks agree bit for bit; hence
-   gemm_available() says GEMM_IN_REGISTERS and make_part sends MODE_INT8 here.
+   gemm_available() says 2 (decode steps take it too) and make_part sends MODE_INT8 here.
 
    x is quantized by quantize_x (8-bit blocks of 32) into n_tokens * nb xblocks kept at gx->q;
    the x86 layouts of gemm_x_t (groups, super-blocks, q + 128) are not built here.
@@ -18,7 +18,9 @@
 #include "neon_i8mm.h"
 #endif
 
-int gemm_available(void) { return GEMM_IN_REGISTERS; }
+/* 2: decode steps take these products too (kernels.h: GEMM_IN_REGISTERS, named GEMM_ALL_STEPS
+   once every x86 variant has one) */
+int gemm_available(void) { return 2; }
 
 static struct {
     size_t cap; /* xblocks */
