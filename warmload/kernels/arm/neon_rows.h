@@ -148,6 +148,8 @@ ARM_INLINE void q3k_scales(const uint8_t *b, int8_t *scales) {
 /* Blocks 4h..4h+3 of a 256-value super-block s (h: half 0 or 1). */
 ARM_INLINE void unp256(int id, const uint8_t *s, int h, wgroup_t *g) {
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    int8_t q3_scales[16];
+    if (id == T_Q3_K) q3k_scales(s + 96, q3_scales);
     for (int i = 0; i < 4; ++i) {
         int j = 4 * h + i; /* block of the super-block */
         wblock_t *o = &g->b[i];
@@ -181,8 +183,6 @@ ARM_INLINE void unp256(int id, const uint8_t *s, int h, wgroup_t *g) {
             o->sl = sc[0], o->sh = sc[1];
             g->dw[i] = arm_f16(s + 208);
         } else if (id == T_Q3_K) {
-            int8_t scales[16];
-            q3k_scales(s + 96, scales);
             const uint8_t *qs = s + 32 + 32 * (j / 4);
             const int8x16_t shift = vdupq_n_s8((int8_t)(-2 * (j % 4)));
             const uint8x16_t m3 = vdupq_n_u8(3), bit = vdupq_n_u8((uint8_t)(1 << j));
@@ -192,7 +192,7 @@ ARM_INLINE void unp256(int id, const uint8_t *s, int h, wgroup_t *g) {
             uint8x16_t hl = vandq_u8(vtstq_u8(vld1q_u8(s), bit), vdupq_n_u8(4));
             uint8x16_t hh = vandq_u8(vtstq_u8(vld1q_u8(s + 16), bit), vdupq_n_u8(4));
             set_u8(o, vaddq_u8(lo, hl), vaddq_u8(hi, hh), 4);
-            o->sl = scales[2 * j], o->sh = scales[2 * j + 1];
+            o->sl = q3_scales[2 * j], o->sh = q3_scales[2 * j + 1];
             g->dw[i] = arm_f16(s + 108);
         } else { /* T_IQ4_XS */
             const int8x16_t table = vld1q_s8(ARM_IQ4NL);
