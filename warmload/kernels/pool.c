@@ -43,6 +43,8 @@ static int g_n_workers;
 static inline void cpu_relax(void) {
 #if HAVE_AVX2
     _mm_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
 #endif
 }
 

@@ -530,6 +530,8 @@ static void deqv_q8_0(const uint8_t *b, float *y) {
 }
 #define DEQ_OF(scalar, vector) vector
 #define Q8_OF(f) f
+#elif HAVE_NEON
+#include "arm/neon_quants.h" /* NEON row dots: DOT_OF, DOTN_OF, Q8_OF, DEQ_OF */
 #else
 #define Q8_OF(f) NULL
 #define DEQ_OF(scalar, vector) scalar
@@ -571,6 +573,9 @@ float dot_f32(const float *a, const float *b, int n) {
         acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
     }
     float s = hsum_ps(_mm256_add_ps(acc0, acc1));
+#elif HAVE_NEON
+    int k = n & ~15;
+    float s = arm_dot_f32(a, b, k); /* arm/neon_quants.h */
 #else
     float s = 0.0f;
     int k = 0;

@@ -12,19 +12,20 @@ Warm-up modes (LoadConfig.warmup):
 * "auto"      "populate" for an mmap source, "read" for a "read" source, nothing for a
               "memory" source (its bytes are already in the process).
 
-Nothing here is fatal: a failed warm-up or mlock is logged and the load goes on. References:
+Nothing here is fatal: a failed warm-up or mlock is logged and the load goes on, and where the OS
+lacks a call (warmload.oscalls: no madvise/mlock/mincore on Windows, no posix_fadvise or
+MADV_POPULATE_READ on macOS) the warm-up reads through instead. References:
 madvise(2), mincore(2), mlock(2); llama.cpp's llama_mmap (prefetch via posix_madvise WILLNEED)
 and llama_mlock (the RLIMIT_MEMLOCK hint).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import errno
 import logging
 import mmap
 import os
-import resource
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from warmload import oscalls
 from warmload.formats.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,7 @@ MADV_POPULATE_READ = 22  # Linux 5.14+
 _READ_CHUNK_BYTES = 8 << 20
 _READ_THREADS = 2
 PAGE_BYTES = mmap.PAGESIZE
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
 def checkpoint_files(checkpoint: Checkpoint) -> list[str]:
@@ -69,16 +67,16 @@ def _address(view: memoryview) -> int:
     return np.frombuffer(view, dtype=np.uint8).ctypes.data
 
 
-def _madvise(view: memoryview, advice: int) -> int:
-    """madvise on the whole view; returns 0 or the errno."""
-    if _libc.madvise(_address(view), len(view), advice) != 0:
-        return ctypes.get_errno()
-    return 0
+def _madvise(view: memoryview, advice: int) -> int | None:
+    """madvise on the whole view; 0 or the errno, None where the OS has no madvise."""
+    return oscalls.madvise(_address(view), len(view), advice)
 
 
 def read_through(path: str, threads: int = _READ_THREADS) -> int:
     """Read the whole file once (pread into scratch buffers, `threads` in parallel); bytes read."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    if not oscalls.has_pread():
+        threads = 1  # lseek + read on one shared descriptor: one reader
+    fd = os.open(path, _OPEN_FLAGS)
     try:
         size = os.fstat(fd).st_size
         offsets = range(0, size, _READ_CHUNK_BYTES)
@@ -89,7 +87,7 @@ def read_through(path: str, threads: int = _READ_THREADS) -> int:
             if buf is None:
                 buf = local.buf = bytearray(_READ_CHUNK_BYTES)
             want = min(_READ_CHUNK_BYTES, size - offset)
-            return os.preadv(fd, [memoryview(buf)[:want]], offset)
+            return oscalls.pread_into(fd, memoryview(buf)[:want], offset)
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             return sum(pool.map(read_chunk, offsets))
@@ -104,19 +102,25 @@ def _warm_file(path: str, view: memoryview | None, mode: str) -> int:
             err = _madvise(view, MADV_WILLNEED)
             if err:
                 raise OSError(err, f"madvise(MADV_WILLNEED): {os.strerror(err)}")
-            return len(view)
-        fd = os.open(path, os.O_RDONLY)
+            if err == 0:
+                return len(view)
+        fd = os.open(path, _OPEN_FLAGS)
         try:
             size = os.fstat(fd).st_size
-            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
-            return size
+            if oscalls.fadvise_willneed(fd, size):
+                return size
         finally:
             os.close(fd)
+        return read_through(path)  # no hint to give: the bytes are read now instead
     if mode == "populate" and view is not None:
+        if not sys.platform.startswith("linux"):
+            oscalls.report_missing("MADV_POPULATE_READ", "populate warm-up reads through")
+            return read_through(path)
         err = _madvise(view, MADV_POPULATE_READ)
         if err == 0:
             return len(view)
-        log.info("%s: MADV_POPULATE_READ failed (%s); reading through", path, os.strerror(err))
+        if err is not None:
+            log.info("%s: MADV_POPULATE_READ failed (%s); reading through", path, os.strerror(err))
     return read_through(path)
 
 
@@ -171,16 +175,14 @@ def warm_in_background(
     return thread
 
 
-def memlock_limit() -> int:
-    """The soft RLIMIT_MEMLOCK in bytes (resource.RLIM_INFINITY when unlimited)."""
-    return resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+def memlock_limit() -> int | None:
+    """The soft RLIMIT_MEMLOCK in bytes (-1 when unlimited; None where the OS has no rlimits)."""
+    return oscalls.memlock_limit()
 
 
-def _mlock_call(view: memoryview) -> int:
-    """mlock(2) on the view; 0 or the errno."""
-    if _libc.mlock(_address(view), len(view)) != 0:
-        return ctypes.get_errno()
-    return 0
+def _mlock_call(view: memoryview) -> int | None:
+    """mlock(2) on the view; 0 or the errno, None where the OS has no mlock."""
+    return oscalls.mlock(_address(view), len(view))
 
 
 def lock(checkpoint: Checkpoint) -> int:
@@ -198,9 +200,11 @@ def lock(checkpoint: Checkpoint) -> int:
     locked = 0
     for view in mappings:
         err = _mlock_call(view)
+        if err is None:  # logged once by oscalls
+            return locked
         if err:
             limit = memlock_limit()
-            shown = "unlimited" if limit == resource.RLIM_INFINITY else f"{limit} bytes"
+            shown = {None: "unknown", -1: "unlimited"}.get(limit, f"{limit} bytes")
             log.warning(
                 "%s: mlock of %d bytes failed (%s); RLIMIT_MEMLOCK is %s. Raise it with "
                 "`ulimit -l unlimited` (or a memlock line in /etc/security/limits.conf; "
@@ -227,11 +231,12 @@ def file_residency(path: str | os.PathLike[str]) -> tuple[int, int]:
             vec = np.zeros(pages, dtype=np.uint8)
             view = memoryview(mm)
             try:
-                rc = _libc.mincore(_address(view), size, vec.ctypes.data)
+                err = oscalls.mincore(_address(view), size, vec.ctypes.data)
             finally:
                 view.release()
-            if rc != 0:
-                err = ctypes.get_errno()
+            if err is None:
+                raise OSError(errno.ENOSYS, f"{path}: no mincore on this system")
+            if err:
                 raise OSError(err, f"{path}: mincore: {os.strerror(err)}")
     resident_pages = int(np.count_nonzero(vec & 1))
     return min(resident_pages * PAGE_BYTES, size), size
