@@ -365,11 +365,13 @@ ALWAYS_INLINE void unpack_group(int id, int size, const uint8_t *w, __m512i *W, 
         int qs = id == T_Q4_0 ? 2 : id == T_Q4_1 ? 4 : id == T_Q5_0 ? 6 : 8;
         __m512i Z[4], t[4];
         for (int i = 0; i < 4; ++i) {
-            __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w + i * size + qs)));
-            for (int L = 1; L < 4; ++L)
-                z = _mm512_inserti32x4(
-                    z, _mm_loadu_si128((const __m128i *)(w + (4 * L + i) * size + qs)), L);
-            Z[i] = z;
+            /* immediates spelled out: gcc -O2 and clang do not unroll a loop into them */
+#define BLOCK_AT(L) _mm_loadu_si128((const __m128i *)(w + (4 * (L) + i) * size + qs))
+            __m512i z = _mm512_castsi128_si512(BLOCK_AT(0));
+            z = _mm512_inserti32x4(z, BLOCK_AT(1), 1);
+            z = _mm512_inserti32x4(z, BLOCK_AT(2), 2);
+            Z[i] = _mm512_inserti32x4(z, BLOCK_AT(3), 3);
+#undef BLOCK_AT
         }
         t[0] = _mm512_unpacklo_epi32(Z[0], Z[1]), t[1] = _mm512_unpackhi_epi32(Z[0], Z[1]);
         t[2] = _mm512_unpacklo_epi32(Z[2], Z[3]), t[3] = _mm512_unpackhi_epi32(Z[2], Z[3]);

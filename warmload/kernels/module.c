@@ -7,6 +7,16 @@
 
 #include "kernels.h"
 
+/* One module per ISA variant (setup.py): its name, e.g. _cpu_avx2, comes from the build. */
+#ifndef WARMLOAD_MODULE
+#define WARMLOAD_MODULE _cpu
+#endif
+#ifndef WARMLOAD_VARIANT
+#define WARMLOAD_VARIANT "unnamed"
+#endif
+/* a plan belongs to the variant that made it: another variant's module refuses it */
+#define PLAN_CAPSULE "warmload.plan." WARMLOAD_VARIANT
+
 #define PTR(type, v) ((type *)(uintptr_t)(v))
 
 /* A (type_id, w_ptr, n_rows, y_ptr, mode) tuple -> part; 0, or -1 with a Python error set. */
@@ -123,7 +133,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
 /* ------------------------------------------------------------------------ decode plans */
 
 static void plan_capsule_free(PyObject *capsule) {
-    plan_free(PyCapsule_GetPointer(capsule, "warmload.plan"));
+    plan_free(PyCapsule_GetPointer(capsule, PLAN_CAPSULE));
 }
 
 static int parse_matrix(PyObject *item, long long k, part_t *p) {
@@ -199,7 +209,7 @@ static PyObject *py_plan_new(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
-    PyObject *capsule = PyCapsule_New(P, "warmload.plan", plan_capsule_free);
+    PyObject *capsule = PyCapsule_New(P, PLAN_CAPSULE, plan_capsule_free);
     if (!capsule) plan_free(P);
     return capsule;
 }
@@ -213,7 +223,7 @@ static PyObject *py_plan_step(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OKLKKLp", &capsule, &x, &n_tokens, &rows, &positions, &pos0,
                           &chunk))
         return NULL;
-    plan_t *P = PyCapsule_GetPointer(capsule, "warmload.plan");
+    plan_t *P = PyCapsule_GetPointer(capsule, PLAN_CAPSULE);
     if (!P) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -351,6 +361,16 @@ static PyMethodDef METHODS[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_cpu", NULL, -1, METHODS};
+#define NAME_STR_(name) #name
+#define NAME_STR(name) NAME_STR_(name)
+#define INIT_NAME_(name) PyInit_##name
+#define INIT_NAME(name) INIT_NAME_(name)
 
-PyMODINIT_FUNC PyInit__cpu(void) { return PyModule_Create(&MODULE); }
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, NAME_STR(WARMLOAD_MODULE), NULL, -1,
+                                    METHODS};
+
+PyMODINIT_FUNC INIT_NAME(WARMLOAD_MODULE)(void) {
+    PyObject *m = PyModule_Create(&MODULE);
+    if (m && PyModule_AddStringConstant(m, "VARIANT", WARMLOAD_VARIANT) < 0) Py_CLEAR(m);
+    return m;
+}
