@@ -172,10 +172,12 @@ typedef struct {
     float *sd;                /* (n_tokens, k / 16): d of the block of 32 holding the sub-block */
 } gemm_x_t;
 
-/* 0: no VNNI (no integer products of many tokens); GEMM_BUFFERED: AVX-VNNI, weights unpacked
-   through a buffer, for prompt chunks only; GEMM_IN_REGISTERS: AVX-512 VNNI, the common types
-   unpacked in registers, fast enough to serve decode steps too (make_part). */
-enum { GEMM_BUFFERED = 1, GEMM_IN_REGISTERS = 2 };
+/* 0: no integer products of many tokens (no AVX2: generic builds); GEMM_ALL_STEPS: there is
+   one (AVX-512 VNNI: the common types unpacked in registers; AVX-VNNI and AVX2 (dpbusd as
+   maddubs + madd): through a buffer) and decode steps take it too (make_part), so a token's
+   result does not depend on how it was batched. 1 is no longer returned (it was: prompt
+   chunks only). */
+enum { GEMM_ALL_STEPS = 2 };
 int gemm_available(void);
 /* gx <- x (n_tokens, k), in a buffer owned by gemm.c; 0, or -1 (no memory / no VNNI). */
 int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens);

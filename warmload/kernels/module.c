@@ -263,7 +263,7 @@ static PyObject *py_types(PyObject *self, PyObject *args) {
     PyObject *out = PyDict_New();
     for (int i = 0; out && i < N_QTYPES; ++i) {
         PyObject *key = PyLong_FromLong(QTYPES[i].id);
-        int int8 = QTYPES[i].dot || (QTYPES[i].to_q8 && gemm_available() == GEMM_IN_REGISTERS);
+        int int8 = QTYPES[i].dot || (QTYPES[i].to_q8 && gemm_available() == GEMM_ALL_STEPS);
         PyObject *val = PyUnicode_FromString(int8 ? "int8" : "float");
         int failed = !key || !val || PyDict_SetItem(out, key, val) < 0;
         Py_XDECREF(key);
@@ -352,7 +352,7 @@ static PyMethodDef METHODS[] = {
      "{ggml type id: 'int8' | 'float'}: how the kernels compute a decode step"},
     {"gemm_types", py_gemm_types, METH_NOARGS, "ggml type ids with integer prompt products"},
     {"gemm_available", py_gemm_available, METH_NOARGS,
-     "0: no products of many tokens, 1: through a buffer (AVX-VNNI), 2: in registers (AVX-512)"},
+     "0: no products of many tokens (generic build), 2: one that decode steps take too"},
     {"quantize_k", py_quantize_k, METH_VARARGS,
      "quantize_k(ggml_type, x, out[, simd]): float32 buffer x of 256-weight blocks -> K-quant\n"
      "blocks in out (Q2_K .. Q6_K, llama.cpp's reference quantizers, byte for byte)"},
