@@ -19,10 +19,14 @@ from warmload.engine import load_engine
 from warmload.loader import load_model
 from warmload.models import fused
 
-# A plan runs the integer decode kernels, which need AVX2 (without it everything dequantizes).
-pytestmark = pytest.mark.skipif(
-    "int8" not in kernels.KERNEL_TYPES.values(), reason="no integer kernels in this build"
-)
+
+@pytest.fixture(autouse=True)
+def integer_kernels(kernel_variant: str) -> str:
+    """Every test once per kernel variant; a plan runs the integer decode kernels, which need
+    AVX2 (the generic variant dequantizes everything)."""
+    if "int8" not in kernels.KERNEL_TYPES.values():
+        pytest.skip(f"no integer kernels in the {kernel_variant} variant")
+    return kernel_variant
 
 
 def decode_logits(model, prompt: list[int], steps: list[int], planned: bool, monkeypatch):
@@ -110,9 +114,13 @@ def chunk_logits(model, prefix: list[int], chunk: list[int], planned: bool, monk
     return out
 
 
-needs_chunk_plans = pytest.mark.skipif(
-    not kernels.DECODE_TAKES_GEMM, reason="plans run prompt chunks only on AVX-512 VNNI"
-)
+@pytest.fixture
+def chunk_plans(integer_kernels: str) -> None:
+    if not kernels.DECODE_TAKES_GEMM:
+        pytest.skip(f"plans run no prompt chunks in the {integer_kernels} variant")
+
+
+needs_chunk_plans = pytest.mark.usefixtures("chunk_plans")
 
 
 @needs_chunk_plans

@@ -40,23 +40,30 @@ GEMM_TYPES: frozenset[str] = frozenset()
 # Whether decode steps take that same product (weights unpacked for any number of tokens), so
 # that a token's result does not depend on how it was batched or chunked.
 DECODE_TAKES_GEMM = False
+# Whether prompt chunks of 64+ tokens take that product too where there are no AMX tiles, in
+# place of torch's float32 GEMM on dequantized weight slices: the variants where it measured
+# faster on whole prompts (benchmarks/bench_generate.py pp512, both models; see README).
+LONG_PROMPT_VARIANTS = frozenset({"avx512"})
+LONG_PROMPTS_INTEGER = False
 QUANTIZE_K_SIMD = False
 
 
 def _bind(module: ModuleType | None, reason: str) -> None:
     """Point this module's wrappers and facts at `module` (a _cpu_<variant>, or None)."""
     global _cpu, AVAILABLE, VARIANT, VARIANT_REASON, KERNEL_TYPES, GEMM_TYPES
-    global DECODE_TAKES_GEMM, QUANTIZE_K_SIMD
+    global DECODE_TAKES_GEMM, QUANTIZE_K_SIMD, LONG_PROMPTS_INTEGER
     _cpu, AVAILABLE, VARIANT_REASON = module, module is not None, reason
     VARIANT = None if module is None else module.VARIANT
     if module is None:
         KERNEL_TYPES, GEMM_TYPES, DECODE_TAKES_GEMM, QUANTIZE_K_SIMD = {}, frozenset(), False, False
+        LONG_PROMPTS_INTEGER = False
         return
     kinds, gemm = module.types(), module.gemm_types()
     KERNEL_TYPES = {name: kinds[i] for name, i in _TYPE_IDS.items() if i in kinds}
     GEMM_TYPES = frozenset(name for name, i in _TYPE_IDS.items() if i in gemm)
     DECODE_TAKES_GEMM = module.gemm_available() == 2  # GEMM_IN_REGISTERS: decode takes it
     QUANTIZE_K_SIMD = module.quantize_k_simd()
+    LONG_PROMPTS_INTEGER = DECODE_TAKES_GEMM and VARIANT in LONG_PROMPT_VARIANTS
 
 
 def _bind_chosen() -> None:
