@@ -63,3 +63,26 @@ def test_ngl_warns_once_that_it_does_nothing(ngl: int, capsys, monkeypatch):
     assert "n_gpu_layers" not in first and first == second
     err = capsys.readouterr().err
     assert err.count("warning: -ngl") == (1 if ngl else 0)
+
+
+def test_bench_backends_name_and_force_the_variant(monkeypatch, tmp_path):
+    """`warmload bench --variants`: each runs as "warmload[v]" with WARMLOAD_KERNELS=v; a peer
+    installed apart goes first on the worker's PYTHONPATH, or is a clear error."""
+    from warmload.bench import split_backend, worker_env
+    from warmload.cli.bench import warmload_backends
+    from warmload.errors import UnsupportedError, WarmloadError
+
+    assert warmload_backends("") == ["warmload"]
+    runnable = kernels.runnable_variants()
+    assert warmload_backends("all") == [f"warmload[{v}]" for v in runnable]
+    with pytest.raises(UnsupportedError, match="avx9000"):
+        warmload_backends("avx9000")
+    assert split_backend("warmload[avx2]") == ("warmload", "avx2")
+    assert split_backend("llama.cpp") == ("llama.cpp", None)
+    assert worker_env(f"warmload[{runnable[-1]}]")["WARMLOAD_KERNELS"] == runnable[-1]
+    monkeypatch.setenv("WARMLOAD_PEERS_ROOT", str(tmp_path))
+    with pytest.raises(WarmloadError, match="make bench-peers"):
+        worker_env("llama.cpp-avx2")
+    (tmp_path / ".peers" / "llama-avx2").mkdir(parents=True)
+    path = worker_env("llama.cpp-avx2")["PYTHONPATH"].split(os.pathsep)[0]
+    assert path == str((tmp_path / ".peers" / "llama-avx2").resolve())
