@@ -25,6 +25,7 @@ INT8_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 FLOAT_TYPES = ["Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS", "F16", "BF16"]
 # types with an integer prompt product (kernels/gemm.c), in every variant but the generic one
 PROMPT_INT8_TYPES = [
+    "Q2_K",
     "Q4_0",
     "Q4_1",
     "Q5_0",
@@ -175,7 +176,7 @@ def test_a_rows_result_does_not_depend_on_its_batch(ggml_type: str):
 
 
 @pytest.mark.parametrize("tokens", [11, 47])
-@pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "IQ4_XS"])
+@pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "IQ4_XS", "Q2_K", "Q3_K"])
 def test_a_prompt_tokens_result_does_not_depend_on_its_chunk(ggml_type: str, tokens: int):
     """The integer prompt product takes tokens 8 at a time over each unpacked row, then 4, 2,
     1: every token's sums run in one order, so a chunk equals each token alone."""
@@ -214,7 +215,7 @@ def test_rows_with_a_part_group_match_the_reference_and_their_batch(ggml_type: s
     assert torch.equal(got, torch.cat(alone))
 
 
-@pytest.mark.parametrize("ggml_type", ["Q4_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K", "IQ4_NL"])
+@pytest.mark.parametrize("ggml_type", ["Q4_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K", "IQ4_NL", "Q2_K"])
 def test_decode_steps_and_short_prompts_share_one_arithmetic(ggml_type: str):
     """In every variant with the integer product a token's product is the same bits as a
     decode step, in a batch of decode steps, or inside a prompt chunk."""

@@ -153,7 +153,7 @@ static void to_super_layout(const uint8_t *q, int64_t b, uint8_t *super) {
 int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
     int64_t kp = padded(k), nb = k / QK, ng = (nb + GROUP - 1) / GROUP;
     int64_t n_super = k % QK_K ? 0 : k / QK_K;
-    int64_t row_major = 3 * kp + nb * 4, grouped = ng * (2 * GROUP_BYTES + 2 * GROUP * 4);
+    int64_t row_major = 3 * kp + nb * 4 * 3, grouped = ng * (2 * GROUP_BYTES + 2 * GROUP * 4);
     int64_t super = n_super * (QK_K + QK_K / 16 * 4);
     int64_t need = n_tokens * (row_major + grouped + super);
     if (g_x.cap < need) {
@@ -175,6 +175,7 @@ int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
     gx->qs = (int8_t *)at, at += n_tokens * kp;
     gx->scale = (float *)at;
     gx->sum = gx->scale + n_tokens * (kp / 4);
+    gx->sum16 = gx->sum + n_tokens * nb;
     for (int64_t t = 0; t < n_tokens; ++t) {
         uint8_t *q = gx->q + t * kp;
         int8_t *qs = gx->qs + t * kp;
@@ -186,6 +187,10 @@ int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
             quantize_block(x + t * k + b * QK, qs + b * QK, q + b * QK, scale + b * (QK / 4),
                            gx->sum + t * nb + b);
             gd[b] = scale[b * (QK / 4)], gsum[b] = gx->sum[t * nb + b];
+            int first = 0, second = 0; /* the halves' sums, for offsets per 16 values */
+            for (int i = 0; i < QK / 2; ++i) first += qs[b * QK + i], second += qs[b * QK + 16 + i];
+            gx->sum16[t * 2 * nb + 2 * b] = gd[b] * (float)first;
+            gx->sum16[t * 2 * nb + 2 * b + 1] = gd[b] * (float)second;
             if (VB != 64) continue; /* the group layouts serve the AVX-512 row kernels only */
             to_group_layout(qs + b * QK, b, gs);
             to_group_layout(q + b * QK, b, gu);
@@ -271,11 +276,12 @@ ALWAYS_INLINE void row_buffered(const qtype *type, const uint8_t *w, int64_t nb,
     int8_t q[UNIT] __attribute__((aligned(64)));
     float s[UNIT / 4] __attribute__((aligned(64)));
     int64_t blocks = nb * QK / type->block, per_unit = UNIT / type->block;
+    const int per_c = type->offset_values ? type->offset_values : QK;
     for (int64_t b0 = 0; b0 < blocks; b0 += per_unit) {
         int64_t n = blocks - b0 < per_unit ? blocks - b0 : per_unit, values = n * type->block;
         for (int64_t b = 0; b < n; ++b)
             type->to_q8(w + (b0 + b) * type->type_size, q + b * type->block,
-                        s + b * (type->block / 4), c + (b0 + b) * (type->block / QK));
+                        s + b * (type->block / 4), c + (b0 + b) * (type->block / per_c));
         if (values % VB) {
             memset(q + values, 0, (size_t)(VB - values % VB));
             memset(s + values / 4, 0, sizeof(float) * (size_t)((VB - values % VB) / 4));
@@ -806,6 +812,7 @@ ALWAYS_INLINE void offsets_tokens(const float *c, const float *s, int64_t stride
 ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1,
                              int64_t t0, int nt, float *c) {
     int64_t kp = gx->kp, nb = gx->nb;
+    int64_t cn = p->type->offset_values == 16 ? 2 * nb : nb; /* offset coefficients a row */
     xtile_t x = {gx->qs + t0 * kp, gx->q + t0 * kp, gx->scale + t0 * (kp / 4), kp};
     int64_t ng = gx->ng;
     xgroups_t xg = {gx->gs + t0 * ng * GROUP_BYTES, gx->gu + t0 * ng * GROUP_BYTES,
@@ -814,13 +821,16 @@ ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, in
     xgroups_t xs = {NULL, gx->su + t0 * ns * QK_K, gx->sd + t0 * ns * GROUP, NULL, ns, 4};
     for (int64_t r = r0; r < r1; ++r) {
         float out[TILE];
-        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, xg, xs, nt, c + (r - r0) * nb, out);
+        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, xg, xs, nt, c + (r - r0) * cn, out);
         for (int i = 0; i < nt; ++i) p->y[(t0 + i) * p->n_rows + r] = out[i];
     }
     if (p->type->q_unsigned && !grouped(p->type->id))
         for (int64_t r = r0; r < r1; ++r) {
             float off[TILE];
-            offsets_tokens(c + (r - r0) * nb, gx->sum + t0 * nb, nb, nb, nt, off);
+            if (cn != nb) /* per half block: 2 nb coefficients and sums */
+                offsets_tokens(c + (r - r0) * cn, gx->sum16 + t0 * cn, cn, cn, nt, off);
+            else
+                offsets_tokens(c + (r - r0) * nb, gx->sum + t0 * nb, nb, nb, nt, off);
             for (int i = 0; i < nt; ++i) p->y[(t0 + i) * p->n_rows + r] += off[i];
         }
 }

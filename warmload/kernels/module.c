@@ -142,7 +142,8 @@ static int parse_matrix(PyObject *item, long long k, part_t *p) {
     long long n_rows;
     if (!PyArg_ParseTuple(item, "iKL", &type_id, &w, &n_rows)) return -1;
     const qtype *type = find_type(type_id);
-    if (!type || !type->dot || k % type->block || n_rows <= 0) {
+    int integer = type && (type->dot || (type->to_q8 && gemm_available() == GEMM_ALL_STEPS));
+    if (!integer || k % type->block || n_rows <= 0) {
         PyErr_Format(PyExc_ValueError, "matrix of type %d, %lld x %lld: no integer kernel",
                      type_id, n_rows, k);
         return -1;

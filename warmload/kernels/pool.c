@@ -123,7 +123,7 @@ static void work_on(job_t *j, unsigned gen, int slot) {
         if (p->mode != MODE_GEMM) {
             run_rows(j, p, r0, r1, row);
         } else {
-            float *offsets = scratch(&g_offsets, slot, p->chunk * j->gx.nb);
+            float *offsets = scratch(&g_offsets, slot, p->chunk * 2 * j->gx.nb);
             if (!offsets) abort();
             gemm_rows(&j->gx, p, r0, r1, offsets);
         }
