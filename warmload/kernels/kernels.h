@@ -1,4 +1,5 @@
-/* Shared declarations of warmload's CPU kernels (the extension warmload.kernels._cpu).
+/* Shared declarations of warmload's CPU kernels (the extensions warmload.kernels._cpu_<variant>:
+   one build per ISA variant, setup.py; picked at import by dispatch.py).
 
    quants.c     GGML block formats: row dots against 8-bit activations, block dequantizers
    gemm.c       prompt chunks: unpacked weight rows times many 8-bit tokens (VNNI)
