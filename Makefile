@@ -47,6 +47,7 @@ LLAMA_AVX2_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_F
 bench-peers: $(STAMP)
 	$(PIP) install -q transformers accelerate sentencepiece protobuf
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q --no-cache-dir "llama-cpp-python[server]==0.3.36"
+	$(PIP) install -q diskcache jinja2  # its runtime deps, from the venv (--no-deps below)
 	CMAKE_ARGS="$(LLAMA_AVX2_CMAKE_ARGS)" $(PIP) install -q --no-cache-dir --no-deps \
 		--target $(LLAMA_AVX2_DIR) "llama-cpp-python==0.3.36"
 
