@@ -10,7 +10,7 @@ PROMPT ?= Explain in two sentences why the sky is blue.
 
 .PHONY: install run test test-arm lint bench bench-peers clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard warmload/kernels/*.c warmload/kernels/*.h) Makefile
+$(STAMP): pyproject.toml setup.py $(wildcard warmload/kernels/*.c warmload/kernels/*.h warmload/kernels/*/*.[ch]) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check --upgrade pip
 	$(PIP) install -q --disable-pip-version-check -e '.[test]'
@@ -41,9 +41,21 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX_VNNI=ON \
 	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
+# The peer of warmload's avx2 kernel variant on any x86 machine: llama.cpp built for
+# AVX2/FMA/F16C only, into its own folder (`warmload bench --compare llama-cpp-avx2`,
+# benchmarks/bench_generate.py --peers llama.cpp-avx2 put it first on the worker's PYTHONPATH).
+LLAMA_AVX2_DIR := .peers/llama-avx2
+LLAMA_AVX2_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF \
+	-DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
 bench-peers: $(STAMP)
 	$(PIP) install -q transformers accelerate sentencepiece protobuf
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q --no-cache-dir "llama-cpp-python[server]==0.3.36"
+	$(PIP) install -q diskcache jinja2  # its runtime deps, from the venv (--no-deps below)
+	CMAKE_ARGS="$(LLAMA_AVX2_CMAKE_ARGS)" $(PIP) install -q --no-cache-dir --no-deps \
+		--target $(LLAMA_AVX2_DIR) "llama-cpp-python==0.3.36"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_open.py

@@ -3,6 +3,9 @@ RMSNorm and the rest (Python, module calls, sampling-free torch ops), per packag
 
     .venv/bin/python benchmarks/bench_decode_profile.py [--threads 2] [--steps 64] [--runs 5]
 
+Runs on the kernel variant dispatch picks (WARMLOAD_KERNELS=avx2 .. forces one); every row
+names it.
+
 Each kernel entry point of warmload.kernels is wrapped with a wall-clock timer; the step time is
 the model's forward + logits of one token at a context of 64-128 tokens. Prints JSON lines, then
 a table of per-step milliseconds (min over runs of the per-run mean).
@@ -74,18 +77,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     if not kernels.AVAILABLE:
-        raise SystemExit("warmload/kernels/_cpu.c is not built (make install)")
+        raise SystemExit(f"no kernel variant runs here ({kernels.VARIANT_REASON}): make install")
     spent = instrument()
     results = []
     for name in args.models.split(","):
         result = profile(name, args.threads, args.steps, args.runs, spent)
+        result["variant"] = kernels.VARIANT
         print(json.dumps(result), flush=True)
         results.append(result)
     columns = ("step", "plan_step", "quantized_matmul", "attention", "rms_norm", "rest")
     print_table(
-        ("model", "threads", *(f"{c} ms" for c in columns), "tokens/s"),
+        ("model", "variant", "threads", *(f"{c} ms" for c in columns), "tokens/s"),
         [
-            (r["model"], r["threads"], *(f"{r[c]:.2f}" for c in columns), f"{1e3 / r['step']:.1f}")
+            (
+                r["model"],
+                r["variant"],
+                r["threads"],
+                *(f"{r[c]:.2f}" for c in columns),
+                f"{1e3 / r['step']:.1f}",
+            )
             for r in results
         ],
     )

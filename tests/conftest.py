@@ -1,14 +1,18 @@
-"""Shared fixtures: the two real models shipped as PyPI packages, the vocab fixtures, and tiny
-synthetic GGUF files written by benchmarks/make_synthetic.py."""
+"""Shared fixtures: the two real models shipped as PyPI packages, the vocab fixtures, tiny
+synthetic GGUF files written by benchmarks/make_synthetic.py, and `kernel_variant`: a test
+that uses it runs once per kernel variant this CPU runs (only the forced one where
+WARMLOAD_KERNELS is set)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from warmload import kernels
 from warmload.catalog import resolve_model_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,3 +57,17 @@ def tiny_files(synthetic, tmp_path_factory):
         size = synthetic.write_synthetic(paths[file_type], "tiny", file_type)
         assert size == paths[file_type].stat().st_size
     return paths
+
+
+def _variants() -> list[str]:
+    forced = os.environ.get("WARMLOAD_KERNELS")
+    return [forced] if forced else kernels.runnable_variants()
+
+
+@pytest.fixture(params=_variants() or ["none"])
+def kernel_variant(request):
+    """The test's kernels rebound to one variant (kernels.use_variant), then back."""
+    if request.param == "none":
+        pytest.skip("no kernel variant was built (make install)")
+    with kernels.use_variant(request.param):
+        yield request.param

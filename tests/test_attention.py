@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from warmload import kernels
 from warmload.models.layers import RotaryTables, apply_rope, rope_angles, rope_inv_freq
 
-pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="kernels not built")
+pytestmark = pytest.mark.usefixtures("kernel_variant")  # every test on every variant
 
 H, KV, MAX_CTX = 6, 2, 48
 

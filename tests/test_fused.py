@@ -19,10 +19,14 @@ from warmload.engine import load_engine
 from warmload.loader import load_model
 from warmload.models import fused
 
-# A plan runs the integer decode kernels, which need AVX2 (without it everything dequantizes).
-pytestmark = pytest.mark.skipif(
-    "int8" not in kernels.KERNEL_TYPES.values(), reason="no integer kernels in this build"
-)
+
+@pytest.fixture(autouse=True)
+def integer_kernels(kernel_variant: str) -> str:
+    """Every test once per kernel variant; a plan runs the integer decode kernels, which need
+    AVX2 (the generic variant dequantizes everything)."""
+    if "int8" not in kernels.KERNEL_TYPES.values():
+        pytest.skip(f"no integer kernels in the {kernel_variant} variant")
+    return kernel_variant
 
 
 def decode_logits(model, prompt: list[int], steps: list[int], planned: bool, monkeypatch):
@@ -110,9 +114,13 @@ def chunk_logits(model, prefix: list[int], chunk: list[int], planned: bool, monk
     return out
 
 
-needs_chunk_plans = pytest.mark.skipif(
-    not kernels.DECODE_TAKES_GEMM, reason="plans run prompt chunks only on AVX-512 VNNI"
-)
+@pytest.fixture
+def chunk_plans(integer_kernels: str) -> None:
+    if not kernels.DECODE_TAKES_GEMM:
+        pytest.skip(f"plans run no prompt chunks in the {integer_kernels} variant")
+
+
+needs_chunk_plans = pytest.mark.usefixtures("chunk_plans")
 
 
 @needs_chunk_plans
@@ -198,3 +206,41 @@ def test_a_plan_refuses_ragged_steps_it_cannot_take(tmp_path: Path):
     with pytest.raises(ValueError, match="outside the KV cache"):
         plan.ragged(x, torch.tensor([0, 1, 1]), torch.tensor([0, 0, 32]))
     assert fused.ragged_plan(model, model.new_cache(32, 1)) is None
+
+
+def requantized(m, ggml_type: str) -> torch.Tensor:
+    """m's weights as `ggml_type` blocks (IQ4_XS: random blocks with valid scales; the
+    quantizer does not write IQ4)."""
+    import numpy as np
+
+    from warmload.quant.dequant import dequantize
+    from warmload.quant.quantize import quantize
+
+    if ggml_type == "IQ4_XS":
+        rng = np.random.default_rng(m.out_features)
+        raw = rng.integers(0, 256, (m.out_features * m.in_features // 256, 136), dtype=np.uint8)
+        raw[:, :2] = np.frombuffer(np.float16(0.002).tobytes(), np.uint8)
+        return torch.from_numpy(raw).view(m.out_features, -1)
+    w = dequantize(m.blocks, m.ggml_type, (m.out_features, m.in_features))
+    return torch.from_numpy(quantize(w.numpy(), ggml_type, threads=1))
+
+
+@pytest.mark.parametrize("ggml_type", ["Q2_K", "Q3_K", "IQ4_XS"])
+def test_the_plan_takes_the_rarer_integer_types(ggml_type: str, tiny_files, monkeypatch):
+    """Q2_K (mins per 16 values), Q3_K and IQ4 matrices run in the one-call plan too, with the
+    modules' bits."""
+    from warmload.quant.matmul import QuantLinear
+
+    with open_checkpoint(tiny_files["q4_k_m"]) as ck:
+        model, _ = load_model(ck)
+    for layer in model.model.layers:
+        for block, name in fused._PROJECTIONS:
+            parent = getattr(layer, block)
+            m = getattr(parent, name)
+            setattr(parent, name, QuantLinear(requantized(m, ggml_type), ggml_type, m.in_features))
+    model.__dict__.pop("_plan_weights", None)
+    prompt, steps = [3, 17, 9, 41], [0, 25, 25, 7]
+    planned = decode_logits(model, prompt, steps, True, monkeypatch)
+    assert [p for p in model._plans.values() if p is not None]
+    modules = decode_logits(model, prompt, steps, False, monkeypatch)
+    assert torch.equal(planned, modules)

@@ -23,8 +23,9 @@ from warmload.quant.quantize import QUANTIZERS, quantize
 
 INT8_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 FLOAT_TYPES = ["Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS", "F16", "BF16"]
-# types with an integer prompt product (kernels/gemm.c), on machines with VNNI
+# types with an integer prompt product (kernels/gemm.c), in every variant but the generic one
 PROMPT_INT8_TYPES = [
+    "Q2_K",
     "Q4_0",
     "Q4_1",
     "Q5_0",
@@ -40,25 +41,53 @@ PROMPT_INT8_TYPES = [
 N, K = 72, 512
 
 
-def test_the_extension_is_built():
+pytestmark = pytest.mark.usefixtures("kernel_variant")  # every test on every variant
+
+
+def test_the_extension_is_built(kernel_variant: str):
     """make install compiles it (setup.py); without it every product would run dequantized."""
     assert kernels.AVAILABLE, "warmload/kernels/*.c were not built: make install"
+    assert kernels.VARIANT == kernel_variant
     assert set(kernels.KERNEL_TYPES) == set(INT8_TYPES + FLOAT_TYPES)
     int8 = {t for t, kind in kernels.KERNEL_TYPES.items() if kind == "int8"}
-    vnni = cpu_has("avx512_vnni") or cpu_has("avx_vnni")
-    assert kernels.GEMM_TYPES == (set(PROMPT_INT8_TYPES) if vnni else set())
-    assert kernels.DECODE_TAKES_GEMM == cpu_has("avx512_vnni")  # built for this machine
-    if kernels.DECODE_TAKES_GEMM:  # decode steps take the prompt products' arithmetic
-        assert int8 == set(PROMPT_INT8_TYPES)
-    else:  # row dots where AVX2 is, else everything dequantizes
-        assert int8 == (set(INT8_TYPES) if cpu_has("avx2") else set())
+    if kernel_variant == "generic":  # no integer product: everything dequantizes
+        assert not kernels.GEMM_TYPES and not kernels.DECODE_TAKES_GEMM and not int8
+        return
+    expected = set(PROMPT_INT8_TYPES)
+    if kernel_variant in ("neon", "dotprod", "i8mm"):  # Q2_K stays dequantized on ARM
+        expected.discard("Q2_K")
+    # decode steps take the prompt products' arithmetic
+    assert kernels.GEMM_TYPES == expected and kernels.DECODE_TAKES_GEMM
+    assert int8 == expected
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 1), (1, 19)])
+@pytest.mark.parametrize("ggml_type", INT8_TYPES + FLOAT_TYPES)
+def test_each_variant_agrees_with_the_generic_one(ggml_type: str, shape: tuple[int, int]):
+    """The same products and dequantized weights as the plain C build: bit for bit where both
+    dequantize, to float rounding where this variant quantizes x to 8 bits (the generic build's
+    float product of the same 8-bit x)."""
+    blocks = random_blocks(ggml_type, seed=31 + shape[0])
+    x = torch.randn(shape[0] * shape[1], K, generator=torch.Generator().manual_seed(9))
+    x[:, 7] *= 50.0
+    mode = "int8" if shape[1] == 1 else "gemm"
+    got = kernels.quantized_matmul(x, [(blocks, ggml_type)], mode)[0]
+    weight = kernels.dequantize(blocks, ggml_type, torch.empty(N, K))
+    int8 = seen_as_int8(ggml_type, shape[1])
+    with kernels.use_variant("generic"):
+        plain = kernels.dequantize(blocks, ggml_type, torch.empty(N, K))
+        seen = quantized_activations(x) if int8 else x
+        want = kernels.quantized_matmul(seen.contiguous(), [(blocks, ggml_type)], "float")[0]
+    assert torch.equal(weight, plain)
+    assert relative_error(got, want) < 1e-5
 
 
 def seen_as_int8(ggml_type: str, tokens: int) -> bool:
     """Whether a product of `tokens` rows per sequence quantizes x to 8 bits (else float)."""
     if tokens == 1:
         return kernels.KERNEL_TYPES[ggml_type] == "int8"
-    return tokens < GEMM_TOKENS and ggml_type in kernels.GEMM_TYPES
+    long_ok = quant_matmul.long_prompts_take_integer_product()
+    return (tokens < GEMM_TOKENS or long_ok) and ggml_type in kernels.GEMM_TYPES
 
 
 def seen_as_bf16(ggml_type: str, tokens: int) -> bool:
@@ -123,10 +152,10 @@ def test_product_matches_the_dequantized_reference(ggml_type: str, shape: tuple[
 @pytest.mark.parametrize("shape", [(1, 1), (5, 1)])
 @pytest.mark.parametrize("ggml_type", INT8_TYPES)
 def test_row_dots_match_the_reference(ggml_type: str, shape: tuple[int, int]):
-    """The AVX2 per-row integer dots (decode steps on machines without AVX-512 VNNI), asked for
-    by name so that they are checked on every machine with AVX2."""
-    if not cpu_has("avx2"):
-        pytest.skip("no integer row dots without AVX2")
+    """The AVX2 per-row integer dots (decode steps take the many-token product instead), asked
+    for by name so that they are checked on every variant with AVX2."""
+    if not any(kind == "int8" for kind in kernels.KERNEL_TYPES.values()):
+        pytest.skip("no integer row dots in this variant (no AVX2)")
     blocks = random_blocks(ggml_type, seed=21)
     x = torch.randn(shape[0], K, generator=torch.Generator().manual_seed(7))
     x[:, 7] *= 50.0
@@ -151,12 +180,12 @@ def test_a_rows_result_does_not_depend_on_its_batch(ggml_type: str):
 
 
 @pytest.mark.parametrize("tokens", [11, 47])
-@pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "IQ4_XS"])
+@pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "IQ4_XS", "Q2_K", "Q3_K"])
 def test_a_prompt_tokens_result_does_not_depend_on_its_chunk(ggml_type: str, tokens: int):
     """The integer prompt product takes tokens 8 at a time over each unpacked row, then 4, 2,
     1: every token's sums run in one order, so a chunk equals each token alone."""
     if ggml_type not in kernels.GEMM_TYPES:
-        pytest.skip("no integer prompt product on this machine (no VNNI)")
+        pytest.skip("no integer prompt product in this variant (no AVX2)")
     blocks = random_blocks(ggml_type, seed=12)
     x = torch.randn(tokens, K, generator=torch.Generator().manual_seed(5))
     weights = [(blocks, ggml_type)]
@@ -181,7 +210,8 @@ def test_rows_with_a_part_group_match_the_reference_and_their_batch(ggml_type: s
     x = torch.randn(11, k, generator=torch.Generator().manual_seed(k))
     x[:, 7] *= 50.0
     got = kernels.quantized_matmul(x, [(blocks, ggml_type)], "int8")[0]
-    want = quantized_activations(x) @ dequantize(blocks, ggml_type, (40, k)).T
+    x_seen = quantized_activations(x) if seen_as_int8(ggml_type, 1) else x
+    want = x_seen @ dequantize(blocks, ggml_type, (40, k)).T
     assert relative_error(got, want) < 1e-5
     alone = [
         kernels.quantized_matmul(x[i : i + 1], [(blocks, ggml_type)], "int8")[0] for i in range(11)
@@ -189,12 +219,12 @@ def test_rows_with_a_part_group_match_the_reference_and_their_batch(ggml_type: s
     assert torch.equal(got, torch.cat(alone))
 
 
-@pytest.mark.parametrize("ggml_type", ["Q4_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K", "IQ4_NL"])
+@pytest.mark.parametrize("ggml_type", ["Q4_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K", "IQ4_NL", "Q2_K"])
 def test_decode_steps_and_short_prompts_share_one_arithmetic(ggml_type: str):
-    """On AVX-512 VNNI a token's product is the same bits as a decode step, in a batch of
-    decode steps, or inside a prompt chunk."""
+    """In every variant with the integer product a token's product is the same bits as a
+    decode step, in a batch of decode steps, or inside a prompt chunk."""
     if not kernels.DECODE_TAKES_GEMM:
-        pytest.skip("decode steps take per-row dots without AVX-512 VNNI")
+        pytest.skip("no integer product in this variant (generic build)")
     layer = QuantLinear(random_blocks(ggml_type, seed=13), ggml_type, K)
     x = torch.randn(1, 13, K, generator=torch.Generator().manual_seed(6))
     chunk = layer(x)[0]
@@ -208,8 +238,10 @@ def test_decode_steps_and_short_prompts_share_one_arithmetic(ggml_type: str):
 @pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "F16"])
 def test_long_prompt_chunks_use_torchs_gemm(ggml_type: str, slice_rows, bf16: bool, monkeypatch):
     """float32 GEMM, or where AMX makes it 5x faster bfloat16 (forced here on any CPU), except
-    for F16 weights, which bfloat16 would round."""
+    for F16 weights, which bfloat16 would round (variants whose integer product beats the
+    float32 GEMM take it instead: test below)."""
     monkeypatch.setattr(quant_matmul, "AMX_BF16_GEMM", bf16)
+    monkeypatch.setattr(kernels, "LONG_PROMPTS_INTEGER", False)
     if slice_rows:  # the weight is dequantized 10 rows at a time
         monkeypatch.setattr(quant_matmul, "SCRATCH_FLOATS", slice_rows * K)
     blocks = random_blocks(ggml_type, seed=3)
@@ -225,6 +257,32 @@ def test_long_prompt_chunks_use_torchs_gemm(ggml_type: str, slice_rows, bf16: bo
         assert 1e-4 < relative_error(got, x @ w.T) < 1e-2
     else:
         assert relative_error(got, x @ w.T) < 1e-6
+
+
+@pytest.mark.parametrize("amx", [False, True])
+@pytest.mark.parametrize("ggml_type", ["Q4_1", "Q6_K", "F16"])
+def test_long_prompts_take_the_integer_product_where_it_is_faster(
+    ggml_type: str, amx: bool, monkeypatch
+):
+    """Where the variant's integer product measured faster than torch's float32 GEMM and there
+    are no AMX tiles, chunks of GEMM_TOKENS+ tokens take it (8-bit x, no float weight copy),
+    and a token's bits are those of the same token in a short chunk."""
+    monkeypatch.setattr(quant_matmul, "AMX_BF16_GEMM", amx)
+    monkeypatch.setattr(kernels, "LONG_PROMPTS_INTEGER", kernels.DECODE_TAKES_GEMM)
+    blocks = random_blocks(ggml_type, seed=23)
+    layer = QuantLinear(blocks, ggml_type, K)
+    x = torch.randn(1, GEMM_TOKENS + 5, K, generator=torch.Generator().manual_seed(4))
+    got = layer(x)[0]
+    integer = kernels.DECODE_TAKES_GEMM and not amx and ggml_type in kernels.GEMM_TYPES
+    assert quant_matmul.long_prompts_take_integer_product() == (
+        kernels.DECODE_TAKES_GEMM and not amx
+    )
+    w = dequantize(blocks, ggml_type, (N, K))
+    if integer:
+        assert relative_error(got, quantized_activations(x[0]) @ w.T) < 1e-5
+        assert torch.equal(got[-5:], layer(x[:, -5:])[0])  # a short chunk of the same tokens
+    elif not quant_matmul.bf16_gemm_for(ggml_type):
+        assert relative_error(got, x[0] @ w.T) < 1e-6
 
 
 @pytest.mark.parametrize("ggml_type", INT8_TYPES + FLOAT_TYPES)

@@ -3,12 +3,15 @@
 Each (model, backend, threads) runs in a fresh worker process (`python -m
 warmload.bench.worker SPEC`), so peak RSS and import state belong to that backend alone. All
 backends get the same prompt token ids (made by warmload's tokenizer). Results are rows of
-model, size, params, backend, threads, test and value (mean ± sd, min, median).
+model, size, params, backend, threads, test and value (mean ± sd, min, median). warmload's
+rows name the kernel variant that ran ("warmload[avx2]"); backend "warmload[avx2]" forces
+that variant (WARMLOAD_KERNELS in the worker).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +30,46 @@ PROMPT_TEXT = (
     "followed, each shrinking the machine and growing what it could do. "
 )
 TTFT_TOKENS = 20
+# Peers installed apart from the venv (`make bench-peers`): backend -> folder put first on the
+# worker's PYTHONPATH. llama.cpp-avx2 is llama-cpp-python built for AVX2/FMA/F16C only, the
+# peer of warmload's avx2 kernel variant on any x86 machine.
+PEER_DIRS = {"llama.cpp-avx2": ".peers/llama-avx2"}
+PEERS_ROOT_ENV = "WARMLOAD_PEERS_ROOT"  # where .peers/ is (default: the current directory)
+
+
+def backend_name(backend: str, variant: str | None) -> str:
+    """warmload on a kernel variant is the backend "warmload[variant]"."""
+    return f"{backend}[{variant}]" if variant else backend
+
+
+def split_backend(backend: str) -> tuple[str, str | None]:
+    """ "warmload[avx2]" -> ("warmload", "avx2"); other backends -> (backend, None)."""
+    base, _, rest = backend.partition("[")
+    return base, (rest.rstrip("]") or None)
+
+
+def peer_dir(backend: str) -> Path | None:
+    """The folder of a peer installed apart (PEER_DIRS), or None for the others."""
+    if backend not in PEER_DIRS:
+        return None
+    return Path(os.environ.get(PEERS_ROOT_ENV, ".")) / PEER_DIRS[backend]
+
+
+def worker_env(backend: str) -> dict[str, str]:
+    """The worker's environment: WARMLOAD_KERNELS for a warmload variant, PYTHONPATH for a
+    peer installed apart (WarmloadError when it is not there)."""
+    env = dict(os.environ)
+    base, variant = split_backend(backend)
+    if variant:
+        env["WARMLOAD_KERNELS"] = variant
+    folder = peer_dir(base)
+    if folder is not None:
+        if not folder.is_dir():
+            raise WarmloadError(f"{backend}: {folder} not found; build it with `make bench-peers`")
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(folder.resolve()), env.get("PYTHONPATH")])
+        )
+    return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +124,13 @@ def prompt_ids_for(model_path: Path, n_tokens: int) -> list[int]:
     return ids[:n_tokens]
 
 
-def run_worker(module: str, payload: object, what: str, timeout_s: float) -> dict:
+def run_worker(
+    module: str, payload: object, what: str, timeout_s: float, env: dict | None = None
+) -> dict:
     """`python -m module JSON(payload)` in a fresh process: its last JSON line, or a
     WarmloadError naming `what` with the end of its output."""
     cmd = [sys.executable, "-m", module, json.dumps(asdict(payload))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
@@ -96,7 +141,7 @@ def run_worker(module: str, payload: object, what: str, timeout_s: float) -> dic
 def run_spec(spec: BenchSpec, timeout_s: float = 1800) -> dict:
     """Runs one worker process and returns its JSON result."""
     what = f"{spec.backend} on {spec.model}"
-    return run_worker("warmload.bench.worker", spec, what, timeout_s)
+    return run_worker("warmload.bench.worker", spec, what, timeout_s, worker_env(spec.backend))
 
 
 def run_bench(
@@ -131,9 +176,12 @@ def run_bench(
                     tuple(load_modes),
                 )
                 result = run_spec(spec)
+                label = backend
+                if split_backend(backend)[0] == "warmload":  # named after its kernel variant
+                    label = backend_name("warmload", result.get("variant") or "no kernels")
                 for test, (unit, values) in result["tests"].items():
                     row = BenchRow(
-                        model.name, size, params, backend, n_threads, test, unit, tuple(values)
+                        model.name, size, params, label, n_threads, test, unit, tuple(values)
                     )
                     rows.append(row)
                     if on_row is not None:

@@ -8,6 +8,7 @@ so the comparison is about the engines, not the tokenizers.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,4 +142,22 @@ class TransformersRunner:
         self.model = None
 
 
-RUNNERS = {r.name: r for r in (WarmloadRunner, LlamaCppRunner, TransformersRunner)}
+class LlamaCppAvx2Runner(LlamaCppRunner):
+    """llama-cpp-python built for AVX2/FMA/F16C only (`make bench-peers`, .peers/llama-avx2,
+    put first on the worker's PYTHONPATH): the peer of warmload's avx2 kernel variant."""
+
+    name = "llama.cpp-avx2"
+
+    def load(self) -> float:
+        import llama_cpp
+
+        folder = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0]
+        where = Path(llama_cpp.__file__).resolve()
+        if not folder or not where.is_relative_to(Path(folder).resolve()):
+            raise RuntimeError(f"llama.cpp-avx2 imported llama_cpp from {where}, not {folder}")
+        return super().load()
+
+
+RUNNERS = {
+    r.name: r for r in (WarmloadRunner, LlamaCppRunner, LlamaCppAvx2Runner, TransformersRunner)
+}

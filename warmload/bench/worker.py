@@ -1,5 +1,6 @@
 """Bench worker: `python -m warmload.bench.worker SPEC_JSON` measures one backend on one model
-and prints one JSON line: {"tests": {name: [unit, [values...]]}}."""
+and prints one JSON line: {"tests": {name: [unit, [values...]]}} (and for warmload "variant":
+the kernel variant it ran)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import json
 import sys
 from pathlib import Path
 
-from warmload.bench import TTFT_TOKENS, BenchSpec
+from warmload.bench import TTFT_TOKENS, BenchSpec, split_backend
 from warmload.bench.runners import RUNNERS
 from warmload.memstats import peak_rss_bytes
 
 
 def measure(spec: BenchSpec) -> dict[str, tuple[str, list[float]]]:
-    runner_cls = RUNNERS[spec.backend]
+    runner_cls = RUNNERS[split_backend(spec.backend)[0]]
     tests: dict[str, tuple[str, list[float]]] = {}
     runner = None
     for mode in spec.load_modes:
@@ -46,7 +47,12 @@ def main() -> int:
     data["prompt_ids"] = tuple(data["prompt_ids"])
     data["load_modes"] = tuple(data["load_modes"])
     spec = BenchSpec(**data)
-    print(json.dumps({"tests": measure(spec)}))
+    result: dict = {"tests": measure(spec)}
+    if split_backend(spec.backend)[0] == "warmload":
+        from warmload import kernels
+
+        result["variant"] = kernels.VARIANT
+    print(json.dumps(result))
     return 0
 
 

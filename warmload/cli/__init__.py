@@ -15,10 +15,10 @@ import traceback
 from collections.abc import Sequence
 
 from warmload import __version__
-from warmload.cli import bench, cache, files, generate, inspect, serve
+from warmload.cli import bench, cache, files, generate, info, inspect, serve
 from warmload.errors import WarmloadError
 
-SUBCOMMANDS = (generate, inspect, bench, serve, files, cache)
+SUBCOMMANDS = (generate, inspect, bench, serve, files, cache, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

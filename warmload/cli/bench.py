@@ -7,7 +7,11 @@ import json
 
 from warmload.cli.render import format_bytes, print_table
 
-PEERS = {"llama-cpp": "llama.cpp", "transformers": "transformers"}
+PEERS = {
+    "llama-cpp": "llama.cpp",
+    "llama-cpp-avx2": "llama.cpp-avx2",  # built for AVX2 only: make bench-peers
+    "transformers": "transformers",
+}
 
 
 def int_list(text: str) -> list[int]:
@@ -60,6 +64,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="measure decode speed at 1..N threads (or -t), store the fastest for this machine "
         "and model size; later runs without -t use it",
     )
+    p.add_argument(
+        "--variants",
+        default="",
+        help="warmload's kernel variants to run, e.g. avx2,avx512, or 'all' (each this CPU "
+        "runs); default: the one dispatch picks",
+    )
     p.add_argument("-o", "--output", choices=("md", "json", "jsonl"), default="md")
     p.add_argument(
         "--compare", default="", help="comma-separated peers: " + ", ".join(sorted(PEERS))
@@ -77,7 +87,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.tune_threads:
         return tune_threads(args, models)
     threads = args.threads or [physical_cores()]
-    backends = ["warmload"]
+    backends = warmload_backends(args.variants)
     for peer in filter(None, args.compare.split(",")):
         if peer not in PEERS:
             raise RequestError(f"unknown peer {peer!r}; known: {', '.join(sorted(PEERS))}")
@@ -114,6 +124,19 @@ def run_bench_command(args: argparse.Namespace) -> int:
             ],
         )
     return 0
+
+
+def warmload_backends(variants: str) -> list[str]:
+    """ "warmload" (the variant dispatch picks), or "warmload[v]" for each variant asked for
+    (UnsupportedError for one not built or not runnable here)."""
+    from warmload.kernels import dispatch
+
+    if not variants:
+        return ["warmload"]
+    names = dispatch.runnable_variants() if variants == "all" else variants.split(",")
+    for name in names:
+        dispatch.check_runnable(name)
+    return [f"warmload[{name}]" for name in names]
 
 
 def tune_threads(args: argparse.Namespace, models: list) -> int:

@@ -24,7 +24,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mmap", dest="mmap", action="store_true", default=None, help="map the file")
     p.add_argument("--no-mmap", dest="mmap", action="store_false", help="read it into memory")
     p.add_argument("--mlock", action="store_true", help="lock the weights in RAM")
-    p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=int, default=0)
+    p.add_argument(
+        "-ngl",
+        "--n-gpu-layers",
+        dest="n_gpu_layers",
+        type=int,
+        default=0,
+        help="accepted for llama.cpp compatibility; ignored with a warning (no GPU offload)",
+    )
     p.add_argument("--verbose", action="store_true", help="log load stages")
     p.add_argument(
         "--no-cache",
@@ -55,8 +62,23 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads is not None:
         options["threads"] = args.threads
     if args.n_gpu_layers:
-        options["n_gpu_layers"] = args.n_gpu_layers
+        warn_no_gpu_layers(args.n_gpu_layers)
     return options
+
+
+_warned_gpu_layers = False
+
+
+def warn_no_gpu_layers(n: int) -> None:
+    """-ngl is llama.cpp's flag; warmload has no GPU layer offload: say so, once a process."""
+    global _warned_gpu_layers
+    if not _warned_gpu_layers:
+        _warned_gpu_layers = True
+        print(
+            f"warning: -ngl {n} ignored: warmload has no GPU backend for layer offload; "
+            "every layer runs on the CPU (see `warmload info`)",
+            file=sys.stderr,
+        )
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -189,6 +211,14 @@ def print_stream(chunks: Any) -> Any:
     return completion
 
 
+def kernel_variant_line() -> str:
+    from warmload import kernels
+
+    if kernels.VARIANT is None:
+        return f"none: {kernels.VARIANT_REASON}"
+    return f"{kernels.VARIANT} ({kernels.VARIANT_REASON.split(' (')[0]}; `warmload info`)"
+
+
 def print_stats(engine: Any, completion: Any) -> None:
     from warmload.memstats import mapped_file, peak_rss_bytes
 
@@ -205,6 +235,7 @@ def print_stats(engine: Any, completion: Any) -> None:
         ("decode", f"{t.generated_tokens} tokens, {t.decode_tokens_per_second:.1f} tokens/s"),
         ("finish reason", completion.finish_reason),
         ("peak RSS", format_bytes(peak_rss_bytes())),
+        ("kernels", kernel_variant_line()),
     ]
     mapped = mapped_file(engine.path) if engine.path.is_file() else None
     if mapped is not None and mapped.mapped_bytes:

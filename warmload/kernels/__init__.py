@@ -1,53 +1,109 @@
-"""CPU kernels of our own for the decode hot path (warmload/kernels/_cpu.c), on torch tensors.
+"""CPU kernels of our own for the decode hot path (warmload/kernels/*.c), on torch tensors.
 
 - `quantized_matmul(x, [(blocks, ggml_type), ...])`: x @ W.T for one or more W kept in their
-  GGML blocks, in one call (q/k/v or gate/up share one quantized x); see _cpu.c for the
-  arithmetic (8-bit activations and integer dots as llama.cpp, or block-wise float dots).
+  GGML blocks, in one call (q/k/v or gate/up share one quantized x); see quants.c and gemm.c
+  for the arithmetic (8-bit activations and integer dots as llama.cpp, or block-wise float dots).
 - `rms_norm(x, weight, eps, offset)`: one pass instead of torch's six ops (~10 us per call
   measured on a 576-wide row, most of a decode step's norm time).
 
-The extension is compiled at install time (setup.py). Without it `AVAILABLE` is False and
-callers keep their torch paths: quant.matmul is then never used and models normalise in torch.
+The extension is compiled at install time (setup.py) once per ISA variant, and
+warmload/kernels/dispatch.py picks the best one this CPU runs (WARMLOAD_KERNELS forces one):
+`VARIANT` names it and `VARIANT_REASON` says why. Without any, `AVAILABLE` is False and callers
+keep their torch paths: quant.matmul is then never used and models normalise in torch.
+`use_variant(name)` rebinds this module to another runnable variant (tests and benchmarks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from warmload.formats.ggml_types import GGML_TYPES
+from warmload.kernels import dispatch
 
 if TYPE_CHECKING:  # the tensor wrappers import torch when called: the quantizer runs without it
     import torch
 
-try:  # built by setup.py; absent when no C compiler was available at install time
-    from warmload.kernels import _cpu
-except ImportError:  # pragma: no cover - only on machines without the extension
-    _cpu = None
-
-AVAILABLE = _cpu is not None
-
 _TYPE_IDS = {t.name: t.id for t in GGML_TYPES.values()}
-KERNEL_TYPES: dict[str, str] = (
-    {}
-    if _cpu is None
-    else {name: _cpu.types()[i] for name, i in _TYPE_IDS.items() if i in _cpu.types()}
-)
+
+_cpu: ModuleType | None = None
+AVAILABLE = False
+VARIANT: str | None = None  # the variant loaded ("avx2", "avx512", ...), None without any
+VARIANT_REASON = ""
+KERNEL_TYPES: dict[str, str] = {}
+# Types whose prompt chunks (several tokens) run as integer products (gemm.c) in this variant.
+GEMM_TYPES: frozenset[str] = frozenset()
+# Whether decode steps take that same product (weights unpacked for any number of tokens), so
+# that a token's result does not depend on how it was batched or chunked.
+DECODE_TAKES_GEMM = False
+# Whether prompt chunks of 64+ tokens take that product too where there are no AMX tiles, in
+# place of torch's float32 GEMM on dequantized weight slices: the variants where it measured
+# faster on whole prompts (benchmarks/bench_generate.py pp512, both models; see README).
+LONG_PROMPT_VARIANTS = frozenset({"avx512"})
+LONG_PROMPTS_INTEGER = False
+QUANTIZE_K_SIMD = False
 
 
-# Types whose prompt chunks (several tokens) run as integer products here (VNNI machines).
-GEMM_TYPES: frozenset[str] = (
-    frozenset()
-    if _cpu is None
-    else frozenset(name for name, i in _TYPE_IDS.items() if i in _cpu.gemm_types())
-)
+def _bind(module: ModuleType | None, reason: str) -> None:
+    """Point this module's wrappers and facts at `module` (a _cpu_<variant>, or None)."""
+    global _cpu, AVAILABLE, VARIANT, VARIANT_REASON, KERNEL_TYPES, GEMM_TYPES
+    global DECODE_TAKES_GEMM, QUANTIZE_K_SIMD, LONG_PROMPTS_INTEGER
+    _cpu, AVAILABLE, VARIANT_REASON = module, module is not None, reason
+    VARIANT = None if module is None else module.VARIANT
+    if module is None:
+        KERNEL_TYPES, GEMM_TYPES, DECODE_TAKES_GEMM, QUANTIZE_K_SIMD = {}, frozenset(), False, False
+        LONG_PROMPTS_INTEGER = False
+        return
+    kinds, gemm = module.types(), module.gemm_types()
+    KERNEL_TYPES = {name: kinds[i] for name, i in _TYPE_IDS.items() if i in kinds}
+    GEMM_TYPES = frozenset(name for name, i in _TYPE_IDS.items() if i in gemm)
+    DECODE_TAKES_GEMM = module.gemm_available() == 2  # GEMM_IN_REGISTERS: decode takes it
+    QUANTIZE_K_SIMD = module.quantize_k_simd()
+    LONG_PROMPTS_INTEGER = DECODE_TAKES_GEMM and VARIANT in LONG_PROMPT_VARIANTS
 
 
-# Whether decode steps take that same product (AVX-512 VNNI builds: weights unpacked in
-# registers), so that a token's result does not depend on how it was batched or chunked.
-DECODE_TAKES_GEMM: bool = _cpu is not None and _cpu.gemm_available() == 2  # GEMM_IN_REGISTERS
+def _bind_chosen() -> None:
+    choice = dispatch.choose()  # UnsupportedError for a bad WARMLOAD_KERNELS
+    module = None
+    if choice.variant is not None:
+        try:
+            module = dispatch.load(choice.variant)
+        except ImportError as exc:  # pragma: no cover - a broken build
+            choice = dispatch.Choice(None, f"{choice.variant} failed to import: {exc}")
+    _bind(module, choice.reason)
+
+
+_bind_chosen()
+
+
+def runnable_variants() -> list[str]:
+    """The built variants this CPU runs, best first (what tests and benchmarks go through)."""
+    return dispatch.runnable_variants()
+
+
+def variant_module(name: str) -> ModuleType:
+    """The extension module of variant `name` (UnsupportedError if not built or not runnable)."""
+    return dispatch.load(name)
+
+
+@contextlib.contextmanager
+def use_variant(name: str) -> Iterator[ModuleType]:
+    """Run the block on variant `name`, then go back: every wrapper here and every fact
+    (KERNEL_TYPES, GEMM_TYPES, DECODE_TAKES_GEMM ..) follows. Plans made under one variant
+    are refused by another (their capsules carry the variant's name)."""
+    before, reason, threads = _cpu, VARIANT_REASON, None if _cpu is None else _cpu.get_threads()
+    module = variant_module(name)
+    if threads is not None:
+        module.set_threads(threads)
+    _bind(module, f"use_variant({name!r})")
+    try:
+        yield module
+    finally:
+        _bind(before, reason)
 
 
 def type_id(ggml_type: str) -> int:
@@ -235,6 +291,3 @@ def quantize_k(x: np.ndarray, ggml_type: str, out: np.ndarray, simd: bool = True
     if not (x.flags.c_contiguous and x.flags.aligned and out.flags.c_contiguous):
         raise ValueError("quantize_k needs C-contiguous arrays (x aligned for float32)")
     _cpu.quantize_k(_TYPE_IDS[ggml_type], x, out, simd)
-
-
-QUANTIZE_K_SIMD = _cpu is not None and _cpu.quantize_k_simd()

@@ -1,7 +1,8 @@
-/* Integer products of weight rows with several tokens at once (VNNI dpbusd): short prompt
-   chunks, and on AVX-512 VNNI machines decode steps and batches of them too, so a token's
-   result does not depend on how many tokens share the call. Without VNNI there is none and the
-   callers keep their other paths (kernels.h, make_part).
+/* Integer products of weight rows with several tokens at once (VNNI dpbusd, or on AVX2 its
+   maddubs + madd emulation with llama.cpp's sign trick): prompt chunks, decode steps and
+   batches of them, so a token's result does not depend on how many tokens share the call.
+   Without AVX2 (generic builds) there is none and the callers keep their other paths
+   (kernels.h, make_part).
 
    x is quantized as quantize_x does (8-bit blocks of 32: the same d and q as the row dots) and
    kept twice, as signed q and as unsigned q + 128. Each weight row is unpacked, up to TILE
@@ -47,11 +48,12 @@ typedef __m512 vf;
 #define CVT(v) _mm512_cvtepi32_ps(v)
 #define MUL(a, b) _mm512_mul_ps(a, b)
 #define FMADD(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define ADDF(a, b) _mm512_add_ps(a, b)
 #define ONES8() _mm512_set1_epi8(1)
 #define SUBI(a, b) _mm512_sub_epi32(a, b)
 #define SLLI7(v) _mm512_slli_epi32(v, 7)
 #define REDUCE(v) _mm512_reduce_add_ps(v)
-#elif defined(__AVXVNNI__)
+#elif defined(__AVX2__) && defined(__FMA__)
 #define GEMM_VNNI 1
 #define VB 32
 typedef __m256i vi;
@@ -60,10 +62,17 @@ typedef __m256 vf;
 #define LOADF(p) _mm256_loadu_ps(p)
 #define ZEROF() _mm256_setzero_ps()
 #define ZEROI() _mm256_setzero_si256()
+#if defined(__AVXVNNI__)
 #define DPBUSD(acc, u8, s8) _mm256_dpbusd_avx_epi32(acc, u8, s8)
+#else /* AVX2: dpbusd as maddubs + madd, exact only while |u8 * s8| pairs fit int16 (below) */
+#define DPBUSD(acc, u8, s8) \
+    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u8, s8), _mm256_set1_epi16(1)))
+#define DPBUSD_EMULATED 1
+#endif
 #define CVT(v) _mm256_cvtepi32_ps(v)
 #define MUL(a, b) _mm256_mul_ps(a, b)
 #define FMADD(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define ADDF(a, b) _mm256_add_ps(a, b)
 #define ONES8() _mm256_set1_epi8(1)
 #define SUBI(a, b) _mm256_sub_epi32(a, b)
 #define SLLI7(v) _mm256_slli_epi32(v, 7)
@@ -72,22 +81,23 @@ typedef __m256 vf;
 #define GEMM_VNNI 0
 #endif
 
-int gemm_available(void) {
-#if !GEMM_VNNI
-    return 0;
-#elif VB == 64
-    return GEMM_IN_REGISTERS;
-#else
-    return GEMM_BUFFERED;
-#endif
-}
+int gemm_available(void) { return GEMM_VNNI ? GEMM_ALL_STEPS : 0; }
 
 #if GEMM_VNNI
 
 #define LANES (VB / 4) /* int32 lanes (and lane scales) per vector */
 /* Token loops fully unrolled, so each token's accumulator stays in a register. */
 #define UNROLL_TOKENS _Pragma("GCC unroll 8")
-#define TILE 8         /* tokens per pass over a row (accumulators in registers) */
+#if VB == 64
+#define TILE 8   /* tokens per pass over a row (accumulators in registers) */
+#define CHAINS 1 /* accumulators per token */
+#else
+/* 256-bit: two accumulators per token (even and odd vectors of a row), so that one token's
+   multiply-adds do not wait on each other (a decode step was bound by their latency); 4 tokens
+   a pass keep the 8 accumulators in registers. Every token takes the same order whatever nt. */
+#define TILE 4
+#define CHAINS 2
+#endif
 
 static int64_t padded(int64_t k) { return (k + VB - 1) / VB * VB; }
 
@@ -147,7 +157,7 @@ static void to_super_layout(const uint8_t *q, int64_t b, uint8_t *super) {
 int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
     int64_t kp = padded(k), nb = k / QK, ng = (nb + GROUP - 1) / GROUP;
     int64_t n_super = k % QK_K ? 0 : k / QK_K;
-    int64_t row_major = 3 * kp + nb * 4, grouped = ng * (2 * GROUP_BYTES + 2 * GROUP * 4);
+    int64_t row_major = 3 * kp + nb * 4 * 3, grouped = ng * (2 * GROUP_BYTES + 2 * GROUP * 4);
     int64_t super = n_super * (QK_K + QK_K / 16 * 4);
     int64_t need = n_tokens * (row_major + grouped + super);
     if (g_x.cap < need) {
@@ -169,6 +179,7 @@ int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
     gx->qs = (int8_t *)at, at += n_tokens * kp;
     gx->scale = (float *)at;
     gx->sum = gx->scale + n_tokens * (kp / 4);
+    gx->sum16 = gx->sum + n_tokens * nb;
     for (int64_t t = 0; t < n_tokens; ++t) {
         uint8_t *q = gx->q + t * kp;
         int8_t *qs = gx->qs + t * kp;
@@ -179,9 +190,14 @@ int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens) {
         for (int64_t b = 0; b < nb; ++b) {
             quantize_block(x + t * k + b * QK, qs + b * QK, q + b * QK, scale + b * (QK / 4),
                            gx->sum + t * nb + b);
+            gd[b] = scale[b * (QK / 4)], gsum[b] = gx->sum[t * nb + b];
+            int first = 0, second = 0; /* the halves' sums, for offsets per 16 values */
+            for (int i = 0; i < QK / 2; ++i) first += qs[b * QK + i], second += qs[b * QK + 16 + i];
+            gx->sum16[t * 2 * nb + 2 * b] = gd[b] * (float)first;
+            gx->sum16[t * 2 * nb + 2 * b + 1] = gd[b] * (float)second;
+            if (VB != 64) continue; /* the group layouts serve the AVX-512 row kernels only */
             to_group_layout(qs + b * QK, b, gs);
             to_group_layout(q + b * QK, b, gu);
-            gd[b] = scale[b * (QK / 4)], gsum[b] = gx->sum[t * nb + b];
             if (n_super) {
                 to_super_layout(q + b * QK, b, gx->su + t * k);
                 float *sd = gx->sd + t * (k / 16) + 2 * b;
@@ -237,11 +253,20 @@ ALWAYS_INLINE xtile_t x_at(xtile_t x, int64_t at) {
    meets x's signed q directly; signed w meets q + 128, and the -128 * sum(w) correction,
    computed from w (exact integers), starts each token's dpbusd. */
 ALWAYS_INLINE void tokens_step(vi w, vf s, int unsigned_w, xtile_t x, int nt, vf *acc) {
+#if DPBUSD_EMULATED /* maddubs saturates int16 pairs: (q + 128) * w could; |w| * sign(q, w) cannot
+                       (|q| <= 127, |w| <= 128; unsigned w <= 63), as llama.cpp's AVX2 dots */
+    vi abs_w = unsigned_w ? w : _mm256_sign_epi8(w, w);
+    UNROLL_TOKENS
+    for (int i = 0; i < nt; ++i) {
+        vi xq = LOADI(x.qs + i * x.kp);
+        vi p = DPBUSD(ZEROI(), abs_w, unsigned_w ? xq : _mm256_sign_epi8(xq, w));
+#else
     vi corr = unsigned_w ? ZEROI() : SUBI(ZEROI(), SLLI7(DPBUSD(ZEROI(), ONES8(), w)));
     UNROLL_TOKENS
     for (int i = 0; i < nt; ++i) {
         vi p = unsigned_w ? DPBUSD(ZEROI(), w, LOADI(x.qs + i * x.kp))
                           : DPBUSD(corr, LOADI(x.q + i * x.kp), w);
+#endif
         acc[i] = FMADD(CVT(p), MUL(s, LOADF(x.scale + i * (x.kp / 4))), acc[i]);
     }
 }
@@ -255,11 +280,12 @@ ALWAYS_INLINE void row_buffered(const qtype *type, const uint8_t *w, int64_t nb,
     int8_t q[UNIT] __attribute__((aligned(64)));
     float s[UNIT / 4] __attribute__((aligned(64)));
     int64_t blocks = nb * QK / type->block, per_unit = UNIT / type->block;
+    const int per_c = type->offset_values ? type->offset_values : QK;
     for (int64_t b0 = 0; b0 < blocks; b0 += per_unit) {
         int64_t n = blocks - b0 < per_unit ? blocks - b0 : per_unit, values = n * type->block;
         for (int64_t b = 0; b < n; ++b)
             type->to_q8(w + (b0 + b) * type->type_size, q + b * type->block,
-                        s + b * (type->block / 4), c + (b0 + b) * (type->block / QK));
+                        s + b * (type->block / 4), c + (b0 + b) * (type->block / per_c));
         if (values % VB) {
             memset(q + values, 0, (size_t)(VB - values % VB));
             memset(s + values / 4, 0, sizeof(float) * (size_t)((VB - values % VB) / 4));
@@ -267,19 +293,9 @@ ALWAYS_INLINE void row_buffered(const qtype *type, const uint8_t *w, int64_t nb,
         int64_t at = b0 * type->block;
         for (int64_t g = 0; g * VB < values; ++g)
             tokens_step(LOADI(q + g * VB), LOADF(s + g * LANES), type->q_unsigned,
-                        x_at(x, at + g * VB), nt, acc);
+                        x_at(x, at + g * VB), nt, acc + (CHAINS > 1 && (g & 1)) * TILE);
     }
 }
-
-#if VB == 64
-/* The common types unpacked straight into registers (AVX-512): the same bytes and scales as
-   their to_q8, so the same sums as row_buffered. */
-
-ALWAYS_INLINE __m512i join_i(__m256i lo, __m256i hi) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-#define PREFETCH_AHEAD 1024 /* bytes of a row's blocks asked for ahead of their use */
 
 /* Block `w` of a 32-value type: bytes, scale and offset coefficient (as its to_q8). */
 ALWAYS_INLINE void block32(int id, const uint8_t *w, __m256i *q, float *d, float *c) {
@@ -290,6 +306,34 @@ ALWAYS_INLINE void block32(int id, const uint8_t *w, __m256i *q, float *d, float
     case T_Q5_1: unp_q5_1(w, q, d, c); break;
     default: unp_q8_0(w, q, d, c); break;
     }
+}
+
+/* A Q4_K or Q5_K super-block's 8 scales (d * sc) and offset coefficients (-dmin * m), from
+   its 12 bytes of 6-bit scales and mins (scale_min_k4, unpacked 8 at a time as llama.cpp). */
+ALWAYS_INLINE void scales_q45_k(const uint8_t *w, __m256 *d, __m256 *c) {
+    uint32_t u[4];
+    memcpy(u, w + 4, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+    uint32_t mins_lo = u[1] & 0x3f3f3f3f;
+    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+    u[2] = mins_lo;
+    u[0] &= 0x3f3f3f3f; /* bytes 0-7: scales, 8-15: mins */
+    __m128i sm = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]); /* no reload */
+    *d = _mm256_mul_ps(_mm256_set1_ps(rdf16(w)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)));
+    *c = _mm256_mul_ps(_mm256_set1_ps(-rdf16(w + 2)),
+                       _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8))));
+}
+
+#define PREFETCH_AHEAD 1024 /* bytes of a row's blocks asked for ahead of their use */
+
+#include "x86/gemm_rows256.h" /* row kernels of the 256-bit variants */
+
+#if VB == 64
+/* The common types unpacked straight into registers (AVX-512): the same bytes and scales as
+   their to_q8, so the same sums as row_buffered. */
+
+ALWAYS_INLINE __m512i join_i(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
 /* Blocks w and w + size of a 32-value type in one vector, as two block32 calls would give
@@ -369,11 +413,13 @@ ALWAYS_INLINE void unpack_group(int id, int size, const uint8_t *w, __m512i *W, 
         int qs = id == T_Q4_0 ? 2 : id == T_Q4_1 ? 4 : id == T_Q5_0 ? 6 : 8;
         __m512i Z[4], t[4];
         for (int i = 0; i < 4; ++i) {
-            __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w + i * size + qs)));
-            for (int L = 1; L < 4; ++L)
-                z = _mm512_inserti32x4(
-                    z, _mm_loadu_si128((const __m128i *)(w + (4 * L + i) * size + qs)), L);
-            Z[i] = z;
+            /* immediates spelled out: gcc -O2 and clang do not unroll a loop into them */
+#define BLOCK_AT(L) _mm_loadu_si128((const __m128i *)(w + (4 * (L) + i) * size + qs))
+            __m512i z = _mm512_castsi128_si512(BLOCK_AT(0));
+            z = _mm512_inserti32x4(z, BLOCK_AT(1), 1);
+            z = _mm512_inserti32x4(z, BLOCK_AT(2), 2);
+            Z[i] = _mm512_inserti32x4(z, BLOCK_AT(3), 3);
+#undef BLOCK_AT
         }
         t[0] = _mm512_unpacklo_epi32(Z[0], Z[1]), t[1] = _mm512_unpackhi_epi32(Z[0], Z[1]);
         t[2] = _mm512_unpacklo_epi32(Z[2], Z[3]), t[3] = _mm512_unpackhi_epi32(Z[2], Z[3]);
@@ -481,22 +527,6 @@ ALWAYS_INLINE void row_grouped(int id, int size, const uint8_t *w, int64_t nb, x
                     x_at(x, (first + b) * QK), nt, acc);
     }
     if (unsigned_w) tail_offsets(cv, xg, G, nt, acc);
-}
-
-/* A Q4_K or Q5_K super-block's 8 scales (d * sc) and offset coefficients (-dmin * m), from
-   its 12 bytes of 6-bit scales and mins (scale_min_k4, unpacked 8 at a time as llama.cpp). */
-ALWAYS_INLINE void scales_q45_k(const uint8_t *w, __m256 *d, __m256 *c) {
-    uint32_t u[4];
-    memcpy(u, w + 4, 12);
-    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
-    uint32_t mins_lo = u[1] & 0x3f3f3f3f;
-    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
-    u[2] = mins_lo;
-    u[0] &= 0x3f3f3f3f; /* bytes 0-7: scales, 8-15: mins */
-    __m128i sm = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]); /* no reload */
-    *d = _mm256_mul_ps(_mm256_set1_ps(rdf16(w)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)));
-    *c = _mm256_mul_ps(_mm256_set1_ps(-rdf16(w + 2)),
-                       _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8))));
 }
 
 /* Two Q4_K or Q5_K super-blocks (16 sub-blocks of 32) as a group: lane 8s + j is sub-block j
@@ -655,8 +685,9 @@ ALWAYS_INLINE void reduce_tokens(const vf *acc, int nt, float *out) {
 /* out[i] = the row's lane sums with token i of nt (c: the row's offset coefficients). */
 ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, xtile_t x,
                               xgroups_t xg, xgroups_t xs, int nt, float *c, float *out) {
-    vf acc[TILE];
-    for (int i = 0; i < nt; ++i) acc[i] = ZEROF();
+    vf acc[CHAINS * TILE];
+    for (int i = 0; i < nt; ++i)
+        for (int h = 0; h < CHAINS; ++h) acc[h * TILE + i] = ZEROF();
     switch (type->id) {
 #if VB == 64
     case T_Q4_0: row_grouped(T_Q4_0, 18, w, nb, x, xg, nt, acc); break;
@@ -667,9 +698,20 @@ ALWAYS_INLINE void row_tokens(const qtype *type, const uint8_t *w, int64_t nb, x
     case T_Q4_K: row_q45_k(0, w, nb, x, xg, nt, acc); break;
     case T_Q5_K: row_q45_k(1, w, nb, x, xg, nt, acc); break;
     case T_Q6_K: row_q6_k(w, nb, xs, nt, acc); break;
+#else
+    case T_Q4_0: row_blocks32(T_Q4_0, 18, w, nb, x, nt, c, acc); break;
+    case T_Q4_1: row_blocks32(T_Q4_1, 20, w, nb, x, nt, c, acc); break;
+    case T_Q5_0: row_blocks32(T_Q5_0, 22, w, nb, x, nt, c, acc); break;
+    case T_Q5_1: row_blocks32(T_Q5_1, 24, w, nb, x, nt, c, acc); break;
+    case T_Q8_0: row_blocks32(T_Q8_0, 34, w, nb, x, nt, c, acc); break;
+    case T_Q4_K: row_q45_k32(0, w, nb, x, nt, c, acc); break;
+    case T_Q5_K: row_q45_k32(1, w, nb, x, nt, c, acc); break;
+    case T_Q6_K: row_q6_k32(w, nb, x, nt, acc); break;
 #endif
     default: row_buffered(type, w, nb, x, nt, c, acc); break;
     }
+    if (CHAINS > 1)
+        for (int i = 0; i < nt; ++i) acc[i] = ADDF(acc[i], acc[(CHAINS > 1) * TILE + i]);
     reduce_tokens(acc, nt, out);
 }
 
@@ -706,6 +748,7 @@ ALWAYS_INLINE void offsets_tokens(const float *c, const float *s, int64_t stride
 ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1,
                              int64_t t0, int nt, float *c) {
     int64_t kp = gx->kp, nb = gx->nb;
+    int64_t cn = p->type->offset_values == 16 ? 2 * nb : nb; /* offset coefficients a row */
     xtile_t x = {gx->qs + t0 * kp, gx->q + t0 * kp, gx->scale + t0 * (kp / 4), kp};
     int64_t ng = gx->ng;
     xgroups_t xg = {gx->gs + t0 * ng * GROUP_BYTES, gx->gu + t0 * ng * GROUP_BYTES,
@@ -714,26 +757,31 @@ ALWAYS_INLINE void rows_tile(const gemm_x_t *gx, const part_t *p, int64_t r0, in
     xgroups_t xs = {NULL, gx->su + t0 * ns * QK_K, gx->sd + t0 * ns * GROUP, NULL, ns, 4};
     for (int64_t r = r0; r < r1; ++r) {
         float out[TILE];
-        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, xg, xs, nt, c + (r - r0) * nb, out);
+        row_tokens(p->type, p->w + r * p->row_bytes, nb, x, xg, xs, nt, c + (r - r0) * cn, out);
         for (int i = 0; i < nt; ++i) p->y[(t0 + i) * p->n_rows + r] = out[i];
     }
     if (p->type->q_unsigned && !grouped(p->type->id))
         for (int64_t r = r0; r < r1; ++r) {
             float off[TILE];
-            offsets_tokens(c + (r - r0) * nb, gx->sum + t0 * nb, nb, nb, nt, off);
+            if (cn != nb) /* per half block: 2 nb coefficients and sums */
+                offsets_tokens(c + (r - r0) * cn, gx->sum16 + t0 * cn, cn, cn, nt, off);
+            else
+                offsets_tokens(c + (r - r0) * nb, gx->sum + t0 * nb, nb, nb, nt, off);
             for (int i = 0; i < nt; ++i) p->y[(t0 + i) * p->n_rows + r] += off[i];
         }
 }
 
-/* Tiles of 8 tokens, then one of the rest: each pass unpacks every row once more. */
+/* Tiles of TILE tokens, then one of the rest: each pass unpacks every row once more. */
 void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1, float *c) {
     int64_t t = 0;
     for (; t + TILE <= gx->n_tokens; t += TILE) rows_tile(gx, p, r0, r1, t, TILE, c);
     switch (gx->n_tokens - t) { /* nt a constant in each */
+#if TILE > 4
     case 7: rows_tile(gx, p, r0, r1, t, 7, c); break;
     case 6: rows_tile(gx, p, r0, r1, t, 6, c); break;
     case 5: rows_tile(gx, p, r0, r1, t, 5, c); break;
     case 4: rows_tile(gx, p, r0, r1, t, 4, c); break;
+#endif
     case 3: rows_tile(gx, p, r0, r1, t, 3, c); break;
     case 2: rows_tile(gx, p, r0, r1, t, 2, c); break;
     case 1: rows_tile(gx, p, r0, r1, t, 1, c); break;

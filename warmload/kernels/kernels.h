@@ -1,4 +1,5 @@
-/* Shared declarations of warmload's CPU kernels (the extension warmload.kernels._cpu).
+/* Shared declarations of warmload's CPU kernels (the extensions warmload.kernels._cpu_<variant>:
+   one build per ISA variant, setup.py; picked at import by dispatch.py).
 
    quants.c     GGML block formats: row dots against 8-bit activations, block dequantizers
    gemm.c       prompt chunks: unpacked weight rows times many 8-bit tokens (VNNI)
@@ -116,6 +117,7 @@ typedef struct {
     dotn_fn dotn;   /* integer path for 4 rows of x at once, or NULL */
     to_q8_fn to_q8; /* integer products of many tokens (gemm.c), or NULL */
     int q_unsigned; /* to_q8 writes unsigned q and offset coefficients c; else signed q */
+    int offset_values; /* values per offset coefficient c: 16 (Q2_K's mins), else 0 = 32 */
 } qtype;
 
 extern const qtype QTYPES[];
@@ -184,6 +186,7 @@ typedef struct {
     int8_t *qs;               /* (n_tokens, kp): q (against unsigned weights) */
     float *scale;             /* (n_tokens, kp / 4): the block's d, once per 4 values */
     float *sum;               /* (n_tokens, nb): d * sum(q) per block */
+    float *sum16;             /* (n_tokens, 2 nb): d * sum(q) per half block (Q2_K's mins) */
     /* the same q laid out for 32-value weight types, 16 blocks (a group) at a time: vector g
        of group G holds values 4g..4g+3 of each of blocks 16G..16G+15 (gemm.c, row_grouped) */
     int64_t ng;               /* groups: nb / 16 rounded up (padding blocks: q 0, d 0) */
@@ -198,15 +201,17 @@ typedef struct {
     float *sd;                /* (n_tokens, k / 16): d of the block of 32 holding the sub-block */
 } gemm_x_t;
 
-/* 0: no VNNI (no integer products of many tokens); GEMM_BUFFERED: AVX-VNNI, weights unpacked
-   through a buffer, for prompt chunks only; GEMM_IN_REGISTERS: AVX-512 VNNI, the common types
-   unpacked in registers, fast enough to serve decode steps too (make_part). */
-enum { GEMM_BUFFERED = 1, GEMM_IN_REGISTERS = 2 };
+/* 0: no integer products of many tokens (no AVX2: generic builds); GEMM_ALL_STEPS: there is
+   one (AVX-512 VNNI: the common types unpacked in registers; AVX-VNNI and AVX2 (dpbusd as
+   maddubs + madd): through a buffer) and decode steps take it too (make_part), so a token's
+   result does not depend on how it was batched. 1 is no longer returned (it was: prompt
+   chunks only). */
+enum { GEMM_ALL_STEPS = 2 };
 int gemm_available(void);
 /* gx <- x (n_tokens, k), in a buffer owned by gemm.c; 0, or -1 (no memory / no VNNI). */
 int gemm_prepare_x(gemm_x_t *gx, const float *x, int64_t k, int64_t n_tokens);
 /* p->y[t, r] for rows r0..r1 of part p and every token of gx. */
-/* c: room for (r1 - r0) * gx->nb floats (each row's offset coefficients) */
+/* c: room for (r1 - r0) * 2 * gx->nb floats (each row's offset coefficients) */
 void gemm_rows(const gemm_x_t *gx, const part_t *p, int64_t r0, int64_t r1, float *c);
 
 /* --------------------------------------------------------------------- attention.c */

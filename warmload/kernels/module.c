@@ -7,6 +7,16 @@
 
 #include "kernels.h"
 
+/* One module per ISA variant (setup.py): its name, e.g. _cpu_avx2, comes from the build. */
+#ifndef WARMLOAD_MODULE
+#define WARMLOAD_MODULE _cpu
+#endif
+#ifndef WARMLOAD_VARIANT
+#define WARMLOAD_VARIANT "unnamed"
+#endif
+/* a plan belongs to the variant that made it: another variant's module refuses it */
+#define PLAN_CAPSULE "warmload.plan." WARMLOAD_VARIANT
+
 #define PTR(type, v) ((type *)(uintptr_t)(v))
 
 /* A (type_id, w_ptr, n_rows, y_ptr, mode) tuple -> part; 0, or -1 with a Python error set. */
@@ -123,7 +133,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
 /* ------------------------------------------------------------------------ decode plans */
 
 static void plan_capsule_free(PyObject *capsule) {
-    plan_free(PyCapsule_GetPointer(capsule, "warmload.plan"));
+    plan_free(PyCapsule_GetPointer(capsule, PLAN_CAPSULE));
 }
 
 static int parse_matrix(PyObject *item, long long k, part_t *p) {
@@ -132,7 +142,8 @@ static int parse_matrix(PyObject *item, long long k, part_t *p) {
     long long n_rows;
     if (!PyArg_ParseTuple(item, "iKL", &type_id, &w, &n_rows)) return -1;
     const qtype *type = find_type(type_id);
-    if (!type || !type->dot || k % type->block || n_rows <= 0) {
+    int integer = type && (type->dot || (type->to_q8 && gemm_available() == GEMM_ALL_STEPS));
+    if (!integer || k % type->block || n_rows <= 0) {
         PyErr_Format(PyExc_ValueError, "matrix of type %d, %lld x %lld: no integer kernel",
                      type_id, n_rows, k);
         return -1;
@@ -199,7 +210,7 @@ static PyObject *py_plan_new(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
-    PyObject *capsule = PyCapsule_New(P, "warmload.plan", plan_capsule_free);
+    PyObject *capsule = PyCapsule_New(P, PLAN_CAPSULE, plan_capsule_free);
     if (!capsule) plan_free(P);
     return capsule;
 }
@@ -213,7 +224,7 @@ static PyObject *py_plan_step(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OKLKKLp", &capsule, &x, &n_tokens, &rows, &positions, &pos0,
                           &chunk))
         return NULL;
-    plan_t *P = PyCapsule_GetPointer(capsule, "warmload.plan");
+    plan_t *P = PyCapsule_GetPointer(capsule, PLAN_CAPSULE);
     if (!P) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -253,7 +264,7 @@ static PyObject *py_types(PyObject *self, PyObject *args) {
     PyObject *out = PyDict_New();
     for (int i = 0; out && i < N_QTYPES; ++i) {
         PyObject *key = PyLong_FromLong(QTYPES[i].id);
-        int int8 = QTYPES[i].dot || (QTYPES[i].to_q8 && gemm_available() == GEMM_IN_REGISTERS);
+        int int8 = QTYPES[i].dot || (QTYPES[i].to_q8 && gemm_available() == GEMM_ALL_STEPS);
         PyObject *val = PyUnicode_FromString(int8 ? "int8" : "float");
         int failed = !key || !val || PyDict_SetItem(out, key, val) < 0;
         Py_XDECREF(key);
@@ -342,7 +353,7 @@ static PyMethodDef METHODS[] = {
      "{ggml type id: 'int8' | 'float'}: how the kernels compute a decode step"},
     {"gemm_types", py_gemm_types, METH_NOARGS, "ggml type ids with integer prompt products"},
     {"gemm_available", py_gemm_available, METH_NOARGS,
-     "0: no products of many tokens, 1: through a buffer (AVX-VNNI), 2: in registers (AVX-512)"},
+     "0: no products of many tokens (generic build), 2: one that decode steps take too"},
     {"quantize_k", py_quantize_k, METH_VARARGS,
      "quantize_k(ggml_type, x, out[, simd]): float32 buffer x of 256-weight blocks -> K-quant\n"
      "blocks in out (Q2_K .. Q6_K, llama.cpp's reference quantizers, byte for byte)"},
@@ -351,6 +362,16 @@ static PyMethodDef METHODS[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_cpu", NULL, -1, METHODS};
+#define NAME_STR_(name) #name
+#define NAME_STR(name) NAME_STR_(name)
+#define INIT_NAME_(name) PyInit_##name
+#define INIT_NAME(name) INIT_NAME_(name)
 
-PyMODINIT_FUNC PyInit__cpu(void) { return PyModule_Create(&MODULE); }
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, NAME_STR(WARMLOAD_MODULE), NULL, -1,
+                                    METHODS};
+
+PyMODINIT_FUNC INIT_NAME(WARMLOAD_MODULE)(void) {
+    PyObject *m = PyModule_Create(&MODULE);
+    if (m && PyModule_AddStringConstant(m, "VARIANT", WARMLOAD_VARIANT) < 0) Py_CLEAR(m);
+    return m;
+}

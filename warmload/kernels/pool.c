@@ -125,7 +125,7 @@ static void work_on(job_t *j, unsigned gen, int slot) {
         if (p->mode != MODE_GEMM) {
             run_rows(j, p, r0, r1, row);
         } else {
-            float *offsets = scratch(&g_offsets, slot, p->chunk * j->gx.nb);
+            float *offsets = scratch(&g_offsets, slot, p->chunk * 2 * j->gx.nb);
             if (!offsets) abort();
             gemm_rows(&j->gx, p, r0, r1, offsets);
         }
@@ -225,7 +225,7 @@ void make_part(part_t *p, const qtype *type, const void *w, int64_t n_rows, int6
     p->n_rows = n_rows;
     p->row_bytes = k / type->block * type->type_size;
     p->mode = mode == MODE_ROW_DOTS ? MODE_INT8 : mode;
-    if (mode == MODE_INT8 && type->to_q8 && gemm_available() == GEMM_IN_REGISTERS)
+    if (mode == MODE_INT8 && type->to_q8 && gemm_available() == GEMM_ALL_STEPS)
         p->mode = MODE_GEMM; /* one integer arithmetic for any number of tokens */
     else if (p->mode == MODE_INT8 && !type->dot)
         p->mode = MODE_FLOAT;

@@ -458,6 +458,22 @@ static void q8_q3_k(const uint8_t *b, int8_t *q, float *s, float *c) {
     }
 }
 
+/* Q2_K: 2-bit unsigned q, scale d * sc per 16 values and offset coefficient -dmin * m per 16
+   values (offset_values 16: gemm.c sums x per half block for them), deq_q2_k's order. */
+static void q8_q2_k(const uint8_t *b, int8_t *q, float *s, float *c) {
+    const uint8_t *scales = b, *qs = b + 16;
+    float d = rdf16(b + 80), dmin = rdf16(b + 82);
+    int is = 0;
+    for (int n = 0; n < QK_K; n += 128, qs += 32)
+        for (int shift = 0; shift < 8; shift += 2)
+            for (int half = 0; half < 2; ++half, ++is) {
+                for (int i = 0; i < 4; ++i) s[4 * is + i] = d * (scales[is] & 0xF);
+                c[is] = -dmin * (scales[is] >> 4);
+                for (int l = 16 * half; l < 16 * half + 16; ++l)
+                    *q++ = (int8_t)((qs[l] >> shift) & 3);
+            }
+}
+
 static void q8_iq4_nl(const uint8_t *b, int8_t *q, float *s, float *c) {
     (void)c;
     for (int j = 0; j < 16; ++j) {
@@ -548,7 +564,7 @@ const qtype QTYPES[] = {
     {T_Q4_K, 256, 144, DOT_OF(dot_q4_k), deq_q4_k, NULL, Q8_OF(q8_q4_k), 1},
     {T_Q5_K, 256, 176, DOT_OF(dot_q5_k), deq_q5_k, NULL, Q8_OF(q8_q5_k), 1},
     {T_Q6_K, 256, 210, DOT_OF(dot_q6_k), deq_q6_k, NULL, Q8_OF(q8_q6_k), 0},
-    {T_Q2_K, 256, 84, NULL, deq_q2_k, NULL, NULL, 0}, /* mins per 16 values: float path */
+    {T_Q2_K, 256, 84, NULL, deq_q2_k, NULL, q8_q2_k, 1, 16}, /* mins per 16 values */
     {T_Q3_K, 256, 110, NULL, deq_q3_k, NULL, q8_q3_k, 0},
     {T_IQ4_NL, 32, 18, NULL, deq_iq4_nl, NULL, q8_iq4_nl, 0},
     {T_IQ4_XS, 256, 136, NULL, deq_iq4_xs, NULL, q8_iq4_xs, 0},

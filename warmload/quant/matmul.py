@@ -140,12 +140,20 @@ def _product(x: torch.Tensor, layers: Sequence[QuantLinear], decode_step: bool) 
     if decode_step:
         return kernels.quantized_matmul(x, weights, "int8")
     rows = x.shape[0]
-    if rows < GEMM_TOKENS and all(m.ggml_type in kernels.GEMM_TYPES for m in layers):
+    integer = rows < GEMM_TOKENS or long_prompts_take_integer_product()
+    if integer and all(m.ggml_type in kernels.GEMM_TYPES for m in layers):
         return kernels.quantized_matmul(x, weights, "gemm")
     if rows >= PREFILL_TOKENS:
         cast: dict = {}
         return [gemm(x, m, cast) for m in layers]
     return kernels.quantized_matmul(x, weights, "float")
+
+
+def long_prompts_take_integer_product() -> bool:
+    """Whether chunks of GEMM_TOKENS rows and more take the integer product too (no float copy
+    of the weights): where torch has no AMX tiles for its bfloat16 GEMM and the kernel variant
+    measured faster than torch's float32 GEMM (kernels.LONG_PROMPTS_INTEGER)."""
+    return kernels.LONG_PROMPTS_INTEGER and not AMX_BF16_GEMM
 
 
 def integer_prompt_tokens(packed_types: Iterable[str]) -> int:
