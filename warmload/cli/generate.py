@@ -40,6 +40,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--warmup-sync", action="store_true", help="warm up before the model is ready")
     p.add_argument("--lazy", action="store_true", help="load each layer on its first use")
+    p.add_argument(
+        "--quantize",
+        metavar="TYPE",
+        default=None,
+        help="quantize an F32/F16/BF16 model at load (Q8_0, Q4_K_M, ...); cached for next time",
+    )
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,6 +62,10 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
         options["threads"] = args.threads
     if args.n_gpu_layers:
         options["n_gpu_layers"] = args.n_gpu_layers
+    if getattr(args, "quantize", None):  # checked now: serve loads models later
+        from warmload.loader.quantize_at_load import quantize_type
+
+        options["quantize"] = quantize_type(args.quantize)
     return options
 
 
