@@ -255,3 +255,68 @@ def test_lru_bound_and_cache_command(tiny_f16, cache, capsys):
     assert main(["cache", "clear", "quantized"]) == 0
     assert "removed quantized" in capsys.readouterr().out
     assert weight_cache.list_entries() == [] and not q8.path.exists()
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> Path:
+    """A tiny random Llama as a Hugging Face folder (BF16 SafeTensors, config.json, SmolLM2's
+    vocab as tokenizer.json), written without transformers."""
+    pytest.importorskip("tokenizers")
+    from test_quantizer_hf import _tokenizer_json
+
+    from warmload.formats.safetensors_write import write_safetensors
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny"
+    folder.mkdir()
+    meta = _tokenizer_json(smollm2_path, folder)
+    n_vocab = len(meta["tokenizer.ggml.tokens"])
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": n_vocab,
+        "hidden_size": N_EMBD, "intermediate_size": N_FF, "num_hidden_layers": N_LAYER,
+        "num_attention_heads": N_HEAD, "num_key_value_heads": N_KV, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 2048, "rope_theta": 10000.0, "tie_word_embeddings": True,
+        "bos_token_id": 1, "eos_token_id": 2,
+    }))  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": False,
+        "chat_template": meta["tokenizer.chat_template"],
+    }))  # fmt: skip
+    head = N_EMBD // N_HEAD
+    shapes = {"model.embed_tokens.weight": (n_vocab, N_EMBD), "model.norm.weight": (N_EMBD,)}
+    for i in range(N_LAYER):
+        b = f"model.layers.{i}."
+        shapes |= {
+            b + "input_layernorm.weight": (N_EMBD,),
+            b + "post_attention_layernorm.weight": (N_EMBD,),
+            b + "self_attn.q_proj.weight": (N_EMBD, N_EMBD),
+            b + "self_attn.k_proj.weight": (N_KV * head, N_EMBD),
+            b + "self_attn.v_proj.weight": (N_KV * head, N_EMBD),
+            b + "self_attn.o_proj.weight": (N_EMBD, N_EMBD),
+            b + "mlp.gate_proj.weight": (N_FF, N_EMBD), b + "mlp.up_proj.weight": (N_FF, N_EMBD),
+            b + "mlp.down_proj.weight": (N_EMBD, N_FF),
+        }  # fmt: skip
+    rng = np.random.default_rng(7)
+    tensors = {}
+    for name, shape in shapes.items():
+        scale, base = (0.1, 1.0) if len(shape) == 1 else (0.05, 0.0)
+        x = (base + scale * rng.standard_normal(shape)).astype(np.float32)
+        tensors[name] = ("BF16", shape, quantize(x, "BF16"))
+    write_safetensors(folder / "model.safetensors", tensors)
+    return folder
+
+
+def test_hf_folder_quantized_at_load(hf_folder, tmp_path, builds, caplog):
+    ref = tmp_path / "ref.gguf"
+    quantize_checkpoint(hf_folder, ref, "Q8_0", write_sha256_file=False)
+    ids = [1, 504, 3458, 1219, 28]
+    engine = warmload.load(hf_folder, quantize="Q8_0", threads=1)
+    assert engine.path.read_bytes() == ref.read_bytes() and len(builds) == 1
+    want = warmload.load(ref, threads=1).logits(ids).numpy()
+    assert np.array_equal(engine.logits(ids).numpy(), want)
+    assert not prepare_quantized(hf_folder, "Q8_0").built and len(builds) == 1
+    config = hf_folder / "config.json"  # a changed file of the folder invalidates the entry
+    config.write_text(config.read_text().replace('"rms_norm_eps": 1e-05', '"rms_norm_eps": 1e-06'))
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        again = prepare_quantized(hf_folder, "Q8_0")
+    assert again.built and "source changed" in caplog.text and len(builds) == 2
+    assert again.path.read_bytes() != ref.read_bytes()
