@@ -78,15 +78,14 @@ def quantize_type(name: str) -> str:
 
 @functools.cache
 def quantizer_version() -> str:
-    """warmload's version, the GGML quantization version and a hash of the quantizer's code."""
-    from warmload.quantizer import GGML_QNT_VERSION
-
+    """warmload's version and a hash of the quantizer's code (imports nothing: a cache hit
+    must stay cheap)."""
     root = Path(warmload.__file__).parent
     h = hashlib.sha256()
     for rel in _QUANTIZER_FILES:
         path = root / rel
         h.update(rel.encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
-    return f"{warmload.__version__}+qnt{GGML_QNT_VERSION}+{h.hexdigest()[:16]}"
+    return f"{warmload.__version__}+{h.hexdigest()[:16]}"
 
 
 def _conversion(source: Path, qtype: str) -> str | None:
@@ -121,14 +120,10 @@ def prepare_quantized(
     needed), a temporary file (no writable cache), or `source` itself (already quantized)."""
     started = time.perf_counter()
     qtype = quantize_type(qtype)
-    if not source.is_dir():
-        reason = _conversion(source, qtype)
-        if reason is not None:
-            log.warning("%s: --quantize %s ignored, loading the file as it is: %s",
-                        source, qtype, reason)  # fmt: skip
-            return QuantizedModel(source, source, None, False, False, 0.0)
     build = functools.partial(_build, source, qtype, threads, progress)
     if not use_cache:
+        if _loaded_as_is(source, qtype):
+            return QuantizedModel(source, source, None, False, False, 0.0)
         log.info("%s: quantizing to %s in a temporary file (caches are off)", source, qtype)
         return _done(source, qtype, _temporary(source, qtype, build), True, False, started)
     root = weight_cache.cache_root()
@@ -138,6 +133,8 @@ def prepare_quantized(
         with weight_cache.locked(entry, blocking=False):  # a folder we cannot write fails here
             pass
     except OSError as e:
+        if _loaded_as_is(source, qtype):
+            return QuantizedModel(source, source, None, False, False, 0.0)
         log.warning("%s: the quantized-weight cache %s cannot be written (%s): quantizing to %s "
                     "in a temporary file, again on the next load", source, root, e.strerror or e,
                     qtype)  # fmt: skip
@@ -145,17 +142,29 @@ def prepare_quantized(
     return _cached(entry, source, qtype, build, max_cache_bytes, started)
 
 
+def _loaded_as_is(source: Path, qtype: str) -> bool:
+    """True (with the warning) when the GGUF `source` is not to be converted."""
+    reason = None if source.is_dir() else _conversion(source, qtype)
+    if reason is not None:
+        log.warning("%s: --quantize %s ignored, loading the file as it is: %s",
+                    source, qtype, reason)  # fmt: skip
+    return reason is not None
+
+
 def _cached(
     entry: Entry, source: Path, qtype: str, build: Callable[[Path], str], max_bytes: int,
     started: float,
 ) -> QuantizedModel:  # fmt: skip
+    """A hit costs a stat and hashes of the headers; a miss checks the source, then builds
+    under the entry's lock unless another process did while this one waited."""
     version = quantizer_version()
-    identity = weight_cache.source_identity(source)
-    if weight_cache.check_entry(entry, identity, qtype, version) is None:
+    if weight_cache.check_entry(entry, source, qtype, version) is None:
         weight_cache.touch(entry)
         return _done(source, qtype, entry.gguf, False, True, started)
+    if _loaded_as_is(source, qtype):
+        return QuantizedModel(source, source, None, False, False, 0.0)
     with weight_cache.locked(entry):
-        problem = weight_cache.check_entry(entry, identity, qtype, version)
+        problem = weight_cache.check_entry(entry, source, qtype, version)
         if problem is None:  # another process built it while we waited
             weight_cache.touch(entry)
             return _done(source, qtype, entry.gguf, False, True, started)
@@ -163,6 +172,7 @@ def _cached(
             log.warning("%s: the cached %s file %s is not usable (%s): rebuilding it",
                         source, qtype, entry.gguf, problem)  # fmt: skip
             weight_cache.remove(entry)
+        identity = weight_cache.source_identity(source)
         log.info("%s: quantizing to %s into the cache (%s)", source, qtype, entry.gguf)
         sha256 = build(entry.gguf)
         weight_cache.write_record(entry, identity, qtype, version, sha256)

@@ -53,6 +53,7 @@ class SourceIdentity:
     path: str
     nbytes: int
     mtime_ns: int
+    header_nbytes: int  # GGUF: bytes before the tensor data (0 for a folder)
     header_sha256: str
 
 
@@ -77,15 +78,17 @@ def _safetensors_header(path: Path) -> bytes:
         return head + f.read(min(n, 100 << 20))
 
 
-def source_identity(path: Path) -> SourceIdentity:
-    """The identity of a GGUF file (stat + its header's hash) or of a model folder (every
-    file's name, size and mtime; JSON files and SafeTensors headers hashed)."""
+def source_identity(path: Path, header_nbytes: int | None = None) -> SourceIdentity:
+    """The identity of a GGUF file (stat + a hash of its header: metadata and tensor table,
+    `header_nbytes` long, else parsed to find its length) or of a model folder (every file's
+    name, size and mtime; JSON files and SafeTensors headers hashed)."""
     path = path.resolve()
     if not path.is_dir():
         st = path.stat()
-        header = read_gguf_header(path).data_offset
-        return SourceIdentity(str(path), st.st_size, st.st_mtime_ns,
-                              _sha256_range(path, 0, header))  # fmt: skip
+        if header_nbytes is None:
+            header_nbytes = read_gguf_header(path).data_offset
+        digest = _sha256_range(path, 0, header_nbytes)
+        return SourceIdentity(str(path), st.st_size, st.st_mtime_ns, header_nbytes, digest)
     h = hashlib.sha256()
     total = latest = 0
     for p in sorted(q for q in path.iterdir() if q.is_file()):
@@ -96,7 +99,7 @@ def source_identity(path: Path) -> SourceIdentity:
             h.update(p.read_bytes())
         elif p.suffix == ".safetensors":
             h.update(_safetensors_header(p))
-    return SourceIdentity(str(path), total, latest, h.hexdigest())
+    return SourceIdentity(str(path), total, latest, 0, h.hexdigest())
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +127,17 @@ def entry_for(root: Path, source: Path, qtype: str, version: str) -> Entry:
     return Entry(root, hashlib.sha256(text.encode()).hexdigest()[:32])
 
 
-def _fingerprint(gguf: Path) -> dict[str, Any]:
-    """Size, header hash and tail hash of an entry's GGUF file."""
+def _fingerprint(gguf: Path, header_nbytes: int | None = None) -> dict[str, Any]:
+    """Size, header hash and tail hash of an entry's GGUF file (its header parsed for its
+    length unless given)."""
     nbytes = gguf.stat().st_size
-    header = read_gguf_header(gguf).data_offset
+    if header_nbytes is None:
+        header_nbytes = read_gguf_header(gguf).data_offset
     tail = min(TAIL_NBYTES, nbytes)
     return {
         "nbytes": nbytes,
-        "header_nbytes": header,
-        "header_sha256": _sha256_range(gguf, 0, header),
+        "header_nbytes": header_nbytes,
+        "header_sha256": _sha256_range(gguf, 0, min(header_nbytes, nbytes)),
         "tail_sha256": _sha256_range(gguf, nbytes - tail, tail),
     }
 
@@ -157,24 +162,26 @@ def read_record(entry: Entry) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def check_entry(entry: Entry, source: SourceIdentity, qtype: str, version: str) -> str | None:
-    """None when the entry is complete and made from this very source; else what is wrong
-    ("missing", or a sentence for the warning)."""
+def check_entry(entry: Entry, source: Path, qtype: str, version: str) -> str | None:
+    """None when the entry is complete and made from `source` as it is now; else what is wrong
+    ("missing", or a sentence for the warning). Reads no header in full: the record gives the
+    lengths to hash (a few MB for a model with a large vocabulary), so a hit costs no parse."""
     if not entry.gguf.exists() and not entry.record.exists():
         return "missing"
     record = read_record(entry)
     if record is None or record.get("format") != RECORD_FORMAT:
         return "its record is missing or unreadable"
-    if record.get("source") != asdict(source):
-        return "the source changed since it was built"
     if record.get("qtype") != qtype or record.get("quantizer_version") != version:
         return "it was made by another quantizer version"
     try:
+        known = record["source"]
+        if source_identity(source, int(known["header_nbytes"])) != SourceIdentity(**known):
+            return "the source changed since it was built"
         size = entry.gguf.stat().st_size
         if size != record.get("nbytes"):
             return f"it has {size} bytes, not {record.get('nbytes')} (truncated?)"
-        found = _fingerprint(entry.gguf)
-    except Exception as e:  # noqa: BLE001 - any parse error of a damaged file is a miss
+        found = _fingerprint(entry.gguf, int(record["header_nbytes"]))
+    except Exception as e:  # noqa: BLE001 - a damaged record or file is a miss, not an error
         return f"it cannot be read ({e})"
     if found != {k: record.get(k) for k in found}:
         return "its header or tail bytes differ from when it was written (corrupted)"
