@@ -320,3 +320,16 @@ def test_hf_folder_quantized_at_load(hf_folder, tmp_path, builds, caplog):
         again = prepare_quantized(hf_folder, "Q8_0")
     assert again.built and "source changed" in caplog.text and len(builds) == 2
     assert again.path.read_bytes() != ref.read_bytes()
+
+
+def test_command_line_flag(tiny_f16, cache, capsys):
+    from warmload.cli import build_parser, main
+    from warmload.cli.serve import server_config
+
+    argv = ["run", "-m", str(tiny_f16), "--quantize", "q8_0", "-p", "Hi", "-n", "2", "--raw"]
+    assert main([*argv, "--temp", "0", "-t", "1"]) == 0
+    assert [e.qtype for e in weight_cache.list_entries()] == ["Q8_0"]
+    assert main(["run", "-m", str(tiny_f16), "--quantize", "Q9_9", "-p", "Hi"]) == 2
+    assert "error: --quantize 'Q9_9': unknown type" in capsys.readouterr().err
+    args = build_parser().parse_args(["serve", "-m", "smollm2", "--quantize", "q4_k"])
+    assert server_config(args).load.quantize == "Q4_K_M"
