@@ -333,3 +333,22 @@ def test_command_line_flag(tiny_f16, cache, capsys):
     assert "error: --quantize 'Q9_9': unknown type" in capsys.readouterr().err
     args = build_parser().parse_args(["serve", "-m", "smollm2", "--quantize", "q4_k"])
     assert server_config(args).load.quantize == "Q4_K_M"
+
+
+def test_full_disk_while_building_degrades(tiny_f16, tmp_path, cache, monkeypatch, caplog):
+    import errno
+
+    real = warmload.quantizer.quantize_checkpoint
+
+    def full_in_cache(src, dst, *args, **kwargs):
+        if Path(dst).parent == cache:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(warmload.quantizer, "quantize_checkpoint", full_in_cache)
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        got = prepare_quantized(tiny_f16, "Q8_0")
+    assert len(caplog.records) == 1 and "No space left" in caplog.text
+    assert got.built and not got.cached and got.path.parent != cache
+    assert got.path.read_bytes() == reference(tiny_f16, tmp_path, "Q8_0")
+    assert weight_cache.list_entries() == [] and not list(cache.glob("*.gguf"))

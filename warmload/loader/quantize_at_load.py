@@ -174,8 +174,16 @@ def _cached(
             weight_cache.remove(entry)
         identity = weight_cache.source_identity(source)
         log.info("%s: quantizing to %s into the cache (%s)", source, qtype, entry.gguf)
-        sha256 = build(entry.gguf)
-        weight_cache.write_record(entry, identity, qtype, version, sha256)
+        try:
+            sha256 = build(entry.gguf)
+            weight_cache.write_record(entry, identity, qtype, version, sha256)
+        except OSError as e:  # a full disk, a folder removed under us: nothing half-written
+            weight_cache.remove(entry)
+            log.warning(
+                "%s: cannot write the quantized-weight cache %s (%s): quantizing to %s in a "
+                "temporary file", source, entry.root, e.strerror or e, qtype,
+            )  # fmt: skip
+            return _done(source, qtype, _temporary(source, qtype, build), True, False, started)
     weight_cache.evict(entry.root, max_bytes, keep=entry.key)
     return _done(source, qtype, entry.gguf, True, True, started)
 

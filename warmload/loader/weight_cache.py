@@ -195,9 +195,14 @@ def touch(entry: Entry) -> None:
 
 
 def remove(entry: Entry) -> None:
+    """Delete the entry's record, then its file (a file in use elsewhere on Windows stays)."""
     for p in (entry.record, entry.gguf):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             p.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove %s: %s", p, e)
 
 
 @contextlib.contextmanager
