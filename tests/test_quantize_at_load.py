@@ -352,3 +352,18 @@ def test_full_disk_while_building_degrades(tiny_f16, tmp_path, cache, monkeypatc
     assert got.built and not got.cached and got.path.parent != cache
     assert got.path.read_bytes() == reference(tiny_f16, tmp_path, "Q8_0")
     assert weight_cache.list_entries() == [] and not list(cache.glob("*.gguf"))
+
+
+def test_read_only_cache_still_serves_its_entries(tiny_f16, builds, monkeypatch, caplog):
+    import errno
+
+    built = prepare_quantized(tiny_f16, "Q8_0")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(weight_cache, "locked", read_only)
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        got = prepare_quantized(tiny_f16, "Q8_0")
+    assert (got.path, got.built, got.cached) == (built.path, False, True) and len(builds) == 1
+    assert not caplog.records

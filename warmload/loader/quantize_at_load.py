@@ -127,12 +127,14 @@ def prepare_quantized(
         log.info("%s: quantizing to %s in a temporary file (caches are off)", source, qtype)
         return _done(source, qtype, _temporary(source, qtype, build), True, False, started)
     root = weight_cache.cache_root()
+    entry = weight_cache.entry_for(root, source, qtype, quantizer_version())
     try:
         root.mkdir(parents=True, exist_ok=True)
-        entry = weight_cache.entry_for(root, source, qtype, quantizer_version())
         with weight_cache.locked(entry, blocking=False):  # a folder we cannot write fails here
             pass
     except OSError as e:
+        if weight_cache.check_entry(entry, source, qtype, quantizer_version()) is None:
+            return _done(source, qtype, entry.gguf, False, True, started)  # a read-only cache
         if _loaded_as_is(source, qtype):
             return QuantizedModel(source, source, None, False, False, 0.0)
         log.warning("%s: the quantized-weight cache %s cannot be written (%s): quantizing to %s "
