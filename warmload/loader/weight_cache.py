@@ -34,6 +34,15 @@ from warmload.config import QUANTIZE_CACHE_BYTES, cache_dir
 from warmload.formats.gguf import read_gguf_header
 from warmload.formats.gguf_write import atomic_output
 
+try:  # one of the two exists on every supported OS
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+try:
+    import msvcrt
+except ImportError:  # POSIX
+    msvcrt = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "quantized"
@@ -222,38 +231,31 @@ def locked(entry: Entry, blocking: bool = True) -> Iterator[bool]:
 
 
 def _lock(fd: int, blocking: bool) -> bool:
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None  # type: ignore[assignment]
-    try:
-        if fcntl is not None:
+    if fcntl is not None:
+        try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+    if msvcrt is None:
+        log.warning("no file locking on this platform: two processes may build one entry twice")
+        return True
+    mode = msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK
+    while True:  # LK_LOCK gives up after 10 s: retry while the builder works
+        try:
+            msvcrt.locking(fd, mode, 1)
             return True
-        import msvcrt
-
-        mode = msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK  # type: ignore[attr-defined]
-        while True:  # LK_LOCK gives up after 10 s: retry while the builder works
-            try:
-                msvcrt.locking(fd, mode, 1)  # type: ignore[attr-defined]
-                return True
-            except OSError:
-                if not blocking:
-                    return False
-    except BlockingIOError:
-        return False
+        except OSError:
+            if not blocking:
+                return False
 
 
 def _unlock(fd: int) -> None:
-    try:
-        import fcntl
-
+    if fcntl is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)
-    except ImportError:
-        import msvcrt
-
+    elif msvcrt is not None:
         os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
 @dataclass(frozen=True, slots=True)
