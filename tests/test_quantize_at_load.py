@@ -255,6 +255,7 @@ def test_lru_bound_and_cache_command(tiny_f16, cache, capsys):
     assert main(["cache", "clear", "quantized"]) == 0
     assert "removed quantized" in capsys.readouterr().out
     assert weight_cache.list_entries() == [] and not q8.path.exists()
+    assert sorted(cache.iterdir()) == []  # lock files too
 
 
 @pytest.fixture(scope="module")

@@ -344,4 +344,10 @@ def clear(root: Path | None = None) -> tuple[int, int]:
                 nbytes += path.stat().st_size
                 path.unlink()
                 files += 1
+    for path in list(root.glob("*.lock")) if root.is_dir() else ():  # locks of gone entries
+        entry = Entry(root, path.stem)
+        if not entry.record.exists() and not entry.gguf.exists():
+            with locked(entry, blocking=False) as got, contextlib.suppress(OSError):
+                if got:
+                    path.unlink()
     return nbytes, files
