@@ -56,16 +56,16 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("warmup", "warmup_sync", "lazy"):
         if getattr(args, name, None):
             options[name] = getattr(args, name)
+    if getattr(args, "quantize", None):  # checked now: serve loads models later
+        from warmload.loader.quantize_at_load import quantize_type
+
+        options["quantize"] = quantize_type(args.quantize)
     if args.ctx is not None:
         options["ctx"] = args.ctx
     if args.threads is not None:
         options["threads"] = args.threads
     if args.n_gpu_layers:
         options["n_gpu_layers"] = args.n_gpu_layers
-    if getattr(args, "quantize", None):  # checked now: serve loads models later
-        from warmload.loader.quantize_at_load import quantize_type
-
-        options["quantize"] = quantize_type(args.quantize)
     return options
 
 
