@@ -11,6 +11,7 @@ from warmload.errors import RequestError
 
 LOAD_MODES = ("mmap", "memory", "read")
 WARMUP_MODES = ("none", "willneed", "populate", "read", "auto")
+QUANTIZE_CACHE_BYTES = 32 << 30  # default bound of the quantized-weight cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,8 @@ class LoadConfig:
     buffer; "read" preads each tensor into its own buffer.
     packed: on the CPU, keep quantized (and F16/BF16) matrices in their GGML blocks and multiply
     them with the packed kernels (default); False dequantizes them to float32 at load.
+    quantize: a file type (Q8_0, Q4_K_M, ...) an F32/F16/BF16 model is quantized to at load;
+    the result is cached (loader/quantize_at_load.py), so later loads map it.
     """
 
     load_mode: str = "mmap"
@@ -34,8 +37,14 @@ class LoadConfig:
     lazy: bool = False
     use_cache: bool = True  # warmload's caches (tokenizer merges, tuned threads)
     packed: bool = True
+    quantize: str | None = None  # e.g. "Q4_K_M": quantize an F32/F16/BF16 model at load, cached
+    quantize_cache_bytes: int = QUANTIZE_CACHE_BYTES  # that cache's bound (LRU)
 
     def __post_init__(self) -> None:
+        if self.quantize is not None and (not isinstance(self.quantize, str) or not self.quantize):
+            raise RequestError(f"quantize must name a type, not {self.quantize!r}", "quantize")
+        if self.quantize_cache_bytes < 0:
+            raise RequestError("quantize_cache_bytes must be >= 0", "quantize_cache_bytes")
         if self.load_mode not in LOAD_MODES:
             raise RequestError(
                 f"load_mode must be one of {', '.join(LOAD_MODES)}, not {self.load_mode!r}",

@@ -258,6 +258,10 @@ def load_engine(path: Any = None, **load_options: Any) -> Engine:
     progress = load_options.pop("progress", None)  # callback(done_bytes, total_bytes)
     cfg = LoadConfig.from_options(**load_options)
     model_path = resolve_model_path(path)
+    if cfg.quantize is not None:  # the cached quantized GGUF (made now on a miss)
+        from warmload.loader.quantize_at_load import resolve_load_path
+
+        model_path = resolve_load_path(model_path, cfg, progress)
     if cfg.threads is None:  # tuned for this machine and model size, else physical cores
         tuned_for = model_nbytes(model_path) if cfg.use_cache else None
         cfg = replace(cfg, threads=default_threads(tuned_for))

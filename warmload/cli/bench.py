@@ -72,6 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--output", choices=("md", "json", "jsonl"), default="md")
     p.add_argument(
+        "--quantize", metavar="TYPE", default=None, help="bench the models quantized at load"
+    )
+    p.add_argument(
         "--compare", default="", help="comma-separated peers: " + ", ".join(sorted(PEERS))
     )
     p.set_defaults(handler=run_bench_command)
@@ -84,6 +87,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from warmload.threads import physical_cores
 
     models = [resolve_model_path(m) for m in (args.model or [None])]
+    if args.quantize:  # the cached quantized files (made now on a miss)
+        from warmload.loader.quantize_at_load import prepare_quantized
+
+        models = [prepare_quantized(m, args.quantize).path for m in models]
     if args.tune_threads:
         return tune_threads(args, models)
     threads = args.threads or [physical_cores()]

@@ -47,6 +47,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--warmup-sync", action="store_true", help="warm up before the model is ready")
     p.add_argument("--lazy", action="store_true", help="load each layer on its first use")
+    p.add_argument(
+        "--quantize",
+        metavar="TYPE",
+        default=None,
+        help="quantize an F32/F16/BF16 model at load (Q8_0, Q4_K_M, ...); cached for next time",
+    )
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,6 +63,10 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("warmup", "warmup_sync", "lazy"):
         if getattr(args, name, None):
             options[name] = getattr(args, name)
+    if getattr(args, "quantize", None):  # checked now: serve loads models later
+        from warmload.loader.quantize_at_load import quantize_type
+
+        options["quantize"] = quantize_type(args.quantize)
     if args.ctx is not None:
         options["ctx"] = args.ctx
     if args.threads is not None:
