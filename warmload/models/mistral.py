@@ -32,7 +32,7 @@ def config_from_hf(f: HFFields) -> LlamaConfig:
         **llama.hf_common(f, LlamaConfig, defaults),
         rope_theta=theta,
         rope_scaling=scaling,
-        sliding_window=None if window is None else f.integer("sliding_window", maximum=1 << 31),
+        sliding_window=None if window is None else f.integer("sliding_window", 4096, 1, 1 << 31),
     )
     check_decoder(config, f.where)
     return config

@@ -69,26 +69,26 @@ def check_scaling(scaling: Any, where: str, key: str = "rope_scaling") -> dict[s
 
 
 def rope_from_gguf(keys: GGUFKeys, theta_default: float) -> tuple[float, dict[str, Any] | None]:
-    """(rope_theta, rope_scaling) from `{arch}.rope.freq_base` and `{arch}.rope.scaling.*`."""
+    """(rope_theta, rope_scaling) from `{arch}.rope.freq_base` and `{arch}.rope.scaling.*` (or
+    the legacy `{arch}.rope.scale_linear`); llama.cpp's "none" with a factor means linear."""
     theta = keys.positive_float("rope.freq_base", theta_default)
     kind = keys.string("rope.scaling.type", "none")
-    factor = keys.get("rope.scaling.factor", None)
-    legacy = keys.get("rope.scale_linear", None)
-    if kind == "none" and legacy is not None:
-        kind, factor, key = "linear", legacy, "rope.scale_linear"
-    else:
-        key = "rope.scaling.factor"
-    if kind in ("none", "yarn") and factor is None:
-        if kind == "yarn":
-            raise UnsupportedError(f"{keys.where}: rope scaling 'yarn' is not supported")
-        return theta, None
-    if kind == "none":
-        kind = "linear"
-    if kind != "linear":
+    key = "rope.scaling.factor"
+    factor = keys.get(key, None)
+    if factor is None and keys.get("rope.scale_linear", None) is not None:
+        key = "rope.scale_linear"
+        factor = keys.get(key)
+    if kind not in ("none", "linear"):
         raise UnsupportedError(
-            f"{keys.where}: {keys.arch}.rope.scaling.type {kind!r} is not supported "
-            f"(supported: none, linear)"
+            f"{keys.where}: rope scaling {kind!r} is not supported ({keys.arch}.rope.scaling"
+            f".type; supported: none, linear)"
         )
+    if kind == "none" and isinstance(factor, int | float) and factor == 0:
+        factor = None  # llama.cpp: a factor of 0 is "unset" (no scaling)
+    if factor is None:
+        if kind == "linear":
+            raise CheckpointError(f"{keys.where}: linear rope scaling without {keys.arch}.{key}")
+        return theta, None
     value = check_positive_float(factor, keys.where, f"{keys.arch}.{key}")
     return theta, (None if value == 1.0 else {"rope_type": "linear", "factor": value})
 
