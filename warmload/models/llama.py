@@ -77,8 +77,14 @@ def build_model(config: LlamaConfig, device: str | torch.device = "meta") -> Dec
 # ---------------------------------------------------------------- hyperparameters: GGUF
 
 
-def gguf_common(keys: GGUFKeys, tensors: dict[str, Any], tokens: int | None) -> dict[str, Any]:
-    """The fields every llama-like GGUF file has (llama.cpp llama_model::load_hparams)."""
+def gguf_common(
+    keys: GGUFKeys,
+    tensors: dict[str, Any],
+    tokens: int | None,
+    eps_key: str = "attention.layer_norm_rms_epsilon",
+) -> dict[str, Any]:
+    """The fields every llama-like GGUF file has (llama.cpp llama_model::load_hparams); the
+    norm epsilon as "rms_norm_eps" from `eps_key`."""
     heads = keys.integer("attention.head_count")
     hidden = keys.integer("embedding_length")
     if hidden % heads and keys.get("attention.key_length", None) is None:
@@ -100,7 +106,7 @@ def gguf_common(keys: GGUFKeys, tensors: dict[str, Any], tokens: int | None) -> 
         "num_attention_heads": heads,
         "num_key_value_heads": keys.integer("attention.head_count_kv", heads),
         "head_dim": head_dim,
-        "rms_norm_eps": keys.number("attention.layer_norm_rms_epsilon"),
+        "rms_norm_eps": keys.number(eps_key),
         "max_position_embeddings": keys.integer("context_length", maximum=1 << 31),
         "tie_word_embeddings": "output.weight" not in tensors,
     }

@@ -47,12 +47,24 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         gguf_arch="llama",
         reads_gguf=False,
         chat_template="mistral",
-    ),  # fmt: skip
+    ),
     Architecture("qwen2", "qwen2", ("qwen2",), ("Qwen2ForCausalLM",)),
     Architecture("qwen3", "qwen3", ("qwen3",), ("Qwen3ForCausalLM",)),
+    Architecture("phi3", "phi3", ("phi3",), ("Phi3ForCausalLM",), chat_template="phi3"),
+    Architecture(
+        "gemma2", "gemma2", ("gemma2",), ("Gemma2ForCausalLM",), chat_template="gemma3", plan=False
+    ),
     Architecture(
         "gemma3", "gemma3", ("gemma3_text",), ("Gemma3ForCausalLM",), chat_template="gemma3"
-    ),  # fmt: skip
+    ),
+    Architecture(
+        "cohere2",
+        "cohere2",
+        ("cohere2",),
+        ("Cohere2ForCausalLM",),
+        chat_template="cohere",
+        plan=False,
+    ),
 )
 
 _BY_NAME = {a.name: a for a in ARCHITECTURES}
