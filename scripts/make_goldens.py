@@ -16,7 +16,7 @@ continuation token: from the last prompt token to the second-to-last continuatio
                   log-sum-exp of all logits (so the top-50 log-probabilities are exact)
 
 Run by hand (needs transformers and llama-cpp-python; ~5 min on 2 cores):
-    .venv/bin/python scripts/make_goldens.py [smollm2] [gemma3-270m]
+    .venv/bin/python scripts/make_goldens.py [smollm2] [gemma3-270m] [qwen2.5-coder-0.5b]
 Deterministic: greedy decoding, fixed thread counts, no sampling.
 """
 
@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM
 from warmload.catalog import resolve_model_path
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "tests" / "golden"
-MODELS = ("smollm2", "gemma3-270m")
+MODELS = ("smollm2", "gemma3-270m", "qwen2.5-coder-0.5b")
 MAX_NEW_TOKENS = 32
 TOP_K = 5
 FIRST_TOP_K = 50
@@ -51,6 +51,10 @@ CHAT_PROMPTS = {
         f"Face<|im_end|>\n<|im_start|>user\n{CHAT_USER}<|im_end|>\n<|im_start|>assistant\n"
     ),
     "gemma3-270m": f"<start_of_turn>user\n{CHAT_USER}<end_of_turn>\n<start_of_turn>model\n",
+    "qwen2.5-coder-0.5b": (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+        f"assistant.<|im_end|>\n<|im_start|>user\n{CHAT_USER}<|im_end|>\n<|im_start|>assistant\n"
+    ),
 }
 PROMPTS = {
     "prose": "The invention of the printing press in the fifteenth century changed Europe because",

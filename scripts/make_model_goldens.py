@@ -3,12 +3,14 @@
 The reference is Hugging Face transformers loading the same GGUF file (it dequantizes every
 tensor to float32 and runs its own Llama / Gemma3 code). For each position we keep the top-5
 token ids and their logits; tests/test_loader.py checks warmload's top-1 and values against them.
-Needs transformers (and ~40 s per model): `.venv/bin/python scripts/make_model_goldens.py`.
+Needs transformers (and ~40 s per model):
+`.venv/bin/python scripts/make_model_goldens.py [smollm2] [gemma3-270m] [qwen2.5-coder-0.5b]`.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -85,6 +87,11 @@ TOKEN_IDS = {
         1401,
         23186,
     ],  # fmt: skip
+    # qwen2 pre-tokenizer, no BOS (warmload's and llama.cpp's tokenization agree on it)
+    "qwen2.5-coder-0.5b": [
+        785, 3974, 13876, 38835, 34208, 916, 279, 15678, 5562, 13, 758, 279, 7167, 11, 279,
+        15494, 572, 3465, 13, 1096, 702, 1865, 264, 2696, 315, 1251, 1602, 18514,
+    ],  # fmt: skip
 }
 
 
@@ -108,14 +115,14 @@ def make_golden(model_name: str) -> dict:
     }
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     torch.set_num_threads(2)
     GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
-    for name in TOKEN_IDS:
+    for name in names or TOKEN_IDS:
         out = GOLDEN_DIR / f"model_logits_{name}.json"
         out.write_text(json.dumps(make_golden(name), indent=1) + "\n")
         print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -29,12 +29,24 @@ import torch
 import warmload
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-MODELS = {"smollm2": "smollm2_path", "gemma3-270m": "gemma3_path"}
+MODELS = {
+    "smollm2": "smollm2_path",
+    "gemma3-270m": "gemma3_path",
+    "qwen2.5-coder-0.5b": "qwen_path",
+}
 MIN_AGREEMENT = {"transformers": 0.95, "llama.cpp": 0.90}
 DECISIVE = 0.5  # a reference's top-1 logit this far above its second: no near-tie
 MAX_FIRST_LOGIT_DIFF = 1.0
 
-pytestmark = pytest.mark.slow  # ~12 s on 2 cores: loads both real models
+pytestmark = pytest.mark.slow  # ~20 s on 2 cores: loads the three real models
+
+
+@pytest.fixture(scope="session")
+def qwen_path() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M (qwen2), packaged as parts (`make test`)."""
+    from warmload.catalog import resolve_model_path
+
+    return resolve_model_path("qwen2.5-coder-0.5b")
 
 
 class Model:

@@ -239,7 +239,8 @@ def broken(tmp_path: Path, change) -> tuple[Exception, int]:
 def test_wrong_architecture_lists_supported(tmp_path: Path):
     err, reads = broken(tmp_path, lambda ck: ck.metadata.update({"general.architecture": "qwen9"}))
     assert isinstance(err, UnsupportedError) and reads == 0
-    assert "architecture 'qwen9' is not supported (supported: gemma3, llama)" in str(err)
+    assert "architecture 'qwen9' is not supported (supported: " in str(err)
+    assert all(f" {arch}," in str(err) for arch in ("gemma3", "llama"))
 
 
 def test_bad_metadata_is_named(tmp_path: Path):

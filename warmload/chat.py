@@ -12,8 +12,9 @@ leading BOS text (and a trailing EOS text) when the tokenizer adds that token it
 engine always encodes its result with `encode(text, add_special=True, parse_special=True)`.
 `render` returns exactly what Hugging Face's apply_chat_template(tokenize=False) gives.
 
-Without a template in the file: the Gemma 3 instruction template for Gemma architectures (its
-tokens are in every Gemma vocab), else ChatML (llama.cpp's default).
+Without a template in the file: the architecture's built-in one, named by the registry
+(models/registry.py): Gemma's for Gemma architectures (its tokens are in every Gemma vocab),
+Mistral's [INST], Phi-3's, Cohere's turns, else ChatML (llama.cpp's default).
 """
 
 from __future__ import annotations
@@ -85,8 +86,56 @@ CHATML_TEMPLATE = (
     "{%- endif -%}"
 )
 
-# general.architecture -> built-in template when the file has none
-BUILTIN_TEMPLATES = {"gemma": GEMMA3_TEMPLATE, "gemma2": GEMMA3_TEMPLATE, "gemma3": GEMMA3_TEMPLATE}
+# mistralai/Mistral-7B-Instruct-v0.1's template (a system message joins the first user turn)
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set prefix = messages[0]['content'] + '\\n\\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{ '[INST] ' + (prefix if loop.first else '') + message['content'] + ' [/INST]' }}"
+    "{%- else -%}{{ message['content'] + eos_token }}{%- endif -%}"
+    "{%- endfor -%}"
+)
+# microsoft/Phi-3-mini-4k-instruct's template
+PHI3_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}"
+    "{%- else -%}{{ eos_token }}{%- endif -%}"
+)
+# CohereForAI's turn format (Command R / R7B, tiny-aya)
+COHERE_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- set role = {'system': 'SYSTEM', 'user': 'USER'}.get(message['role'], 'CHATBOT') -%}"
+    "{{ '<|START_OF_TURN_TOKEN|><|' + role + '_TOKEN|>' + message['content'] }}"
+    "{{ '<|END_OF_TURN_TOKEN|>' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>' }}"
+    "{%- endif -%}"
+)
+# the registry's built-in template names (models/registry.py Architecture.chat_template)
+BUILTIN_TEMPLATES = {
+    "gemma3": GEMMA3_TEMPLATE,
+    "chatml": CHATML_TEMPLATE,
+    "mistral": MISTRAL_TEMPLATE,
+    "phi3": PHI3_TEMPLATE,
+    "cohere": COHERE_TEMPLATE,
+}
+
+
+def builtin_template(arch: object) -> tuple[str, str]:
+    """(name, source) of the built-in template for architecture `arch` (the registry says
+    which; ChatML for an architecture it does not know, as llama.cpp)."""
+    # the registry is data (torch-free), read at call time: chat sits beside models
+    from warmload.models.registry import builtin_template as registered
+
+    name = registered(arch) or ("gemma3" if str(arch).startswith("gemma") else "chatml")
+    return name, BUILTIN_TEMPLATES[name]
 
 
 class _TemplateRaised(Exception):
@@ -243,9 +292,8 @@ class ChatTemplate:
         source = metadata.get("tokenizer.chat_template")
         origin = "tokenizer.chat_template"
         if not isinstance(source, str) or not source.strip():
-            arch = metadata.get("general.architecture")
-            source = BUILTIN_TEMPLATES.get(arch, CHATML_TEMPLATE)
-            origin = f"built-in {'gemma3' if arch in BUILTIN_TEMPLATES else 'chatml'} default"
+            name, source = builtin_template(metadata.get("general.architecture"))
+            origin = f"built-in {name} default"
 
         def pick(value: Any, name: str, default: Any) -> Any:
             return value if value is not None else getattr(tokenizer, name, default)

@@ -27,12 +27,6 @@ from typing import Any
 
 from warmload.errors import CheckpointError
 
-# HF config["model_type"] -> our architecture name (models.ARCHITECTURES keys; data only here).
-HF_MODEL_TYPES = {
-    "llama": "llama",
-    "gemma3_text": "gemma3",
-}
-
 TOKENIZER_JSON = "tokenizer.json"
 TEMPLATE_FILE = "chat_template.jinja"
 
@@ -80,6 +74,9 @@ def read_hf_folder(folder: Path) -> dict[str, Any]:
         metadata["hf.tokenizer_json"] = str(folder / TOKENIZER_JSON)
     model_type = metadata.get("config", {}).get("model_type")
     if isinstance(model_type, str):
+        # the registry is data (torch-free), read at call time: formats sits below models
+        from warmload.models.registry import HF_MODEL_TYPES
+
         metadata["general.architecture"] = HF_MODEL_TYPES.get(model_type, model_type)
     template = chat_template(folder, metadata.get("tokenizer_config"))
     if template:

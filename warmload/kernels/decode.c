@@ -1,9 +1,13 @@
-/* A decoder layer stack (llama family and Gemma 3) for a decode step or a short prompt chunk.
+/* A decoder layer stack for a decode step or a short prompt chunk, as warmload/models/base.py's
+   LayerSpec describes it (fused.py builds the plan from the specs and refuses what this cannot
+   run: LayerNorm, parallel blocks, soft-capped scores, layers without rope).
 
-   Per layer: RMSNorm -> q, k, v products (one call) -> [q/k head norms] -> attention step ->
-   o product -> [post-attention norm] -> residual -> RMSNorm -> gate, up products (one call) ->
-   act(gate) * up -> down product -> [post-FFN norm] -> residual; bracketed steps are Gemma 3's
-   (HF modeling_gemma3.py), the rest is both. The PyTorch modules (warmload/models) are the
+   Per layer: RMSNorm -> q, k, v products (one call) -> [q/k/v biases] -> [q/k head norms] ->
+   attention step -> o product -> [post-attention norm] -> residual -> RMSNorm -> gate, up
+   products (one call) -> act(gate) * up -> down product -> [post-FFN norm] -> residual;
+   bracketed steps are present when the layer has them (biases: Qwen2; head norms: Qwen3,
+   Gemma 3; post norms: Gemma 3). A fused qkv or gate_up matrix (Phi-3) arrives as three or two
+   matrices over row ranges of one buffer (rows of GGML blocks are independent). The PyTorch modules (warmload/models) are the
    reference this must equal; it only removes the ~300 Python-level ops of a step. */
 
 #include "kernels.h"
@@ -71,6 +75,12 @@ static void add_into(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
+/* y (B, n) += bias (n) on every row (Qwen2's q/k/v biases, as HF's nn.Linear adds them) */
+static void add_bias(float *y, const float *bias, int64_t B, int64_t n) {
+    if (!bias) return;
+    for (int64_t b = 0; b < B; ++b) add_into(y + b * n, bias, n);
+}
+
 static int run_layer(const plan_t *P, const layer_plan_t *L, float *x, int64_t B,
                      const int64_t *rows, const int64_t *positions, int64_t pos0, int chunk,
                      const activations_t *a) {
@@ -79,6 +89,9 @@ static int run_layer(const plan_t *P, const layer_plan_t *L, float *x, int64_t B
     rms_norm_rows(x, L->w_in, B, hidden, P->eps, P->offset, a->h);
     part_t qkv[3] = {into(L->q, a->q), into(L->k, a->k), into(L->v, a->v)};
     if ((rc = product(qkv, 3, a->h, hidden, B))) return rc;
+    add_bias(a->q, L->b_q, B, H * D);
+    add_bias(a->k, L->b_k, B, KV * D);
+    add_bias(a->v, L->b_v, B, KV * D);
     if (L->w_q_norm) {
         rms_norm_rows(a->q, L->w_q_norm, B * H, D, P->eps, P->offset, a->q);
         rms_norm_rows(a->k, L->w_k_norm, B * KV, D, P->eps, P->offset, a->k);

@@ -244,6 +244,7 @@ void rms_norm_rows(const float *x, const float *w, int64_t n_rows, int64_t dim, 
 typedef struct {
     part_t q, k, v, o, gate, up, down;
     const float *w_in, *w_attn_out, *w_ffn_in, *w_ffn_out, *w_q_norm, *w_k_norm; /* or NULL */
+    const float *b_q, *b_k, *b_v; /* q/k/v biases (Qwen2), or NULL */
     float *cache_k, *cache_v;           /* (rows, KV, max_ctx, D) */
     const float *cos, *sin;             /* angle j of position p at [p * pos_stride + j * step] */
     int64_t rope_pos_stride, rope_step;

@@ -153,17 +153,18 @@ static int parse_matrix(PyObject *item, long long k, part_t *p) {
 }
 
 /* One layer's tuple: 7 matrices (q k v o gate up down as (type, ptr, rows)), 6 norm weight
-   pointers (0: absent), cache_k, cache_v, cos, sin, rope_pos_stride, rope_step, interleaved,
-   window, scale. */
+   pointers (0: absent), 3 q/k/v bias pointers (0: absent), cache_k, cache_v, cos, sin,
+   rope_pos_stride, rope_step, interleaved, window, scale. */
 static int parse_layer(PyObject *item, plan_t *P, layer_plan_t *L) {
     PyObject *m[7];
-    unsigned long long w[6], ck, cv, cos, sin;
+    unsigned long long w[6], b[3], ck, cv, cos, sin;
     long long pos_stride, step, window;
     int interleaved;
     double scale;
-    if (!PyArg_ParseTuple(item, "(OOOOOOO)(KKKKKK)KKKKLLiLd", &m[0], &m[1], &m[2], &m[3], &m[4],
-                          &m[5], &m[6], &w[0], &w[1], &w[2], &w[3], &w[4], &w[5], &ck, &cv, &cos,
-                          &sin, &pos_stride, &step, &interleaved, &window, &scale))
+    if (!PyArg_ParseTuple(item, "(OOOOOOO)(KKKKKK)(KKK)KKKKLLiLd", &m[0], &m[1], &m[2], &m[3],
+                          &m[4], &m[5], &m[6], &w[0], &w[1], &w[2], &w[3], &w[4], &w[5], &b[0],
+                          &b[1], &b[2], &ck, &cv, &cos, &sin, &pos_stride, &step, &interleaved,
+                          &window, &scale))
         return -1;
     int64_t hd = P->H * P->D, kvd = P->KV * P->D;
     if (parse_matrix(m[0], P->hidden, &L->q) || parse_matrix(m[1], P->hidden, &L->k) ||
@@ -180,6 +181,8 @@ static int parse_layer(PyObject *item, plan_t *P, layer_plan_t *L) {
     const float **norms[6] = {&L->w_in, &L->w_attn_out, &L->w_ffn_in, &L->w_ffn_out,
                               &L->w_q_norm, &L->w_k_norm};
     for (int i = 0; i < 6; ++i) *norms[i] = PTR(const float, w[i]);
+    L->b_q = PTR(const float, b[0]), L->b_k = PTR(const float, b[1]);
+    L->b_v = PTR(const float, b[2]);
     L->cache_k = PTR(float, ck), L->cache_v = PTR(float, cv);
     L->cos = PTR(const float, cos), L->sin = PTR(const float, sin);
     L->rope_pos_stride = pos_stride, L->rope_step = step, L->interleaved = interleaved;

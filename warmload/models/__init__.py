@@ -1,16 +1,5 @@
-"""The decoders warmload runs, by GGUF `general.architecture` name (one dispatch table).
+"""The decoders warmload runs: registry.py is the one list of architectures (by GGUF
+`general.architecture` name); each models/<arch>.py owns one (see registry.py). Importing this
+package imports neither torch nor any architecture (ARCHITECTURES imports one when read)."""
 
-Each entry's module provides a config dataclass (HF field names), build_model(config) and
-GGUF_TENSOR_NAMES (GGUF name -> HF parameter name). Models never import formats/ or loader/.
-"""
-
-from __future__ import annotations
-
-from types import ModuleType
-
-from warmload.models import gemma3, llama
-
-ARCHITECTURES: dict[str, ModuleType] = {
-    "llama": llama,
-    "gemma3": gemma3,
-}
+from warmload.models.registry import MODULES as ARCHITECTURES  # noqa: F401  name -> module

@@ -1,4 +1,5 @@
-"""The decoder stack of a decode step in one C call (warmload.kernels plan_step).
+"""The decoder stack of a decode step in one C call (warmload.kernels plan_step), built from
+the model's LayerSpecs (models/base.py): plan_refusal says which specs the C side cannot run.
 
 A decode step through the nn.Modules costs ~300 Python-level operations (module calls, views,
 small allocations): at 30 layers that was a third of SmolLM2's step. When every matrix of
@@ -26,17 +27,6 @@ from torch import nn
 
 from warmload import kernels
 from warmload.models.layers import KERNEL_CHUNK_TOKENS, KVCache, RMSNorm, RotaryTables
-
-_PROJECTIONS = (
-    ("self_attn", "q_proj"),
-    ("self_attn", "k_proj"),
-    ("self_attn", "v_proj"),
-    ("self_attn", "o_proj"),
-    ("mlp", "gate_proj"),
-    ("mlp", "up_proj"),
-    ("mlp", "down_proj"),
-)
-
 
 MAX_PLANS = 64  # per model: the engine's cache, a batch runner's rows and row ranges
 CHUNK_TOKENS = KERNEL_CHUNK_TOKENS - 1  # the chunks whose attention the modules run in C too
@@ -145,25 +135,51 @@ def _rope_pointers(rope: RotaryTables) -> tuple[list[Any], tuple[int, int, int, 
     return [table], (pairs.data_ptr(), pairs[..., 1].data_ptr(), pairs.stride(0), 2, 1)
 
 
+def plan_refusal(model: nn.Module) -> str | None:
+    """Why the C plan cannot run this model's layers (from its LayerSpecs), or None."""
+    specs = model.layer_specs
+    first = specs[0]
+    for i, s in enumerate(specs):
+        if s.norm != "rms":
+            return f"layer {i}: {s.norm} norm"
+        if s.parallel:
+            return f"layer {i}: parallel attention and MLP"
+        if s.attn_softcap is not None:
+            return f"layer {i}: attention logit soft-capping"
+        if s.rope is None:
+            return f"layer {i}: no rope"
+        if s.activation not in kernels.ACTIVATION_IDS:
+            return f"layer {i}: activation {s.activation}"
+        if (s.norm_eps, s.norm_offset, s.activation) != (
+            first.norm_eps,
+            first.norm_offset,
+            first.activation,
+        ):
+            return f"layer {i}: norms or activation differ from layer 0's"
+    return None
+
+
 def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
-    layers = model.model.layers
-    first = layers[0]
-    eps, offset = first.input_layernorm.eps, first.input_layernorm.offset
-    act = first.mlp.activation
-    attn = first.self_attn
+    if plan_refusal(model) is not None or cache.k[0].dtype != torch.float32:
+        return None
+    spec = model.layer_specs[0]
+    eps, offset = spec.norm_eps, spec.norm_offset
     weights = _layer_weights(model, eps, offset)
-    if weights is None or act not in kernels.ACTIVATION_IDS or cache.k[0].dtype != torch.float32:
+    if weights is None:
         return None
     rows = []
     keep: list[Any] = [cache]
-    for i, (matrices, norms, window, scale) in enumerate(weights):
+    for i, (matrices, norms, biases, window, scale) in enumerate(weights):
         keys, values = cache.k[i], cache.v[i]
         if not (keys.is_contiguous() and values.is_contiguous()):
             return None
         tables, rope = _rope_pointers(model.rope_tables(i))
         keep += tables
-        rows.append((matrices, norms, keys.data_ptr(), values.data_ptr(), *rope, window, scale))
+        rows.append(
+            (matrices, norms, biases, keys.data_ptr(), values.data_ptr(), *rope, window, scale)
+        )
     config = model.config
+    attn = model.model.layers[0].self_attn
     # chunks only where decode steps take the prompt products' arithmetic (AVX-512 VNNI):
     # elsewhere a chunk's products in the modules and in the plan would round differently
     chunk_tokens = 0
@@ -180,7 +196,7 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
         cache.max_ctx,
         eps,
         offset,
-        kernels.ACTIVATION_IDS[act],
+        kernels.ACTIVATION_IDS[spec.activation],
     )
     try:
         capsule = kernels.plan_new(dims, tuple(rows))
@@ -189,35 +205,89 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
     return DecodePlan(capsule, cache, keep, chunk_tokens)
 
 
+def _packed(m: nn.Module, splits: tuple[int, ...]) -> list[tuple[int, int, int]] | None:
+    """(type id, pointer, rows) of a packed matrix's row ranges `splits` (a fused qkv or
+    gate_up matrix as its parts: rows of GGML blocks are independent), or None if unpacked."""
+    if not hasattr(m, "blocks") or kernels.KERNEL_TYPES.get(m.ggml_type) != "int8":
+        return None
+    if sum(splits) != m.out_features:
+        return None
+    type_id, base, row_nbytes = kernels.type_id(m.ggml_type), m.blocks.data_ptr(), m.blocks.shape[1]
+    parts, start = [], 0
+    for n in splits:
+        parts.append((type_id, base + start * row_nbytes, n))
+        start += n
+    return parts
+
+
+def _bias_pointers(attn: nn.Module) -> tuple[int, int, int] | None:
+    """q, k, v bias pointers (0: none), None for a bias the plan cannot read."""
+    if "qkv_proj" in attn._modules:
+        bias = getattr(attn.qkv_proj, "bias", None)
+        if bias is None:
+            return (0, 0, 0)
+        if bias.dtype != torch.float32 or not bias.is_contiguous():
+            return None
+        q, k, _ = attn.split
+        ptr, size = bias.data_ptr(), bias.element_size()
+        return (ptr, ptr + q * size, ptr + (q + k) * size)
+    out = []
+    for m in (attn.q_proj, attn.k_proj, attn.v_proj):
+        bias = getattr(m, "bias", None)
+        if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+            return None
+        out.append(0 if bias is None else bias.data_ptr())
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _matrices(layer: nn.Module) -> tuple | None:
+    """q, k, v, o, gate, up, down as (type id, pointer, rows), or None if one is not packed."""
+    attn, mlp = layer.self_attn, layer.mlp
+    if "qkv_proj" in attn._modules:
+        qkv = _packed(attn.qkv_proj, attn.split)
+    else:
+        parts = [_packed(m, (m.out_features,)) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        qkv = None if None in parts else [p[0] for p in parts]  # type: ignore[index]
+    o = _packed(attn.o_proj, (attn.o_proj.out_features,))
+    if "gate_up_proj" in mlp._modules:
+        half = mlp.gate_up_proj.out_features // 2
+        gate_up = _packed(mlp.gate_up_proj, (half, half))
+    else:
+        parts = [_packed(m, (m.out_features,)) for m in (mlp.gate_proj, mlp.up_proj)]
+        gate_up = None if None in parts else [p[0] for p in parts]  # type: ignore[index]
+    down = _packed(mlp.down_proj, (mlp.down_proj.out_features,))
+    if qkv is None or o is None or gate_up is None or down is None:
+        return None
+    return (*qkv, o[0], *gate_up, down[0])
+
+
 def _layer_weights(model: nn.Module, eps: float, offset: float) -> list[tuple] | None:
-    """Per layer (matrices, norm pointers, window, scale), or None when a layer is not packed;
-    kept on the model once every weight is in place (they do not move after that), so a plan
-    for another row range costs only its cache and rope pointers."""
+    """Per layer (matrices, norm pointers, bias pointers, window, scale), or None when a layer
+    is not packed; kept on the model once every weight is in place (they do not move after
+    that), so a plan for another row range costs only its cache and rope pointers. Which norms
+    a layer has comes from its LayerSpec (sandwich: four)."""
     known = model.__dict__.get("_plan_weights")
     if known is not None:
         return known
     weights = []
-    for layer in model.model.layers:
-        matrices = []
-        for block, name in _PROJECTIONS:
-            m = getattr(getattr(layer, block), name)
-            if not hasattr(m, "blocks") or kernels.KERNEL_TYPES.get(m.ggml_type) != "int8":
-                return None
-            matrices.append((kernels.type_id(m.ggml_type), m.blocks.data_ptr(), m.out_features))
-        gemma = hasattr(layer, "pre_feedforward_layernorm")
-        attn = layer.self_attn
+    for layer, spec in zip(model.model.layers, model.layer_specs):
+        matrices = _matrices(layer)
+        biases = _bias_pointers(layer.self_attn)
+        if matrices is None or biases is None:
+            return None
+        sandwich, attn = spec.sandwich, layer.self_attn
         norms = (
             layer.input_layernorm,
-            layer.post_attention_layernorm if gemma else None,
-            layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm,
-            layer.post_feedforward_layernorm if gemma else None,
+            layer.post_attention_layernorm if sandwich else None,
+            layer.pre_feedforward_layernorm if sandwich else layer.post_attention_layernorm,
+            layer.post_feedforward_layernorm if sandwich else None,
             attn.q_norm,
             attn.k_norm,
         )
         pointers = tuple(_norm(n, eps, offset) for n in norms)
         if None in pointers:
             return None
-        weights.append((tuple(matrices), pointers, attn.window or 0, attn.scale))
+        weights.append((matrices, pointers, biases, spec.window or 0, spec.scale))
     lazy = getattr(model, "lazy_weights", None)
     if lazy is None or not lazy.pending:
         model.__dict__["_plan_weights"] = weights

@@ -22,24 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
-from warmload.models.fused import run_plan
-from warmload.models.layers import (
-    Attention,
-    GatedMLP,
-    KVCache,
-    Linear,
-    RMSNorm,
-    RopeSlice,
-    RotaryTables,
-    attention_mask,
-    embedding,
-    key_start,
-    rope_inv_freq,
-    tied_output,
-)
+from warmload.models.base import DecoderLM, LayerSpec, build_decoder, rope_spec
+from warmload.models.hparams import GGUFKeys, HFFields, check_decoder
+from warmload.models.llama import gguf_common, hf_common, refuse_biases
+from warmload.models.rope import rope_from_gguf, rope_from_hf, rope_to_gguf
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -74,142 +63,149 @@ class Gemma3Config:
                 FULL if (i + 1) % n == 0 else SLIDING for i in range(self.num_hidden_layers)
             )
             object.__setattr__(self, "layer_types", types)
-        assert len(self.layer_types) == self.num_hidden_layers, self
-        assert self.num_attention_heads % self.num_key_value_heads == 0, self
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(f"{len(self.layer_types)} layer_types for {self.num_hidden_layers}")
 
 
-class Gemma3DecoderLayer(nn.Module):
-    def __init__(self, config: Gemma3Config, layer_type: str) -> None:
-        super().__init__()
-        c, off = config, config.norm_weight_offset
-        self.window = c.sliding_window if layer_type == SLIDING else None
-        self.self_attn = Attention(
-            c.hidden_size,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.head_dim,
-            scale=c.query_pre_attn_scalar**-0.5,
-            qk_norm_eps=c.rms_norm_eps,
-            norm_offset=off,
-            window=self.window,
+def layer_specs(c: Gemma3Config) -> tuple[LayerSpec, ...]:
+    """Sliding layers: window and the local rope base; global ones: rope_theta + scaling."""
+    local = rope_spec(c.rope_local_base_freq, None)
+    full = rope_spec(c.rope_theta, c.rope_scaling)
+    specs = []
+    for kind in c.layer_types:  # type: ignore[union-attr]
+        specs.append(
+            LayerSpec(
+                norm_eps=c.rms_norm_eps,
+                norm_offset=c.norm_weight_offset,
+                sandwich=True,
+                qk_norm=True,
+                activation=c.hidden_activation,
+                window=c.sliding_window if kind == SLIDING else None,
+                rope=local if kind == SLIDING else full,
+                scale=c.query_pre_attn_scalar**-0.5,
+            )
         )
-        self.mlp = GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_activation)
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, off)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, off)
-        self.pre_feedforward_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, off)
-        self.post_feedforward_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, off)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cache: KVCache,
-        layer: int,
-        start_pos: int | torch.Tensor,
-        rope: RopeSlice,
-        mask: torch.Tensor | None,
-        first_key: int,
-    ) -> torch.Tensor:
-        h = self.self_attn(self.input_layernorm(x), cache, layer, start_pos, rope, mask, first_key)
-        x = x + self.post_attention_layernorm(h)
-        h = self.mlp(self.pre_feedforward_layernorm(x))
-        return x + self.post_feedforward_layernorm(h)
+    return tuple(specs)
 
 
-class Gemma3TextModel(nn.Module):
-    def __init__(self, config: Gemma3Config) -> None:
-        super().__init__()
-        self.embed_tokens = embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(Gemma3DecoderLayer(config, t) for t in config.layer_types)
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_weight_offset)
-
-
-class Gemma3ForCausalLM(nn.Module):
-    """hidden = model(tokens, cache, start_pos); logits = model.compute_logits(hidden)."""
-
-    def __init__(self, config: Gemma3Config) -> None:
-        super().__init__()
-        self.config = config
-        self.model = Gemma3TextModel(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.rope_local: RotaryTables | None = None
-        self.rope_global: RotaryTables | None = None
-        self.embed_scale: torch.Tensor | None = None
-
-    def tied_weights(self) -> dict[str, str]:
-        """Parameters that share another's tensor: {alias: source}."""
-        if self.config.tie_word_embeddings:
-            return {"lm_head.weight": "model.embed_tokens.weight"}
-        return {}
-
-    def prepare(self, rope_freq_factors: torch.Tensor | None = None) -> None:
-        """After weights are attached: tie embeddings, make rope tables on the weights' device."""
-        if self.config.tie_word_embeddings:
-            self.lm_head = tied_output(self.model.embed_tokens)
-        c, w = self.config, self.model.norm.weight  # embeddings may stay packed
-        local = rope_inv_freq(c.head_dim, c.rope_local_base_freq)
-        full = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, rope_freq_factors)
-        self.rope_local = RotaryTables(local, "neox", w.dtype, w.device)
-        self.rope_global = RotaryTables(full, "neox", w.dtype, w.device)
-        self.embed_scale = torch.tensor(c.hidden_size**0.5, dtype=w.dtype, device=w.device)
-
-    def rope_tables(self, layer: int) -> RotaryTables:
-        """Local layers rotate with the local base, global ones with rope_theta (+ scaling)."""
-        assert self.rope_local is not None, "call prepare() after attaching the weights"
-        return self.rope_local if self.config.layer_types[layer] == SLIDING else self.rope_global
-
-    def new_cache(self, max_ctx: int, batch_size: int = 1) -> KVCache:
-        """An empty KV cache for max_ctx positions; rope tables grow to cover them."""
-        assert self.rope_local is not None, "call prepare() after attaching the weights"
-        self.rope_local.ensure(max_ctx)
-        self.rope_global.ensure(max_ctx)
-        return KVCache.for_config(self.config, max_ctx, batch_size, self.model.norm.weight)
-
-    def forward(
-        self, tokens: torch.Tensor, cache: KVCache, start_pos: int | torch.Tensor
-    ) -> torch.Tensor:
-        """tokens (B, T) at positions start_pos.. -> final-normed hidden states (B, T, hidden).
-        start_pos may be a LongTensor (B,) of per-row positions when T == 1 (batched decode)."""
-        assert self.rope_local is not None, "call prepare() after attaching the weights"
-        B, T = tokens.shape
-        cache.check(start_pos, T, B)
-        x = self.embed(tokens)  # (B, T, hidden); ids may come from the CPU
-        fused = run_plan(self, x, cache, start_pos)  # a step or short chunk in one C call
-        if fused is not None:
-            return self.model.norm(fused)
-        if isinstance(start_pos, torch.Tensor):
-            start_pos = start_pos.to(x.device)
-        window, end = self.config.sliding_window, cache.end
-        local_start = key_start(start_pos, window)
-        ropes = {
-            SLIDING: self.rope_local.window(start_pos, T),
-            FULL: self.rope_global.window(start_pos, T),
-        }
-        masks = {
-            SLIDING: attention_mask(start_pos, T, local_start, window, x.device, end),
-            FULL: attention_mask(start_pos, T, 0, None, x.device, end),
-        }
-        starts = {SLIDING: local_start, FULL: 0}
-        for i, (layer, kind) in enumerate(zip(self.model.layers, self.config.layer_types)):
-            x = layer(x, cache, i, start_pos, ropes[kind], masks[kind], starts[kind])
-        return self.model.norm(x)
-
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token ids (any shape, any device) -> their input embeddings (..., hidden)."""
-        return self.model.embed_tokens(tokens.to(self.embed_scale.device)) * self.embed_scale
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T, hidden) -> float32 logits (B, T, vocab), soft-capped if configured."""
-        logits = self.lm_head(hidden).float()
-        cap = self.config.final_logit_softcapping
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-
-def build_model(config: Gemma3Config, device: str | torch.device = "meta") -> Gemma3ForCausalLM:
+def build_model(config: Gemma3Config, device: str | torch.device = "meta") -> DecoderLM:
     """The model with parameters on `device` (meta: no memory; the loader attaches weights)."""
-    with torch.device(device):
-        return Gemma3ForCausalLM(config).eval().requires_grad_(False)
+    return build_decoder(
+        config,
+        layer_specs(config),
+        device,
+        embed_scale=config.hidden_size**0.5,
+        final_softcap=config.final_logit_softcapping,
+    )
+
+
+def config_from_gguf(keys: GGUFKeys, tensors: dict[str, Any], tokens: int | None) -> Gemma3Config:
+    """llama.cpp LLM_ARCH_GEMMA3: pattern 6 when a window is set, local base 10000, and the
+    attention scale 1/sqrt(head_dim), except 27B (62 layers): 1/sqrt(hidden / heads)."""
+    common = gguf_common(keys, tensors, tokens)
+    if keys.get("attn_logit_softcapping", None) is not None:
+        keys.refuse("attn_logit_softcapping", keys.get("attn_logit_softcapping"), "not Gemma 3's")
+    window = keys.optional_int("attention.sliding_window")
+    n_layers = common["num_hidden_layers"]
+    if n_layers == 62:
+        scalar = common["hidden_size"] // common["num_attention_heads"]
+    else:
+        scalar = common["head_dim"]
+    theta, scaling = rope_from_gguf(keys, 1_000_000.0)
+    config = Gemma3Config(
+        **common,
+        rope_theta=theta,
+        rope_local_base_freq=10_000.0,
+        rope_scaling=scaling,
+        sliding_window=window or common["max_position_embeddings"],
+        sliding_window_pattern=6,
+        layer_types=None if window else (FULL,) * n_layers,
+        query_pre_attn_scalar=float(scalar),
+        final_logit_softcapping=keys.optional_positive("final_logit_softcapping"),
+        norm_weight_offset=0.0,  # llama.cpp's converter stored 1 + w
+    )
+    check_decoder(config, keys.where)
+    return config
+
+
+def config_from_hf(f: HFFields) -> Gemma3Config:
+    """transformers Gemma3TextConfig (defaults where config.json leaves a field out)."""
+    refuse_biases(f)
+    if f.get("attn_logit_softcapping", None) is not None:
+        f.refuse("attn_logit_softcapping", f.get("attn_logit_softcapping"), "not Gemma 3's")
+    common = hf_common(
+        f,
+        Gemma3Config,
+        {"vocab_size": 262208, "max_position_embeddings": 131072, "tie_word_embeddings": True},
+    )
+    common["head_dim"] = f.integer("head_dim", 256)
+    theta, scaling = rope_from_hf(f, 1_000_000.0, FULL)
+    local = f.positive_float("rope_local_base_freq", 10_000.0)
+    if isinstance((f.get("rope_parameters", None) or {}).get(SLIDING), dict):
+        local, _ = rope_from_hf(f, local, SLIDING)  # transformers 5: one entry per layer kind
+    n = common["num_hidden_layers"]
+    config = Gemma3Config(
+        **common,
+        rope_theta=theta,
+        rope_scaling=scaling,
+        rope_local_base_freq=local,
+        sliding_window=f.integer("sliding_window", 4096, maximum=1 << 31),
+        sliding_window_pattern=f.integer("sliding_window_pattern", 6),
+        layer_types=f.str_list("layer_types", n, (SLIDING, FULL)),
+        query_pre_attn_scalar=f.positive_float("query_pre_attn_scalar", 256.0),
+        final_logit_softcapping=f.optional_positive("final_logit_softcapping"),
+        hidden_activation=f.activation("hidden_activation", "gelu_pytorch_tanh"),
+        norm_weight_offset=1.0,
+    )
+    check_decoder(config, f.where)
+    return config
+
+
+def gguf_metadata(config: Gemma3Config) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Gemma3Model.set_gguf_parameters (text model)."""
+    c = config
+    meta = {
+        "gemma3.context_length": c.max_position_embeddings,
+        "gemma3.embedding_length": c.hidden_size,
+        "gemma3.block_count": c.num_hidden_layers,
+        "gemma3.feed_forward_length": c.intermediate_size,
+        "gemma3.attention.head_count": c.num_attention_heads,
+        "gemma3.attention.head_count_kv": c.num_key_value_heads,
+        "gemma3.attention.layer_norm_rms_epsilon": float(c.rms_norm_eps),
+        "gemma3.attention.key_length": c.head_dim,
+        "gemma3.attention.value_length": c.head_dim,
+        "gemma3.attention.sliding_window": c.sliding_window,
+    }
+    _check_convertible(c)
+    if c.final_logit_softcapping is not None:
+        meta["gemma3.final_logit_softcapping"] = float(c.final_logit_softcapping)
+    rope_meta, freqs = rope_to_gguf("gemma3", c.rope_theta, c.rope_scaling, c.head_dim)
+    return meta | rope_meta, freqs
+
+
+def _check_convertible(c: Gemma3Config) -> None:
+    """What llama.cpp's GEMMA3 hparams cannot say (it fixes them): refuse, never drop."""
+    from warmload.errors import UnsupportedError
+
+    pattern = tuple(FULL if (i + 1) % 6 == 0 else SLIDING for i in range(c.num_hidden_layers))
+    if c.layer_types != pattern or c.rope_local_base_freq != 10_000.0:
+        raise UnsupportedError(
+            "Gemma 3 GGUF files fix every 6th layer global and the local rope base at 10000; "
+            f"this config has layer_types {c.layer_types} and rope_local_base_freq "
+            f"{c.rope_local_base_freq}"
+        )
+    if c.query_pre_attn_scalar != c.head_dim and c.num_hidden_layers != 62:
+        raise UnsupportedError(
+            f"query_pre_attn_scalar {c.query_pre_attn_scalar} != head_dim {c.head_dim} "
+            f"cannot be written to a Gemma 3 GGUF"
+        )
+
+
+def gguf_tensor(name: str, x: np.ndarray, config: Gemma3Config) -> np.ndarray:
+    """Gemma3RMSNorm scales by (1 + w); GGUF stores the sum (norm_shift), in F32."""
+    if name.endswith("norm.weight"):
+        return x.astype(np.float32) + np.float32(1)
+    return x
 
 
 # GGUF tensor name -> HF parameter name ("{i}" is the layer index). Reference: gguf-py

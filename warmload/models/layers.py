@@ -1,4 +1,5 @@
-"""Decoder building blocks: RMSNorm, rotary tables, attention masks, attention, gated MLP, KV cache.
+"""Decoder building blocks: norms, rotary tables, attention masks, KV cache (blocks.py has the
+attention and MLP modules built from them).
 
 References: Hugging Face transformers modeling_llama.py and modeling_gemma3.py (module names and
 float order), llama.cpp ggml_rope ("normal" = adjacent pairs, "neox" = halves) and
@@ -18,6 +19,7 @@ from torch import nn
 
 from warmload import kernels
 from warmload.errors import ContextOverflowError, RequestError, UnsupportedError
+from warmload.models.rope import rope_kind
 
 ROPE_STYLES = ("neox", "interleaved")
 # Prompt chunks shorter than this attend in the C kernels (per query: tens of keys, where
@@ -55,6 +57,31 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, w.shape, w, self.eps)
 
 
+class LayerNorm(nn.Module):
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * weight, no bias (HF CohereLayerNorm)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h - h.mean(-1, keepdim=True)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * h).to(dtype)
+
+
+def make_norm(kind: str, dim: int, eps: float, offset: float = 0.0) -> nn.Module:
+    """The block norm a LayerSpec names: "rms" (RMSNorm) or "layer" (LayerNorm)."""
+    if kind == "rms":
+        return RMSNorm(dim, eps, offset)
+    if kind == "layer" and offset == 0.0:
+        return LayerNorm(dim, eps)
+    raise UnsupportedError(f"norm {kind!r} with offset {offset} (supported: rms, layer)")
+
+
 def rope_inv_freq(
     head_dim: int,
     theta: float,
@@ -67,7 +94,7 @@ def rope_inv_freq(
     freq_factors is llama.cpp's rope_freqs tensor: each frequency is divided by its factor.
     """
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
+    kind = rope_kind(rope_scaling)  # parsed and checked by models/rope.py
     if kind == "linear":
         inv_freq = inv_freq / float(rope_scaling["factor"])  # type: ignore[index]
     elif kind == "llama3":
@@ -327,103 +354,6 @@ def rope_angles(rope: RopeSlice) -> tuple[torch.Tensor, torch.Tensor, bool] | No
     return None
 
 
-class Attention(nn.Module):
-    """Multi-head attention with GQA, rope, optional per-head q/k RMSNorm (gemma3).
-
-    A decode step (one token per row), or a prompt chunk of one sequence shorter than
-    KERNEL_CHUNK_TOKENS, on the CPU runs rope, the cache write and the attention in one C call
-    (warmload.kernels.attention) instead of ~20 torch ops; `window`
-    is the sliding window of a local layer (None: global)."""
-
-    def __init__(
-        self,
-        hidden_size: int,
-        n_heads: int,
-        n_kv_heads: int,
-        head_dim: int,
-        scale: float,
-        qk_norm_eps: float | None = None,
-        norm_offset: float = 0.0,
-        window: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.scale = scale
-        self.window = window
-        self.q_proj = Linear(hidden_size, n_heads * head_dim, bias=False)
-        self.k_proj = Linear(hidden_size, n_kv_heads * head_dim, bias=False)
-        self.v_proj = Linear(hidden_size, n_kv_heads * head_dim, bias=False)
-        self.o_proj = Linear(n_heads * head_dim, hidden_size, bias=False)
-        if qk_norm_eps is not None:
-            self.q_norm = RMSNorm(head_dim, qk_norm_eps, norm_offset)
-            self.k_norm = RMSNorm(head_dim, qk_norm_eps, norm_offset)
-        else:
-            self.q_norm = self.k_norm = None
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cache: KVCache,
-        layer: int,
-        start_pos: int | torch.Tensor,
-        rope: RopeSlice,
-        mask: torch.Tensor | None,
-        first_key: int = 0,
-    ) -> torch.Tensor:
-        """start_pos: first position of every row, or per-row positions (B,) with T == 1."""
-        B, T, _ = x.shape
-        q, k, v = project(x, (self.q_proj, self.k_proj, self.v_proj))
-        q = q.view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if kernels.AVAILABLE and q.device.type == "cpu" and T < KERNEL_CHUNK_TOKENS:
-            out = self._fused(q, k, v, cache, layer, start_pos, rope)
-            if out is not None:
-                return self.o_proj(out.view(B, T, self.n_heads * self.head_dim))
-        q = apply_rope(q, rope).transpose(1, 2)  # (B, H, T, D)
-        k = apply_rope(k, rope).transpose(1, 2)  # (B, KV, T, D)
-        keys, values = cache.update(layer, start_pos, k, v.transpose(1, 2), first_key)
-        out = F.scaled_dot_product_attention(
-            q,
-            keys,
-            values,
-            attn_mask=mask,
-            scale=self.scale,
-            enable_gqa=self.n_heads != self.n_kv_heads,
-        )  # (B, H, T, D)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-
-    def _fused(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        cache: KVCache,
-        layer: int,
-        start_pos: int | torch.Tensor,
-        rope: RopeSlice,
-    ) -> torch.Tensor | None:
-        """The (B, T, H, D) attention output of a decode step (T == 1, any rows) or of a short
-        prompt chunk of one sequence, from the C kernels (rope, cache write and attention in
-        one call), or None where they do not apply (float64 or bfloat16 activations, rope
-        tables they cannot read, several sequences of several tokens)."""
-        B, T = q.shape[:2]
-        angles = rope_angles(rope)
-        keys, values = cache.k[layer], cache.v[layer]
-        if angles is None or keys.dtype != torch.float32 or q.dtype != torch.float32:
-            return None
-        if T > 1 and (B > 1 or not isinstance(start_pos, int)):
-            return None
-        n = B * T  # rows of a decode step, or tokens of one sequence's chunk
-        q, k, v = (t.reshape(n, -1, self.head_dim).contiguous() for t in (q, k, v))
-        out = kernels.attention(
-            q, k, v, keys, values, start_pos, self.window, self.scale, *angles, chunk=T > 1
-        )
-        return out.view(B, T, self.n_heads, self.head_dim)
-
-
 def embedding(vocab_size: int, hidden_size: int) -> nn.Embedding:
     """An uninitialised nn.Embedding: its default normal_ init on meta imports torch._dynamo
     (over a second), and the loader replaces the weight anyway."""
@@ -450,27 +380,3 @@ def tied_output(embed: nn.Module) -> nn.Module:
         head = Linear(hidden_size, vocab_size, bias=False)
     head.weight = embed.weight
     return head
-
-
-class GatedMLP(nn.Module):
-    """down_proj(act(gate_proj(x)) * up_proj(x)): SwiGLU (llama) or GeGLU-tanh (gemma)."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int, activation: str) -> None:
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise UnsupportedError(
-                f"activation {activation!r} (supported: {', '.join(sorted(ACTIVATIONS))})"
-            )
-        self.act = ACTIVATIONS[activation]
-        self.activation = activation
-        self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = project(x, (self.gate_proj, self.up_proj))
-        if kernels.AVAILABLE and gate.device.type == "cpu" and gate.dtype == torch.float32:
-            # the decode plan's own function, so batched and planned steps agree bit for bit
-            # (and 10-40x torch's two ops)
-            return self.down_proj(kernels.act_mul(gate, up, self.activation))
-        return self.down_proj(self.act(gate) * up)
