@@ -15,11 +15,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "warmload"
 LAYERS = {
     "errors": 0,
     "config": 1,
+    "locks": 1.2,  # inter-process file locks (stdlib)
+    "caches": 1.5,  # checked, locked, atomic cache entries: catalog, threads, tokenizer, pull
     "catalog": 2,
     "memstats": 2,
     "stopping": 2,
     "threads": 2,
-    "caches": 2,
     "formats": 3,
     "kernels": 3.5,  # C kernels (torch tensors, or buffers for the quantizer): needs formats
     "tokenizer": 4,
@@ -39,7 +40,7 @@ LAYERS = {
     "bench": 9,
 }
 TORCH_FREE = {
-    "errors", "config", "catalog", "memstats", "stopping", "threads", "caches", "formats",
+    "errors", "config", "locks", "catalog", "memstats", "stopping", "threads", "caches", "formats",
     "kernels", "tokenizer", "chat", "hf_vocab", "hf_convert",
 }  # fmt: skip
 

@@ -15,21 +15,20 @@ when everything succeeded, and removed on any failure (Ctrl-C and a full disk in
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import mmap
 import os
 import queue
 import struct
-import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from warmload.caches import atomic_output  # noqa: F401 - re-exported for writers
 from warmload.errors import CheckpointError
 from warmload.formats.ggml_types import GGML_TYPES
 
@@ -345,37 +344,6 @@ class GGUFWriter:
         self._raise_pending()
         self._f.flush()
         return self._hash.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`.
-
-    On any exception (KeyboardInterrupt, ENOSPC, ...) the temporary file is removed and `path`
-    is left as it was.
-    """
-    target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it a normal file's mode
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        with contextlib.suppress(OSError):  # make the rename durable where the OS allows
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def write_gguf(
