@@ -21,6 +21,7 @@ LAYERS = {
     "memstats": 2,
     "stopping": 2,
     "threads": 2,
+    "verification": 2,  # SHA-256 checks and their records (pull, verify)
     "formats": 3,
     "kernels": 3.5,  # C kernels (torch tensors, or buffers for the quantizer): needs formats
     "tokenizer": 4,
@@ -40,8 +41,8 @@ LAYERS = {
     "bench": 9,
 }
 TORCH_FREE = {
-    "errors", "config", "locks", "catalog", "memstats", "stopping", "threads", "caches", "formats",
-    "kernels", "tokenizer", "chat", "hf_vocab", "hf_convert",
+    "errors", "config", "locks", "verification", "catalog", "memstats", "stopping", "threads",
+    "caches", "formats", "kernels", "tokenizer", "chat", "hf_vocab", "hf_convert",
 }  # fmt: skip
 
 
