@@ -334,3 +334,52 @@ def test_damaged_spm_merges_cache_is_recomputed_with_one_warning(
     assert tokenizer.encode("Hello world") == build_tokenizer(metadata, use_cache=False).encode(
         "Hello world"
     )
+
+
+def _spm_metadata() -> dict:
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁a", "b"]
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": np.zeros(len(tokens), np.float32),
+        "tokenizer.ggml.token_type": np.array([2, 3, 3] + [6] * 256 + [1, 1], np.int32),
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.update({"tokenizer.ggml.tokens": [[t] for t in m["tokenizer.ggml.tokens"]]}),
+         "must be an array of strings, but item 0 is a list"),
+        (lambda m: m["tokenizer.ggml.tokens"].__setitem__(260, "a\udcc3("),
+         r"item 260 of 'tokenizer.ggml.tokens' is not valid UTF-8 \(b'a\\xc3\('\)"),
+        (lambda m: m["tokenizer.ggml.tokens"].__setitem__(3 + 65, "A"),
+         "token 68 has type BYTE but its text is 'A'"),
+        (lambda m: m["tokenizer.ggml.tokens"].__setitem__(3 + 65, "<0xZZ>"),
+         "token 68 has type BYTE"),
+        (lambda m: m.update({"tokenizer.ggml.token_type": [[1, 2]] * 261}),
+         "must be a numeric array"),
+        (lambda m: m.update({"tokenizer.ggml.scores": [[1.0], [2.0, 3.0]]}),
+         "must be a numeric array"),
+        (lambda m: m.update({"tokenizer.ggml.tokens": 7}), "no 'tokenizer.ggml.tokens'"),
+    ],
+)  # fmt: skip
+def test_hostile_vocab_metadata_is_a_tokenizer_error(change, message):
+    """Issue 17 item 11: arrays of arrays, invalid UTF-8, a BYTE token that is not <0xXX>."""
+    metadata = _spm_metadata()
+    build_tokenizer(dict(metadata), use_cache=False)  # the unchanged vocab builds
+    change(metadata)
+    with pytest.raises(TokenizerError, match=message):
+        build_tokenizer(metadata, use_cache=False)
+
+
+@pytest.mark.parametrize("merges", [[["a", "b"]], ["a b", 5], ["a \udcff"]])
+def test_hostile_bpe_merges_are_a_tokenizer_error(merges):
+    tokens = ["a", "b", "ab", "<|endoftext|>"]
+    metadata = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": merges,
+    }
+    with pytest.raises(TokenizerError, match="tokenizer.ggml.merges"):
+        build_tokenizer(metadata, use_cache=False)
