@@ -34,6 +34,7 @@ class LoadConfig:
     lazy: bool = False
     use_cache: bool = True  # warmload's caches (tokenizer merges, tuned threads)
     packed: bool = True
+    check_tensors: bool = False  # scan float values and block scales for NaN/Inf (one pass)
 
     def __post_init__(self) -> None:
         if self.load_mode not in LOAD_MODES:

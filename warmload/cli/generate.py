@@ -40,6 +40,11 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--warmup-sync", action="store_true", help="warm up before the model is ready")
     p.add_argument("--lazy", action="store_true", help="load each layer on its first use")
+    p.add_argument(
+        "--check-tensors",
+        action="store_true",
+        help="scan the weights and block scales for NaN/Inf before running (one pass)",
+    )
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,7 +52,7 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"load_mode": mode, "mlock": args.mlock}
     if not args.use_cache:
         options["use_cache"] = False
-    for name in ("warmup", "warmup_sync", "lazy"):
+    for name in ("warmup", "warmup_sync", "lazy", "check_tensors"):
         if getattr(args, name, None):
             options[name] = getattr(args, name)
     if args.ctx is not None:

@@ -29,6 +29,7 @@ from warmload.config import LoadConfig
 from warmload.errors import WeightMismatchError
 from warmload.formats.checkpoint import Checkpoint
 from warmload.kernels import set_threads as set_kernel_threads
+from warmload.loader.finite import check_finite
 from warmload.loader.hparams import read_model_config
 from warmload.loader.lazy import LazyWeights
 from warmload.loader.pipeline import load_in_order
@@ -71,6 +72,10 @@ def load_model(
             plan = plan_for(checkpoint, arch, model, packed=cfg.packed and device.type == "cpu")
         set_kernel_threads(cfg.threads or torch.get_num_threads())
         warm_before(checkpoint, cfg, stats)
+        if cfg.check_tensors:
+            with stats.timed("check", plan.nbytes):
+                rope = [plan.rope_freq_factors] if plan.rope_freq_factors else []
+                check_finite(checkpoint, [t.source for t in (*plan.tensors, *rope)])
         if cfg.lazy:
             model.lazy_weights = load_lazily(checkpoint, plan, model, cfg, device, stats)
         elif device.type == "cuda":
