@@ -13,6 +13,7 @@ made on the fly.
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 from collections.abc import Callable
@@ -287,9 +288,150 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
 }
 
 
+# ------------------------------------------------------------------ Hugging Face folder cases
+
+HF_SHAPES = {
+    "model.embed_tokens.weight": (16, 8),
+    "model.norm.weight": (8,),
+    "model.layers.0.input_layernorm.weight": (8,),
+    "model.layers.0.post_attention_layernorm.weight": (8,),
+    "model.layers.0.self_attn.q_proj.weight": (8, 8),
+    "model.layers.0.self_attn.k_proj.weight": (4, 8),
+    "model.layers.0.self_attn.v_proj.weight": (4, 8),
+    "model.layers.0.self_attn.o_proj.weight": (8, 8),
+    "model.layers.0.mlp.gate_proj.weight": (12, 8),
+    "model.layers.0.mlp.up_proj.weight": (12, 8),
+    "model.layers.0.mlp.down_proj.weight": (8, 12),
+}
+HF_CONFIG = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 16,
+    "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": True,
+}  # fmt: skip
+DEEP = "[" * 200_000 + "]" * 200_000  # RecursionError in json.loads
+
+
+def safetensors_bytes(entries: dict[str, tuple[Any, list[int], bytes]]) -> bytes:
+    """A .safetensors file; dtype may be anything JSON can hold (hostile headers)."""
+    header, data = {}, b""
+    for name, (dtype, shape, raw) in entries.items():
+        header[name] = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": [len(data), len(data) + len(raw)],
+        }
+        data += raw
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def hf_entries() -> dict[str, tuple[Any, list[int], bytes]]:
+    rng = np.random.default_rng(0)
+    return {
+        n: ("F16", list(s), rng.standard_normal(s).astype(np.float16).tobytes())
+        for n, s in HF_SHAPES.items()
+    }
+
+
+def hf_folder(folder: Path, entries: dict | None = None, config: dict | str | None = None) -> Path:
+    """A tiny llama folder: config.json and model.safetensors (no tokenizer: these cases fail
+    before one is needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_bytes(safetensors_bytes(entries or hf_entries()))
+    text = config if isinstance(config, str) else json.dumps(config or HF_CONFIG)
+    (folder / "config.json").write_text(text)
+    return folder
+
+
+def _sharded(folder: Path, weight_map: Any) -> Path:
+    hf_folder(folder)
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
+def hf_dtype_list(folder: Path) -> Path:
+    entries = hf_entries()
+    name = "model.norm.weight"
+    entries[name] = (["F16"], *entries[name][1:])
+    return hf_folder(folder, entries)
+
+
+def hf_i16_matrix(folder: Path) -> Path:
+    entries = hf_entries()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    entries[name] = ("I16", *entries[name][1:])
+    return hf_folder(folder, entries)
+
+
+def hf_escape(folder: Path) -> Path:
+    """index.json names ../other/x.safetensors, a valid file outside the model folder."""
+    other = folder.parent / "other"
+    other.mkdir(parents=True, exist_ok=True)
+    (other / "x.safetensors").write_bytes(safetensors_bytes(hf_entries()))
+    weight_map = {n: "../other/x.safetensors" for n in HF_SHAPES}
+    _sharded(folder, weight_map)
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def hf_symlink_escape(folder: Path) -> Path:
+    """model.safetensors is a symlink to a file outside the folder."""
+    hf_escape(folder)
+    (folder / "model.safetensors.index.json").unlink()
+    (folder / "model.safetensors").symlink_to(folder.parent / "other" / "x.safetensors")
+    return folder
+
+
+def hf_config_symlink(folder: Path) -> Path:
+    hf_folder(folder)
+    secret = folder.parent / "secret.json"
+    secret.write_text('{"model_type": "llama"}')
+    (folder / "config.json").unlink()
+    (folder / "config.json").symlink_to(secret)
+    return folder
+
+
+def _write_file(name: str, text: str, base: Callable[[Path], Path] = hf_folder):
+    def write(folder: Path) -> Path:
+        base(folder)
+        (folder / name).write_text(text)
+        return folder
+
+    return write
+
+
+HF_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "hf-dtype-list": (hf_dtype_list, "inspect"),
+    "hf-weight-map-int": (lambda f: _sharded(f, {n: 5 for n in HF_SHAPES}), "inspect"),
+    "hf-weight-map-list": (lambda f: _sharded(f, {n: ["a"] for n in HF_SHAPES}), "inspect"),
+    "hf-weight-map-list-type": (lambda f: _sharded(f, ["model.safetensors"]), "inspect"),
+    "hf-index-deep": (_write_file("model.safetensors.index.json", DEEP), "inspect"),
+    "hf-config-deep": (_write_file("config.json", DEEP), "inspect"),
+    "hf-config-deep-object": (_write_file("config.json", '{"a": ' + DEEP + "}"), "inspect"),
+    "hf-tokenizer-config-deep": (_write_file("tokenizer_config.json", DEEP), "inspect"),
+    "hf-header-deep": (
+        lambda f: (
+            hf_folder(f)
+            and (f / "model.safetensors").write_bytes(struct.pack("<Q", len(DEEP)) + DEEP.encode())
+            and f
+        ),
+        "inspect",
+    ),  # fmt: skip
+    "hf-index-escape": (hf_escape, "inspect"),
+    "hf-symlink-escape": (hf_symlink_escape, "inspect"),
+    "hf-config-symlink": (hf_config_symlink, "inspect"),
+    "hf-i16-matrix": (hf_i16_matrix, "run"),
+}
+CASES.update(HF_CASES)
+
+
 def write_all(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    written = [write(out / f"{name}.gguf") for name, (write, _) in CASES.items()]
+    written = [
+        write(out / (name if name.startswith("hf-") else f"{name}.gguf"))
+        for name, (write, _) in CASES.items()
+    ]
     written.append(alignment_u64(out / "alignment-u64.gguf"))
     written.append(write_model(out / "base.gguf"))
     return written

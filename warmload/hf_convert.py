@@ -13,7 +13,6 @@ embedding rows past the vocab dropped; no q/k permutation).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import numpy as np
 from warmload.errors import CheckpointError, UnsupportedError
 from warmload.formats.checkpoint import Checkpoint, TensorInfo
 from warmload.formats.gguf_write import BOOL, FLOAT32, INT32, STRING, UINT32, RawKV, encode_kv
+from warmload.formats.hf_folder import inside_folder, read_json
 from warmload.formats.safetensors import read_safetensors
 from warmload.hf_vocab import tokenizer_metadata
 
@@ -81,11 +81,9 @@ def _config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no config.json (not a Hugging Face model folder?)")
-    try:
-        cfg = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    archs = [a for a in cfg.get("architectures") or [] if a in ARCHITECTURES]
+    cfg = read_json(inside_folder(folder, "config.json", "config.json"))  # any shape, any depth
+    listed = cfg.get("architectures") if isinstance(cfg.get("architectures"), list) else []
+    archs = [a for a in listed if isinstance(a, str) and a in ARCHITECTURES]
     if not archs:
         raise UnsupportedError(
             f"{path}: architecture {cfg.get('architectures')} cannot be converted; supported: "
