@@ -307,6 +307,7 @@ HF_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 16,
     "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1,
     "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": True,
+    "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
 }  # fmt: skip
 DEEP = "[" * 200_000 + "]" * 200_000  # RecursionError in json.loads
 

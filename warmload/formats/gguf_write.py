@@ -39,6 +39,7 @@ DEFAULT_ALIGNMENT = 32
 # GGUF value types (gguf.md): id -> struct format of one scalar (None: string / array).
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY = range(10)
 UINT64, INT64, FLOAT64 = 10, 11, 12
+_INTEGER_TYPES = frozenset({UINT8, INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64})
 _SCALAR_FORMATS = {
     UINT8: "<B",
     INT8: "<b",
@@ -229,6 +230,22 @@ def _pad(n: int, alignment: int) -> int:
     return (alignment - n % alignment) % alignment
 
 
+def _alignment(kv: Sequence[RawKV]) -> int:
+    """general.alignment as the reader takes it: any integer type (llama.cpp writes UINT32,
+    other writers UINT64), a power of two; the writer lays out the data the same way."""
+    alignment = DEFAULT_ALIGNMENT
+    for item in kv:
+        if item.key != "general.alignment":
+            continue
+        value = kv_value(item)
+        if item.vtype not in _INTEGER_TYPES or value <= 0 or value & (value - 1):
+            raise CheckpointError(
+                f"GGUF writer: general.alignment must be a power-of-two integer, not {value!r}"
+            )
+        alignment = int(value)
+    return alignment
+
+
 class GGUFWriter:
     """Streams one GGUF file: header at construction, then `write_tensor` in spec order.
 
@@ -256,10 +273,7 @@ class GGUFWriter:
             self._queue = queue.Queue(maxsize=8)
             self._thread = threading.Thread(target=self._drain, name="gguf-writer", daemon=True)
             self._thread.start()
-        self._alignment = DEFAULT_ALIGNMENT
-        for item in kv:
-            if item.key == "general.alignment" and item.vtype == UINT32:
-                self._alignment = kv_value(item)
+        self._alignment = _alignment(kv)
         self._specs = list(tensors)
         self._next = 0
         self.nbytes = 0

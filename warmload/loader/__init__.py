@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from warmload.config import LoadConfig
-from warmload.errors import WeightMismatchError
+from warmload.errors import CheckpointError, WarmloadError, WeightMismatchError
 from warmload.formats.checkpoint import Checkpoint
 from warmload.kernels import set_threads as set_kernel_threads
 from warmload.loader.finite import check_finite
@@ -236,6 +236,24 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def check_loadable(checkpoint: Checkpoint) -> LoadPlan:
+    """The load's first stages on a header-only checkpoint (config, build on meta, plan): what a
+    load would refuse without reading a tensor byte. The quantizer reads its output back with
+    it. Any failure is a typed error naming the file (an exception from hyperparameters no
+    check caught yet becomes CheckpointError)."""
+    try:
+        arch, config = read_model_config(checkpoint)
+        model = ARCHITECTURES[arch].build_model(config)
+        return plan_for(checkpoint, arch, model, packed=False)
+    except WarmloadError:
+        raise
+    except (ValueError, TypeError, ZeroDivisionError, AssertionError, OverflowError) as e:
+        raise CheckpointError(
+            f"{checkpoint.path}: its hyperparameters do not build a model "
+            f"({type(e).__name__}: {e})"
+        ) from e
 
 
 def plan_for(checkpoint: Checkpoint, arch: str, model: nn.Module, packed: bool) -> LoadPlan:
