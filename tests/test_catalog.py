@@ -221,3 +221,40 @@ def test_two_processes_join_once_and_both_succeed(tmp_path):
     assert all(out.splitlines()[-1] == str(target) for out in outs)
     assert sum(out.count("joined") for out in outs) == 1
     assert target.read_bytes() == b"".join(chunks)
+
+
+def test_a_join_killed_mid_way_leaves_nothing_trusted_and_no_lock(tmp_path, monkeypatch):
+    """Issue 17 item 3: SIGKILL while the join holds the lock and a half-done temporary."""
+    import signal
+
+    chunks = [os.urandom(1 << 20) for _ in range(4)]
+    model = _fake_parts(tmp_path / "site", chunks, prefix="wl_kill_part")
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(tmp_path / "site")!r})
+        from warmload import catalog
+        model = catalog.PartsModel(*{(model.filename, model.nbytes, model.sha256, model.parts)!r})
+        catalog.PARTS_MODELS["kill"] = model
+        def stall(fd):
+            print("writing", flush=True)
+            time.sleep(60)
+        catalog.os.fsync = stall
+        catalog._parts_model("kill")
+    """)
+    env = dict(os.environ, WARMLOAD_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    folder = tmp_path / "cache" / "models"
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".partial")]  # left behind
+    monkeypatch.setenv("WARMLOAD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(catalog.PARTS_MODELS, "kill", model)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    path = catalog._parts_model("kill")  # the kernel dropped the dead process's lock
+    assert path.read_bytes() == b"".join(chunks)
+    assert sorted(p.name for p in folder.iterdir()) == ["fake.gguf", "fake.gguf.record"]
