@@ -334,6 +334,19 @@ def hf_entries() -> dict[str, tuple[Any, list[int], bytes]]:
     }
 
 
+def hf_entries_of(folder: Path) -> dict[str, tuple[Any, list[int], bytes]]:
+    """The entries of folder/model.safetensors, to change and write back (safetensors_bytes)."""
+    data = (folder / "model.safetensors").read_bytes()
+    (n,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8 : 8 + n])
+    body = data[8 + n :]
+    return {
+        name: (e["dtype"], e["shape"], body[e["data_offsets"][0] : e["data_offsets"][1]])
+        for name, e in header.items()
+        if name != "__metadata__"
+    }
+
+
 def hf_folder(folder: Path, entries: dict | None = None, config: dict | str | None = None) -> Path:
     """A tiny llama folder: config.json and model.safetensors (no tokenizer: these cases fail
     before one is needed)."""
@@ -341,6 +354,40 @@ def hf_folder(folder: Path, entries: dict | None = None, config: dict | str | No
     (folder / "model.safetensors").write_bytes(safetensors_bytes(entries or hf_entries()))
     text = config if isinstance(config, str) else json.dumps(config or HF_CONFIG)
     (folder / "config.json").write_text(text)
+    return folder
+
+
+def hf_model_folder(folder: Path) -> Path:
+    """A runnable llama folder (hidden 64, 1 layer, a 260-token byte-level BPE tokenizer.json):
+    the seed of the HF-folder fuzzer."""
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, pre_tokenizers
+    from tokenizers.models import BPE
+
+    dims = {8: 64, 4: 32, 12: 128, 16: 260}  # the tiny shapes scaled to what kernels run
+    rng = np.random.default_rng(1)
+    entries = {}
+    for name, shape in HF_SHAPES.items():
+        shape = tuple(dims[d] for d in shape)
+        entries[name] = ("F32", list(shape), (rng.standard_normal(shape) * 0.05 + (
+            1 if name.endswith("norm.weight") else 0)).astype(np.float32).tobytes())  # fmt: skip
+    config = dict(HF_CONFIG, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=260)  # fmt: skip
+    hf_folder(folder, entries, config)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {c: i for i, c in enumerate(sorted(alphabet))}
+    vocab["Ġh"] = len(vocab)
+    backend = RustTokenizer(BPE(vocab=vocab, merges=[("Ġ", "h")]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<|begin|>", "<|eot_id|>", "<|end|>"])
+    backend.save(str(folder / "tokenizer.json"))
+    tokenizer_config = {
+        "bos_token": "<|begin|>",
+        "eos_token": "<|eot_id|>",
+        "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     return folder
 
 

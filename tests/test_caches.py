@@ -187,6 +187,6 @@ def test_record_json_is_the_documented_shape(tmp_path):
     path = tmp_path / "rec.json"
     update_record(path, "test", _valid, lambda e: e.update(a={"n": 1}))
     data = json.loads(path.read_text())
-    assert data["warmload"] == "test" and data["version"] == 1 and data["entries"] == {
-        "a": {"n": 1}
-    }
+    assert (
+        data["warmload"] == "test" and data["version"] == 1 and data["entries"] == {"a": {"n": 1}}
+    )

@@ -117,4 +117,3 @@ def test_a_file_size_limit_in_a_real_process_is_an_error_with_the_path(tmp_path:
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and str(out / "q.gguf") in done.stderr
     assert "Traceback" not in done.stderr and list(out.iterdir()) == []
-

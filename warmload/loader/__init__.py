@@ -64,9 +64,9 @@ def load_model(
     started = time.perf_counter()
     device = torch.device(cfg.device)
     with torch.no_grad(), gc_paused():
-        with stats.timed("config"):
+        with stats.timed("config"), _bad_hyperparameters(checkpoint):
             arch, config = read_model_config(checkpoint)
-        with stats.timed("build"):
+        with stats.timed("build"), _bad_hyperparameters(checkpoint):
             model = ARCHITECTURES[arch].build_model(config)
         with stats.timed("plan"):
             plan = plan_for(checkpoint, arch, model, packed=cfg.packed and device.type == "cpu")
@@ -238,22 +238,31 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@contextmanager
+def _bad_hyperparameters(checkpoint: Checkpoint) -> Iterator[None]:
+    """Config reading and model building are functions of the file's metadata alone: an
+    exception there that no validation turned into a typed error yet (a ZeroDivisionError from
+    0 heads, a TypeError from a string where a number belongs) is the file's fault, and becomes
+    a CheckpointError naming it (the original is chained; --debug shows it)."""
+    try:
+        yield
+    except WarmloadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise CheckpointError(
+            f"{checkpoint.path}: its hyperparameters do not describe a model this architecture "
+            f"can build ({type(e).__name__}: {e})"
+        ) from e
+
+
 def check_loadable(checkpoint: Checkpoint) -> LoadPlan:
     """The load's first stages on a header-only checkpoint (config, build on meta, plan): what a
     load would refuse without reading a tensor byte. The quantizer reads its output back with
-    it. Any failure is a typed error naming the file (an exception from hyperparameters no
-    check caught yet becomes CheckpointError)."""
-    try:
+    it. Any failure is a typed error naming the file."""
+    with _bad_hyperparameters(checkpoint):
         arch, config = read_model_config(checkpoint)
         model = ARCHITECTURES[arch].build_model(config)
-        return plan_for(checkpoint, arch, model, packed=False)
-    except WarmloadError:
-        raise
-    except (ValueError, TypeError, ZeroDivisionError, AssertionError, OverflowError) as e:
-        raise CheckpointError(
-            f"{checkpoint.path}: its hyperparameters do not build a model "
-            f"({type(e).__name__}: {e})"
-        ) from e
+    return plan_for(checkpoint, arch, model, packed=False)
 
 
 def plan_for(checkpoint: Checkpoint, arch: str, model: nn.Module, packed: bool) -> LoadPlan:
