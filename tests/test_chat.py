@@ -164,3 +164,33 @@ def test_hugging_face_environment():
 def test_syntax_error_is_a_tokenizer_error():
     with pytest.raises(TokenizerError, match="syntax error at line 2"):
         ChatTemplate("ok\n{% if %}")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for i in range(10**9) %}{{ i }}{% endfor %}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{{ 7 ** 2000000000 }}",
+        "{{ (10 ** 100000) }}",
+        "{{ 'abc' * 4000000000 }}",
+        "{{ [1, 2] * 4000000000 }}",
+        "{{ 'a'.rjust(4000000000) }}",
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",  # 100 MB of output
+    ],
+)
+def test_costly_templates_stop_with_a_tokenizer_error(source):
+    """Issue 17 item 11: a template from a model file cannot hang or exhaust memory."""
+    import time
+
+    template = ChatTemplate(source)
+    start = time.monotonic()
+    with pytest.raises(TokenizerError, match="too costly to render"):
+        template.render([{"role": "user", "content": "hi"}])
+    assert time.monotonic() - start < 5  # the limit is 0.5 s; generous for a loaded machine
+
+
+def test_ordinary_arithmetic_and_repetition_still_render():
+    template = ChatTemplate("{{ 2 ** 10 }} {{ '=' * 3 }} {{ 3 * 4 }} {{ range(3)|list }}")
+    assert template.render([{"role": "user", "content": "hi"}]) == "1024 === 12 [0, 1, 2]"

@@ -227,3 +227,190 @@ def test_huge_value_at_every_position(tmp_path: Path) -> None:
             for k, v in outcome.items():
                 outcomes[k] += v
     assert outcomes["error"] > 0.5 * sum(outcomes.values()), outcomes
+
+
+# ----------------------------------------------------------------- metadata values (issue 17)
+# The byte mutators above rarely produce a well-formed file whose *values* are hostile. These
+# replace one metadata value at a time (or a config.json / tokenizer_config.json / index /
+# SafeTensors header value of a Hugging Face folder) with a value of another type, shape or
+# range, and run the whole path a user runs: open, inspect, tokenizer, load, one generated
+# token. Every case must run or end in a WarmloadError (the CLI's `error: ...`, exit 2).
+
+META_CASES = 160
+HF_CASES = 120
+LAYER_KEYS = ("llama.block_count", "num_hidden_layers")  # huge values: issue 17 item 9 (arch)
+
+
+def hostile_values(rng: random.Random) -> list[object]:
+    import numpy as np
+
+    return [
+        np.uint32(0), np.uint32(1), np.uint32(2**32 - 1), np.int32(-5), np.uint64(2**64 - 1),
+        np.int64(-(2**63)), np.float32("nan"), np.float32("inf"), np.float32(-1.0),
+        np.float32(0.0), np.float32(1e30), True, "thirty", "", "\udcff\udcfe",
+        [], [np.uint32(3)] * 3, ["a", "b"], [[1, 2], [3]], [np.float32("nan")] * 4,
+        np.uint32(rng.getrandbits(8)),
+    ]  # fmt: skip
+
+
+def encode_hostile(key: str, value: object):
+    import hostile
+
+    from warmload.formats.gguf_write import encode_kv
+
+    if isinstance(value, str) and not value.isascii():
+        return hostile.raw_kv(key.encode(), 8, struct.pack("<Q", 2) + b"\xff\xfe")
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        return hostile.nested_array_kv(key, [[str(x) for x in row] for row in value])
+    if isinstance(value, list) and not value:
+        return hostile.raw_kv(key.encode(), ARR, struct.pack("<IQ", U32, 0))
+    return encode_kv(key, value)
+
+
+def run_user_path(path: Path) -> str:
+    """open -> inspect -> load (tokenizer, template) -> one token; 'ok' or the error class."""
+    from warmload.engine import load_engine
+    from warmload.errors import WarmloadError
+    from warmload.formats.open import open_checkpoint
+    from warmload.formats.summary import metadata_for_json, summarize
+
+    try:
+        with open_checkpoint(path) as ck:
+            json_text = str(summarize(ck)) + str(metadata_for_json(ck.metadata))
+            json_text.encode("utf-8")  # printable
+        engine = load_engine(path, use_cache=False)
+        try:
+            engine.generate("the sky", max_tokens=1, temperature=0)
+            engine.chat([{"role": "user", "content": "hi"}], max_tokens=1, temperature=0)
+        finally:
+            engine.close()
+    except WarmloadError as e:
+        return type(e).__name__
+    return "ok"
+
+
+def _run_case(path: Path, label: str) -> str:
+    started = time.perf_counter()
+    try:
+        outcome = run_user_path(path)
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"{label}: {type(e).__name__}: {e}")
+    seconds = time.perf_counter() - started
+    assert seconds < 10, f"{label} took {seconds:.1f} s"  # a hang guard; cases take ms
+    return outcome
+
+
+@pytest.mark.slow
+def test_fuzz_metadata_values(tmp_path: Path) -> None:
+    import hostile
+
+    rng = random.Random(17)
+    base = hostile.base_kv()
+    # general.alignment: our writer refuses to lay out a bad one (the byte mutators cover it)
+    keys = [item.key for item in base if item.key != "general.alignment"]
+    keys += ["general.unknown", "tokenizer.chat_template"]
+    outcomes: dict[str, int] = {}
+    for case in range(META_CASES):
+        key = rng.choice(keys)
+        value = rng.choice(hostile_values(rng))
+        if key in LAYER_KEYS and hasattr(value, "dtype"):  # numpy integers and floats
+            value = type(value)(min(value, 64)) if value >= 0 else value  # NaN stays NaN
+        kv = [item for item in base if item.key != key] + [encode_hostile(key, value)]
+        path = hostile.write_model(tmp_path / f"m{case % 4}.gguf", kv)
+        outcome = _run_case(path, f"case {case}: {key} = {value!r}")
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes.get("ok", 0) > 0.1 * META_CASES, outcomes  # harmless values still run
+    assert sum(v for k, v in outcomes.items() if k != "ok") > 0.3 * META_CASES, outcomes
+
+
+def _mutate_json(
+    rng: random.Random, data: object, values: list[object], keys: list[str] | None = None
+) -> object:
+    """One value somewhere inside a JSON document replaced (or a key dropped); `keys`: the
+    top-level keys that may be chosen (default all)."""
+    if not isinstance(data, dict) or not data:
+        return rng.choice(values)
+    key = rng.choice(keys if keys is not None else sorted(data))
+    out = dict(data)
+    if rng.random() < 0.15:
+        del out[key]
+    elif isinstance(out[key], dict) and rng.random() < 0.5:
+        out[key] = _mutate_json(rng, out[key], values)
+    else:
+        out[key] = rng.choice(values)
+    return out
+
+
+def mutate_hf_folder(rng: random.Random, folder: Path, hparams: bool = False) -> str:
+    """Break one file of a model folder; returns what was done. hparams: config.json's model
+    hyperparameters are mutated too (else only its other keys)."""
+    import json
+
+    import hostile
+
+    values = [None, 0, -1, 2**64, 1.5, float("nan"), "30", "tiny", "", [], [1, "a"], {},
+              {"a": [None]}, True, "../x", ["F16"], "{{ range(10**9) }}"]  # fmt: skip
+    target = rng.choice(["config.json"] * 4 + ["tokenizer_config.json"] * 2 + ["header", "raw"])
+    if target == "header":
+        entries = hostile.hf_entries_of(folder)
+        name = rng.choice(sorted(entries))
+        dtype, shape, raw = entries[name]
+        field = rng.choice(["dtype", "shape", "raw"])
+        if field == "dtype":
+            dtype = rng.choice(values + ["I16", "I32", "F64", "BOOL"])
+        elif field == "shape":
+            shape = rng.choice([[], [0], [-1, 2], ["a"], shape[::-1], [*shape, 1], 5])
+        else:
+            raw = raw[: rng.randrange(len(raw) + 1)]
+        entries[name] = (dtype, shape, raw)
+        (folder / "model.safetensors").write_bytes(hostile.safetensors_bytes(entries))
+        return f"model.safetensors {name}.{field} = {dtype if field == 'dtype' else shape!r}"
+    if target == "raw":
+        name = rng.choice(["config.json", "tokenizer_config.json", "tokenizer.json"])
+        text = (folder / name).read_bytes()
+        cut = rng.choice([text[: rng.randrange(len(text))], b"\xff\xfe", b"[" * 5000, b"null"])
+        (folder / name).write_bytes(cut)
+        return f"{name} = {cut[:20]!r}..."
+    data = json.loads((folder / target).read_text())
+    keys = None
+    if target == "config.json":
+        keys = sorted(hostile.HF_CONFIG) if hparams else ["model_type", "architectures"]
+    data = _mutate_json(rng, data, values, keys)
+    (folder / target).write_text(json.dumps(data))
+    return f"{target} -> {json.dumps(data)[:120]}"
+
+
+def _fuzz_hf(tmp_path: Path, seed: int, hparams: bool) -> dict[str, int]:
+    import shutil
+
+    import hostile
+
+    seed_folder = hostile.hf_model_folder(tmp_path / "seed")
+    assert run_user_path(seed_folder) == "ok"
+    rng = random.Random(seed)
+    outcomes: dict[str, int] = {}
+    for case in range(HF_CASES):
+        folder = tmp_path / f"case{case % 3}"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(seed_folder, folder)
+        what = mutate_hf_folder(rng, folder, hparams)
+        outcome = _run_case(folder, f"case {case}: {what}")
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return outcomes
+
+
+@pytest.mark.slow
+def test_fuzz_hf_folders(tmp_path: Path) -> None:
+    outcomes = _fuzz_hf(tmp_path, 15, hparams=False)
+    assert sum(v for k, v in outcomes.items() if k != "ok") > 0.3 * HF_CASES, outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17 item 15: config.json value validation (types, ranges) is the architectures "
+    "helper's (branch arch, loader/hf_config.py); remove this mark once it is merged",
+)
+def test_fuzz_hf_config_values(tmp_path: Path) -> None:
+    outcomes = _fuzz_hf(tmp_path, 16, hparams=True)
+    assert sum(v for k, v in outcomes.items() if k != "ok") > 0.3 * HF_CASES, outcomes

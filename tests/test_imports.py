@@ -16,11 +16,13 @@ LAYERS = {
     "errors": 0,
     "config": 1,
     "oscalls": 1,  # the guarded POSIX-only calls (stdlib only)
+    "locks": 1.2,  # inter-process file locks (stdlib)
+    "caches": 1.5,  # checked, locked, atomic cache entries: catalog, threads, tokenizer, pull
     "catalog": 2,
     "memstats": 2,
     "stopping": 2,
     "threads": 2,
-    "caches": 2,
+    "verification": 2,  # SHA-256 checks and their records (pull, verify)
     "formats": 3,
     "kernels": 3.5,  # C kernels (torch tensors, or buffers for the quantizer): needs formats
     "tokenizer": 4,
@@ -41,8 +43,8 @@ LAYERS = {
     "bench": 9,
 }
 TORCH_FREE = {
-    "errors", "config", "oscalls", "catalog", "memstats", "stopping", "threads", "caches",
-    "formats", "kernels", "tokenizer", "chat", "hf_vocab", "hf_convert",
+    "errors", "config", "oscalls", "locks", "verification", "catalog", "memstats", "stopping",
+    "threads", "caches", "formats", "kernels", "tokenizer", "chat", "hf_vocab", "hf_convert",
 }  # fmt: skip
 
 

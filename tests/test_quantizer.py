@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from warmload.errors import CheckpointError, RequestError, UnsupportedError
+from warmload.errors import CheckpointError, OutputError, RequestError, UnsupportedError
 from warmload.formats.gguf import read_gguf
 from warmload.formats.gguf_write import FLOAT32, GGUFWriter, TensorSpec, encode_kv, read_raw_kv
 from warmload.formats.gguf_write import write_gguf as write_file
@@ -277,8 +277,8 @@ def test_failures_leave_no_output(tiny, tmp_path: Path, monkeypatch: pytest.Monk
         return real(self, data)
 
     monkeypatch.setattr(GGUFWriter, "_write", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        quantize_checkpoint(tiny, out / "new.gguf", "Q8_0")
+    with pytest.raises(OutputError, match=r"new\.gguf: No space left on device.*nothing was"):
+        quantize_checkpoint(tiny, out / "new.gguf", "Q8_0")  # typed, not a bare OSError
     assert sorted(p.name for p in out.iterdir()) == ["q.gguf"]
 
 

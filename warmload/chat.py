@@ -11,6 +11,8 @@ tokenizer also adds BOS. As llama.cpp's common_chat_templates_apply, `render_pro
 leading BOS text (and a trailing EOS text) when the tokenizer adds that token itself, so the
 engine always encodes its result with `encode(text, add_special=True, parse_special=True)`.
 `render` returns exactly what Hugging Face's apply_chat_template(tokenize=False) gives.
+Templates come from model files, so rendering is bounded (RENDER_SECONDS, MAX_OUTPUT_CHARS, and
+no huge powers or repetitions); past a bound it is a TokenizerError, not a hang.
 
 Without a template in the file: the architecture's built-in one, named by the registry
 (models/registry.py): Gemma's for Gemma architectures (its tokens are in every Gemma vocab),
@@ -20,14 +22,16 @@ Mistral's [INST], Phi-3's, Cohere's turns, else ChatML (llama.cpp's default).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import jinja2
 import jinja2.ext
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError, safe_range
 
 from warmload.errors import RequestError, TokenizerError
 
@@ -176,14 +180,79 @@ class _GenerationBlocks(jinja2.ext.Extension):
         return caller()
 
 
+# Limits on what a template (a string from a model file) may cost: rendering time, output size,
+# big-number powers and repetitions (`10 ** 10 ** 9`, `"x" * 10 ** 9`). jinja2's sandbox already
+# caps range() at 100000 items; nested ranges are what the time limit stops.
+RENDER_SECONDS = 0.5  # real templates render in milliseconds
+MAX_OUTPUT_CHARS = 1 << 22
+_MAX_RESULT_BITS = 1 << 16
+_MAX_REPEAT = 1 << 20
+_budget = threading.local()
+
+
+class _TemplateTooCostly(Exception):
+    """The template went past one of the limits above."""
+
+
+def _tick() -> None:
+    deadline = getattr(_budget, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise _TemplateTooCostly(f"rendering took more than {RENDER_SECONDS} s")
+
+
+class _TimedRange(Sequence):
+    """range() that checks the render's deadline as it is iterated."""
+
+    def __init__(self, *args: int) -> None:
+        self._range = safe_range(*args)  # jinja2's MAX_RANGE check
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._range[i]
+
+    def __iter__(self) -> Iterator[int]:
+        for n, value in enumerate(self._range):
+            if not n & 1023:
+                _tick()
+            yield value
+
+
+def _check_size(operator: str, left: Any, right: Any) -> None:
+    ints = [isinstance(v, int) and not isinstance(v, bool) for v in (left, right)]
+    if operator == "**" and all(ints) and abs(left) > 1:
+        if right > 0 and abs(left).bit_length() * right > _MAX_RESULT_BITS:
+            raise _TemplateTooCostly(f"{left} ** {right} is too large")
+    if operator == "*" and any(ints) and not all(ints):
+        count, seq = (left, right) if ints[0] else (right, left)
+        if isinstance(seq, (str, list, tuple)) and max(len(seq), 1) * count > _MAX_REPEAT:
+            raise _TemplateTooCostly(f"repeating {len(seq)} items {count} times is too large")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """HF's sandbox, except that touching an unsafe attribute fails at once (jinja2 would
-    render it as an empty Undefined and fail only if it is used further)."""
+    render it as an empty Undefined and fail only if it is used further), and with the cost
+    limits above."""
+
+    intercepted_binops = frozenset({"**", "*"})
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
         raise SecurityError(
             f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe"
         )
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _check_size(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _tick()
+        if isinstance(getattr(__obj, "__self__", None), str) and any(
+            isinstance(a, int) and a > _MAX_REPEAT for a in (*args, *kwargs.values())
+        ):
+            raise _TemplateTooCostly(f"{__obj.__name__}() with a width over {_MAX_REPEAT}")
+        return super().call(__context, __obj, *args, **kwargs)
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
@@ -195,6 +264,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["range"] = _TimedRange
     return env
 
 
@@ -328,12 +398,19 @@ class ChatTemplate:
             "add_generation_prompt": add_generation_prompt,
         }
         try:
-            return self._template.render(**variables)
+            return self._render_limited(variables)
         except _TemplateRaised as exc:
             raise RequestError(f"chat template rejected the messages: {exc}", "messages") from None
         except SecurityError as exc:
             raise TokenizerError(
                 f"chat template ({self.origin}) tried an unsafe operation: {exc}"
+            ) from None
+        except (_TemplateTooCostly, OverflowError, RecursionError, MemoryError) as exc:
+            why = (
+                str(exc) if isinstance(exc, _TemplateTooCostly) else f"{type(exc).__name__}: {exc}"
+            )
+            raise TokenizerError(
+                f"chat template ({self.origin}) is too costly to render: {why}"
             ) from None
         except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
             raise RequestError(
@@ -341,6 +418,20 @@ class ChatTemplate:
                 f"{type(exc).__name__}: {exc}",
                 "messages",
             ) from None
+
+    def _render_limited(self, variables: dict[str, Any]) -> str:
+        _budget.deadline = time.monotonic() + RENDER_SECONDS
+        try:
+            parts, size = [], 0
+            for part in self._template.generate(**variables):
+                parts.append(part)
+                size += len(part)
+                if size > MAX_OUTPUT_CHARS:
+                    raise _TemplateTooCostly(f"output longer than {MAX_OUTPUT_CHARS} characters")
+                _tick()
+            return "".join(parts)
+        finally:
+            _budget.deadline = None
 
     def render_prompt(self, messages: Any, add_generation_prompt: bool = True, **extra: Any) -> str:
         """render(), minus a leading BOS / trailing EOS text the tokenizer adds itself: encode the

@@ -39,6 +39,7 @@ class LoadConfig:
     packed: bool = True
     quantize: str | None = None  # e.g. "Q4_K_M": quantize an F32/F16/BF16 model at load, cached
     quantize_cache_bytes: int = QUANTIZE_CACHE_BYTES  # that cache's bound (LRU)
+    check_tensors: bool = False  # scan float values and block scales for NaN/Inf (one pass)
 
     def __post_init__(self) -> None:
         if self.quantize is not None and (not isinstance(self.quantize, str) or not self.quantize):

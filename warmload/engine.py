@@ -213,7 +213,12 @@ class Engine:
     def _forward_last(self, token_ids: list[int], start_pos: int) -> torch.Tensor:
         tokens = torch.tensor([token_ids], dtype=torch.long)
         hidden = self.model(tokens, self._cache, start_pos)
-        return self.model.compute_logits(hidden[:, -1:])[0, -1].float()
+        logits = self.model.compute_logits(hidden[:, -1:])[0, -1].float()
+        if not bool(torch.isfinite(logits).all()):  # NaN weights: stop and name them
+            from warmload.loader.finite import nonfinite_logits_error
+
+            raise nonfinite_logits_error(self.path, start_pos + len(token_ids) - 1)
+        return logits
 
     def reset(self) -> None:
         """Forget the cached conversation (the next call prefills from scratch)."""

@@ -46,6 +46,11 @@ class DownloadError(WarmloadError):
     """A transfer failed (HTTP status, network, disk); the message says what was kept."""
 
 
+class OutputError(WarmloadError):
+    """Writing an output file failed (disk full, read-only, permissions); names the path and
+    what was left behind (nothing partial is ever left under the output's name)."""
+
+
 class ModelLoadError(WarmloadError):
     """Wraps a load failure at the server boundary with the model id."""
 

@@ -15,7 +15,6 @@ them). The architecture modules import torch, on first use only.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 from warmload.errors import CheckpointError, UnsupportedError
 from warmload.formats.checkpoint import Checkpoint, TensorInfo
 from warmload.formats.gguf_write import BOOL, FLOAT32, INT32, STRING, UINT32, RawKV, encode_kv
+from warmload.formats.hf_folder import inside_folder, read_json
 from warmload.formats.safetensors import read_safetensors
 from warmload.hf_vocab import tokenizer_metadata
 
@@ -67,12 +67,7 @@ def _source(folder: Path) -> _Source:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no config.json (not a Hugging Face model folder?)")
-    try:
-        cfg = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: want a JSON object, got {type(cfg).__name__}")
+    cfg = read_json(inside_folder(folder, "config.json", "config.json"))  # any shape, any depth
     classes = cfg.get("architectures")
     classes = classes if isinstance(classes, list) else []
     archs = [

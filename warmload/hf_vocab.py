@@ -15,12 +15,12 @@ end to end: warmload's tokenizer built from the new metadata must give tokenizer
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 from typing import Any
 
 from warmload.errors import CheckpointError, TokenizerError, UnsupportedError
+from warmload.formats.hf_folder import inside_folder, read_json
 
 # gguf-py TokenType
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -42,20 +42,23 @@ def _read_json(path: Path, required: bool = True) -> dict[str, Any] | None:
         if required:
             raise CheckpointError(f"{path}: missing (the tokenizer is converted from it)")
         return None
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return read_json(inside_folder(path.parent, path.name, path.name))
 
 
 def _merges(model: dict[str, Any]) -> list[str]:
     """tokenizer.json merges: "a b" strings, or [a, b] pairs (tokenizers >= 0.20)."""
+    merges = model.get("merges", [])
+    if not isinstance(merges, list):
+        raise CheckpointError(f"tokenizer.json: model.merges must be a list, not {merges!r:.60}")
     out = []
-    for m in model.get("merges", []):
-        out.append(m if isinstance(m, str) else " ".join(m))
+    for m in merges:
+        if isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m):
+            m = " ".join(m)
+        if not isinstance(m, str):
+            raise CheckpointError(
+                f'tokenizer.json: a merge must be "a b" or [a, b] strings, not {m!r:.60}'
+            )
+        out.append(m)
     return out
 
 
@@ -136,7 +139,7 @@ def _chat_template(folder: Path, cfg: dict[str, Any]) -> str | None:
     chat_template (a string, or a list of named templates: the "default" one)."""
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text("utf-8")
+        return inside_folder(folder, jinja.name, "the chat template").read_text("utf-8", "replace")
     template = cfg.get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}

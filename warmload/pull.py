@@ -1,14 +1,19 @@
-"""Download a model file over HTTP(S) with resume and SHA-256 check; verification records.
+"""Download a model file over HTTP(S) with resume and SHA-256 check.
 
 `pull(url, dest_dir, sha256=...)` streams into `<name>.part` beside the target, resumes an
-interrupted transfer with a Range request (RFC 9110 section 14; a server that ignores the range
-answers 200 and the download restarts), retries network and 5xx errors a bounded number of times
-with back-off, hashes while writing, and renames the finished file onto `<name>` only when its
-size and hash are right. Nothing of value is deleted: a failed transfer keeps the `.part` for the
-next run, a hash mismatch keeps the download as `<name>.mismatch` and leaves `<name>` untouched.
+interrupted transfer with a Range request guarded by If-Range (RFC 9110 sections 13.1.5 and 14):
+the part's validator (a strong ETag, else Last-Modified) is kept in `<name>.part.json`, and a
+remote file that changed since answers 200 with the whole new file, so the download restarts
+from zero instead of splicing the old start onto the new end. A part without a validator is
+never resumed. Retries network and 5xx errors a bounded number of times with back-off, hashes
+while writing, and renames the finished file onto `<name>` only when its size and hash are
+right. Nothing of value is deleted: a failed transfer keeps the `.part` for the next run, a
+hash mismatch keeps the download as `<name>.mismatch` and leaves `<name>` untouched.
 
-A verification record (path, size, mtime, sha256) in cache_dir()/verified.json lets later checks
-skip re-hashing a file until it changes (`lookup_verified`, `verify`). stdlib only (urllib).
+One pull per target at a time: `<name>.lock` (warmload.locks) is held for the whole pull, so a
+second pull of the same file waits, then finds it downloaded and checks it. The verification
+record (warmload.verification) is written for the file whose bytes were hashed, and an unusable
+cache folder costs a warning, never a finished download. stdlib only (urllib).
 """
 
 from __future__ import annotations
@@ -23,19 +28,26 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from warmload.config import cache_dir
+from warmload.caches import atomic_output
 from warmload.errors import DownloadError, HashMismatchError, RequestError
-from warmload.formats.gguf_write import atomic_output
+from warmload.locks import file_lock
+from warmload.verification import (  # noqa: F401 - verify & co. are pull's public API too
+    ByteProgress,
+    VerifyResult,
+    file_sha256,
+    hash_file,
+    lookup_verified,
+    normalise_hash,
+    record_verified,
+    verify,
+)
 
-ByteProgress = Callable[[int, "int | None"], None]  # (bytes done, bytes total or None)
 _CHUNK = 1 << 20
 _USER_AGENT = "warmload/0.1 (+urllib)"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,119 +58,6 @@ class PullResult:
     resumed_from: int  # bytes already in .part when this pull started (0: fresh)
     downloaded: bool  # False when the file was already there and verified
     seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
-    path: Path
-    sha256: str
-    expected: str | None  # the hash checked against (argument or PATH.sha256), None if none
-    ok: bool | None  # None: nothing to check against
-    from_record: bool  # True: the verification record said so, the file was not re-read
-
-
-def _normalise_hash(h: str | None) -> str | None:
-    if h is None:
-        return None
-    h = h.strip().lower()
-    if not _HEX64.match(h):
-        raise RequestError(f"sha256 must be 64 hex digits, got {h!r}", "sha256")
-    return h
-
-
-def _hash_file(path: Path, h: Any, progress: ByteProgress | None = None) -> int:
-    """Feed a file's bytes to hash object h; return how many there were."""
-    total = path.stat().st_size
-    done = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK * 8):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return done
-
-
-def file_sha256(path: str | os.PathLike[str], progress: ByteProgress | None = None) -> str:
-    h = hashlib.sha256()
-    _hash_file(Path(path), h, progress)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------- verification records
-
-
-def _records_path() -> Path:
-    return cache_dir() / "verified.json"
-
-
-def _load_records() -> dict[str, dict[str, Any]]:
-    try:
-        data = json.loads(_records_path().read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}  # a missing or damaged record file only costs a re-hash
-    return data if isinstance(data, dict) else {}
-
-
-def record_verified(path: str | os.PathLike[str], sha256: str) -> None:
-    """Remember that `path`, as it is now (size, mtime), has this SHA-256."""
-    p = Path(path).resolve()
-    st = p.stat()
-    records = _load_records()
-    records[str(p)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
-    out = _records_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out) as tmp:
-        tmp.write_text(json.dumps(records, indent=1, sort_keys=True), encoding="utf-8")
-
-
-def lookup_verified(path: str | os.PathLike[str]) -> str | None:
-    """The recorded SHA-256 of `path` if it has not changed since (same size and mtime)."""
-    p = Path(path).resolve()
-    rec = _load_records().get(str(p))
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        return None
-    if not rec or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
-        return None
-    return rec.get("sha256")
-
-
-def _sidecar_hash(path: Path) -> str | None:
-    """The hash in PATH.sha256 (sha256sum format), if that file exists."""
-    side = path.with_name(path.name + ".sha256")
-    try:
-        first = side.read_text(encoding="utf-8").split()
-    except FileNotFoundError:
-        return None
-    return _normalise_hash(first[0]) if first else None
-
-
-def verify(
-    path: str | os.PathLike[str],
-    sha256: str | None = None,
-    *,
-    progress: ByteProgress | None = None,
-    use_record: bool = True,
-) -> VerifyResult:
-    """Check `path` against `sha256` (or the hash in PATH.sha256 when not given).
-
-    A file whose verification record still matches is not re-read (use_record=False forces
-    it). A match is recorded; a mismatch is reported (ok=False), never raised or deleted.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise RequestError(f"{p}: no such file", "path")
-    expected = _normalise_hash(sha256) or _sidecar_hash(p)
-    recorded = lookup_verified(p) if use_record else None
-    if recorded is not None and (expected is None or recorded == expected):
-        return VerifyResult(p, recorded, expected, True if expected else None, True)
-    actual = file_sha256(p, progress)
-    ok = None if expected is None else actual == expected
-    if ok:
-        record_verified(p, actual)
-    return VerifyResult(p, actual, expected, ok, False)
 
 
 # ----------------------------------------------------------------- download
@@ -183,6 +82,15 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, int(m.group(2)) if m.group(2) != "*" else None
 
 
+def _validator(headers: Any) -> str | None:
+    """What If-Range can compare: a strong ETag, else Last-Modified (RFC 9110 13.1.5)."""
+    etag = (headers.get("ETag") or "").strip()
+    if etag and not etag.startswith("W/"):
+        return etag
+    modified = (headers.get("Last-Modified") or "").strip()
+    return modified or None
+
+
 @dataclass(slots=True)
 class _Transfer:
     url: str
@@ -192,23 +100,55 @@ class _Transfer:
     hasher: Any = None
     have: int = 0  # bytes in .part (and in hasher)
     total: int | None = None
+    validator: str | None = None  # of the bytes in .part; None: they cannot be resumed
+
+    @property
+    def meta(self) -> Path:
+        return self.part.with_name(self.part.name + ".json")
 
     def restart(self) -> None:
         self.part.write_bytes(b"")
-        self.hasher, self.have = hashlib.sha256(), 0
+        self.meta.unlink(missing_ok=True)
+        self.hasher, self.have, self.validator = hashlib.sha256(), 0, None
+
+    def resume(self) -> None:
+        """Take over an existing .part when its validator was recorded for this URL."""
+        try:
+            meta = json.loads(self.meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            meta = None
+        validator = meta.get("validator") if isinstance(meta, dict) else None
+        if not self.part.is_file() or not isinstance(validator, str) or meta["url"] != self.url:
+            self.restart()  # no way to tell whether the remote file is still the same
+            return
+        self.validator = validator
+        hash_file(self.part, self.hasher)
+        self.have = self.part.stat().st_size
+
+    def _start(self, headers: Any) -> None:
+        """A 200: the whole file follows; remember its validator before the first byte."""
+        if self.have:
+            self.restart()
+        self.validator = _validator(headers)
+        with atomic_output(self.meta) as tmp:
+            tmp.write_text(json.dumps({"url": self.url, "validator": self.validator}))
 
     def attempt(self) -> bool:
         """One request; True when the file is complete. Raises on errors."""
+        if self.have and self.validator is None:
+            self.restart()
         req = urllib.request.Request(self.url, headers={"User-Agent": _USER_AGENT})
         if self.have:
             req.add_header("Range", f"bytes={self.have}-")
+            req.add_header("If-Range", self.validator)
         try:
             resp = urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as e:
             if e.code == 416 and self.have:  # nothing after what we have: complete, or stale
                 _, total = _content_range(e.headers.get("Content-Range"))
+                same = _validator(e.headers) == self.validator
                 e.close()
-                if total == self.have:
+                if total == self.have and same:
                     self.total = total
                     return True
                 self.restart()
@@ -217,12 +157,12 @@ class _Transfer:
         with resp:
             if resp.status == 206:
                 start, self.total = _content_range(resp.headers.get("Content-Range"))
-                if start != self.have:
-                    self.restart()
+                now = _validator(resp.headers)
+                if start != self.have or (now is not None and now != self.validator):
+                    self.restart()  # not the range we asked for, or not the file we have
                     return False
-            else:  # 200: the whole file (the server ignored or we did not send a range)
-                if self.have:
-                    self.restart()
+            else:  # 200: the whole file (no range sent, ignored, or If-Range did not match)
+                self._start(resp.headers)
                 length = resp.headers.get("Content-Length")
                 self.total = int(length) if length and length.isdigit() else None
             with open(self.part, "ab") as f:
@@ -301,12 +241,37 @@ def pull(
     sha256: the expected hex digest; a mismatch raises HashMismatchError and keeps the download
     as `<name>.mismatch`. A target that already exists and matches (by its verification record
     or by hashing) is not downloaded again; one that exists without an expected hash is kept.
+    A concurrent pull of the same target (another process) is waited for.
     """
-    t0 = time.perf_counter()
-    expected = _normalise_hash(sha256)
+    expected = normalise_hash(sha256)
     name = filename or _filename(url)
     dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        lock = file_lock(dest / (name + ".lock"), remove=True)
+        lock.__enter__()
+    except OSError as e:
+        raise DownloadError(f"{dest}: cannot write there ({e.strerror or e})") from e
+    try:
+        return _pull_locked(url, dest, name, expected, progress, timeout, max_retries, backoff_s)
+    except OSError as e:  # local file trouble (disk full at the rename, permissions): name it
+        where = e.filename or dest / name
+        raise DownloadError(f"{where}: {e.strerror or e} while pulling {url}") from e
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _pull_locked(
+    url: str,
+    dest: Path,
+    name: str,
+    expected: str | None,
+    progress: ByteProgress | None,
+    timeout: float,
+    max_retries: int,
+    backoff_s: float,
+) -> PullResult:
+    t0 = time.perf_counter()
     final, part = dest / name, dest / (name + ".part")
     if final.is_file():
         check = verify(final, expected) if expected else None
@@ -314,21 +279,23 @@ def pull(
             digest = check.sha256 if check else file_sha256(final)
             return PullResult(final, digest, final.stat().st_size, 0, False, 0.0)
     t = _Transfer(url, part, timeout, progress, hashlib.sha256())
-    if part.is_file():
-        t.have = _hash_file(part, t.hasher)
+    t.resume()
     resumed_from = t.have
     _download(t, max_retries, backoff_s)
     digest = t.hasher.hexdigest()
     if expected and digest != expected:
         bad = dest / (name + ".mismatch")
         os.replace(part, bad)
+        t.meta.unlink(missing_ok=True)
         raise HashMismatchError(
             f"{url}: downloaded {t.have} bytes with sha256 {digest}, expected {expected}; "
             f"{final} was not touched and the download is kept as {bad}"
         )
     with open(part, "rb+") as f:
         os.fsync(f.fileno())
+        hashed = os.fstat(f.fileno())
     os.replace(part, final)
+    t.meta.unlink(missing_ok=True)
     if expected:
-        record_verified(final, digest)
+        record_verified(final, digest, hashed)  # a warning, not an error, if it cannot be kept
     return PullResult(final, digest, t.have, resumed_from, True, time.perf_counter() - t0)

@@ -8,7 +8,10 @@ copied with its type, then general.quantization_version = 2 and general.file_typ
 bytes come from warmload.quant.quantize, bit-identical to llama.cpp's reference quantizers, so
 the files are byte-identical to llama-quantize's (tests check). The output goes to a temporary
 file beside `dst`, renamed only when complete, so an error, a full disk or Ctrl-C never leaves
-a partial `dst`; `dst.sha256` (sha256sum format) is written after. Tensors are cut into
+a partial `dst`. Before the rename the output is read back (verify_output: its header, its
+tensor table, and for converted folders its hyperparameters), so a file the loader would refuse
+is never written; `dst.sha256` (sha256sum format) is written after. Write errors are OutputError
+naming the path. Tensors are cut into
 chunks that run on a thread pool (numpy releases the GIL), several tensors in flight at once,
 while a writer thread writes and hashes what is done, in order.
 """
@@ -26,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from warmload.errors import CheckpointError, RequestError, UnsupportedError
+from warmload.errors import (
+    CheckpointError,
+    OutputError,
+    RequestError,
+    UnsupportedError,
+    WarmloadError,
+)
 from warmload.formats.checkpoint import Checkpoint, TensorInfo
 from warmload.formats.ggml_types import GGML_TYPES
 from warmload.formats.gguf_write import (
@@ -209,6 +218,22 @@ def _write_tensors(
                 progress(done, total, p.info.name)
 
 
+def _write_converted(
+    w: GGUFWriter, src: _Source, order: list[TensorInfo], types: dict[str, str],
+    pool: Executor, progress: Progress | None,
+) -> None:  # fmt: skip
+    """_write_tensors; for a Hugging Face folder, config values that do not fit its weights
+    (a reshape that fails) are a CheckpointError naming the folder, not a traceback."""
+    if not src.path.is_dir():
+        return _write_tensors(w, src, order, types, pool, progress)
+    try:
+        _write_tensors(w, src, order, types, pool, progress)
+    except (ValueError, ZeroDivisionError, IndexError) as e:
+        raise CheckpointError(
+            f"{src.path}: config.json does not fit the weights ({type(e).__name__}: {e})"
+        ) from e
+
+
 def _output_kv(src: _Source, file_type_id: int) -> list[RawKV]:
     kv = list(src.kv)
     kv.append(encode_kv("general.quantization_version", GGML_QNT_VERSION))
@@ -273,20 +298,59 @@ def quantize_checkpoint(
             with atomic_output(dst_p) as tmp, open(tmp, "wb") as f:
                 kv = _output_kv(source, FILE_TYPES[qtype][0])
                 with GGUFWriter(f, kv, specs, background=True) as w:
-                    _write_tensors(w, source, order, types, pool, progress)
+                    _write_converted(w, source, order, types, pool, progress)
                     digest = w.finish()
+                f.flush()
+                verify_output(tmp, dst_p, specs, check_hparams=src_p.is_dir())
+        except OSError as e:  # disk full, read-only: typed, with the path; the temp is gone
+            raise OutputError(
+                f"{dst_p}: {e.strerror or e} while writing it from {src_p}; nothing was "
+                "written (free some space or choose another folder)"
+            ) from e
         finally:  # an error or Ctrl-C: drop the queued chunks instead of finishing them
             pool.shutdown(wait=True, cancel_futures=True)
     finally:
         source.close()
     if write_sha256_file:
-        write_sha256(dst_p, digest)
+        try:
+            write_sha256(dst_p, digest)
+        except OSError as e:
+            raise OutputError(
+                f"{dst_p}.sha256: {e.strerror or e}; {dst_p} itself is complete and was read "
+                f"back, its sha256 is {digest}"
+            ) from e
     return QuantizeResult(
         path=dst_p, sha256=digest, file_type=qtype, src_nbytes=_source_nbytes(src_p),
         dst_nbytes=dst_p.stat().st_size, n_weights=sum(i.n_elements for i in order),
         tensor_nbytes=sum(s.nbytes for s in specs), seconds=time.perf_counter() - t0,
         tensor_types={s.name: s.ggml_type for s in specs},
     )  # fmt: skip
+
+
+def verify_output(
+    tmp: Path, dst: Path, specs: Sequence[TensorSpec], check_hparams: bool = False
+) -> None:
+    """Read the written file back as the loader will, before it is renamed onto `dst`: the
+    GGUF header parses (alignment, offsets, sizes), it lists exactly the tensors written, and
+    (check_hparams, for converted folders: a GGUF source's metadata is copied as it is) the
+    loader's config, build and plan stages accept it. The same error type, naming `dst`,
+    otherwise; nothing is left behind."""
+    from warmload.formats.gguf import read_gguf_header
+
+    try:
+        written = read_gguf_header(tmp)
+        if check_hparams:
+            from warmload.loader import check_loadable  # torch: conversions only
+
+            check_loadable(written)
+    except WarmloadError as e:
+        message = str(e).replace(str(tmp), str(dst))
+        error = type(e) if type(e) in (CheckpointError, UnsupportedError) else CheckpointError
+        raise error(f"{dst}: the output would not load ({message}); nothing was written") from e
+    got = sorted((t.name, t.ggml_type, tuple(t.shape)) for t in written.tensors.values())
+    want = sorted((s.name, s.ggml_type, tuple(s.shape)) for s in specs)
+    if got != want:
+        raise CheckpointError(f"{dst}: the written tensor table does not read back as written")
 
 
 def write_sha256(path: Path, digest: str) -> Path:

@@ -3,21 +3,21 @@ defaults to; efficiency cores of hybrid CPUs left out), or what `warmload bench 
 measured fastest on this machine for models of that size, at most the kernels' 64.
 
 Tuned values live in cache_dir()/threads.json, keyed by machine (CPU model and the CPUs this
-process may use) and model size (power-of-two buckets), written atomically (temp + rename). A
-missing or unreadable file just means "not tuned".
+process may use) and model size (power-of-two buckets), kept as a checked record
+(warmload.caches: locked, atomic, checksummed). A missing, damaged or unreadable file just means
+"not tuned" (with one warning).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 from warmload import oscalls
+from warmload.caches import read_record, update_record
 from warmload.config import cache_dir
 
 log = logging.getLogger(__name__)
@@ -116,12 +116,15 @@ def tuning_file() -> Path:
     return cache_dir() / "threads.json"
 
 
+def _valid(key: str, value: object) -> bool:
+    """An entry is {size bucket: {"threads": int, ...}} for one machine."""
+    return isinstance(value, dict) and all(
+        isinstance(v, dict) and type(v.get("threads")) is int for v in value.values()
+    )
+
+
 def _read() -> dict:
-    try:
-        data = json.loads(tuning_file().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_record(tuning_file(), "threads", _valid)
 
 
 def tuned_threads(model_nbytes: int) -> int | None:
@@ -133,21 +136,15 @@ def tuned_threads(model_nbytes: int) -> int | None:
 def record_tuned_threads(model_nbytes: int, tokens_per_second: dict[int, float]) -> int:
     """Store the fastest of the measured thread counts for this machine and model size."""
     best = max(tokens_per_second, key=lambda n: tokens_per_second[n])
-    data = _read()
-    data.setdefault(machine_key(), {})[size_bucket(model_nbytes)] = {
+    entry = {
         "threads": best,
         "tokens_per_second": {str(n): round(v, 2) for n, v in sorted(tokens_per_second.items())},
     }
-    path = tuning_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".threads-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    key, bucket = machine_key(), size_bucket(model_nbytes)
+    # locked read-modify-write; an unusable cache folder is one warning, not an error
+    update_record(
+        tuning_file(), "threads", _valid, lambda d: d.setdefault(key, {}).update({bucket: entry})
+    )
     return best
 
 

@@ -53,6 +53,11 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="quantize an F32/F16/BF16 model at load (Q8_0, Q4_K_M, ...); cached for next time",
     )
+    p.add_argument(
+        "--check-tensors",
+        action="store_true",
+        help="scan the weights and block scales for NaN/Inf before running (one pass)",
+    )
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,7 +65,7 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"load_mode": mode, "mlock": args.mlock}
     if not args.use_cache:
         options["use_cache"] = False
-    for name in ("warmup", "warmup_sync", "lazy"):
+    for name in ("warmup", "warmup_sync", "lazy", "check_tensors"):
         if getattr(args, name, None):
             options[name] = getattr(args, name)
     if getattr(args, "quantize", None):  # checked now: serve loads models later

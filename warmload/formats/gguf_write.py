@@ -15,21 +15,20 @@ when everything succeeded, and removed on any failure (Ctrl-C and a full disk in
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import mmap
 import os
 import queue
 import struct
-import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from warmload.caches import atomic_output  # noqa: F401 - re-exported for writers
 from warmload.errors import CheckpointError
 from warmload.formats.ggml_types import GGML_TYPES
 
@@ -40,6 +39,7 @@ DEFAULT_ALIGNMENT = 32
 # GGUF value types (gguf.md): id -> struct format of one scalar (None: string / array).
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY = range(10)
 UINT64, INT64, FLOAT64 = 10, 11, 12
+_INTEGER_TYPES = frozenset({UINT8, INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64})
 _SCALAR_FORMATS = {
     UINT8: "<B",
     INT8: "<b",
@@ -230,6 +230,22 @@ def _pad(n: int, alignment: int) -> int:
     return (alignment - n % alignment) % alignment
 
 
+def _alignment(kv: Sequence[RawKV]) -> int:
+    """general.alignment as the reader takes it: any integer type (llama.cpp writes UINT32,
+    other writers UINT64), a power of two; the writer lays out the data the same way."""
+    alignment = DEFAULT_ALIGNMENT
+    for item in kv:
+        if item.key != "general.alignment":
+            continue
+        value = kv_value(item)
+        if item.vtype not in _INTEGER_TYPES or value <= 0 or value & (value - 1):
+            raise CheckpointError(
+                f"GGUF writer: general.alignment must be a power-of-two integer, not {value!r}"
+            )
+        alignment = int(value)
+    return alignment
+
+
 class GGUFWriter:
     """Streams one GGUF file: header at construction, then `write_tensor` in spec order.
 
@@ -257,10 +273,7 @@ class GGUFWriter:
             self._queue = queue.Queue(maxsize=8)
             self._thread = threading.Thread(target=self._drain, name="gguf-writer", daemon=True)
             self._thread.start()
-        self._alignment = DEFAULT_ALIGNMENT
-        for item in kv:
-            if item.key == "general.alignment" and item.vtype == UINT32:
-                self._alignment = kv_value(item)
+        self._alignment = _alignment(kv)
         self._specs = list(tensors)
         self._next = 0
         self.nbytes = 0
@@ -345,37 +358,6 @@ class GGUFWriter:
         self._raise_pending()
         self._f.flush()
         return self._hash.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`.
-
-    On any exception (KeyboardInterrupt, ENOSPC, ...) the temporary file is removed and `path`
-    is left as it was.
-    """
-    target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it a normal file's mode
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        with contextlib.suppress(OSError):  # make the rename durable where the OS allows
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def write_gguf(

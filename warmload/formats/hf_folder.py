@@ -17,6 +17,10 @@ Keys added to Checkpoint.metadata (only for files that exist):
                                 chat templates and summaries read both formats alike)
     "tokenizer.chat_template"   the template (GGUF's key), from chat_template.jinja or the
                                 "default" entry of tokenizer_config's chat_template
+
+Nothing outside the folder is read: names with `..`, absolute names, and symlinks that resolve
+outside it are refused (inside_folder), except a hub cache snapshot's links into its blobs.
+JSON of any shape or depth ends in CheckpointError, never RecursionError.
 """
 
 from __future__ import annotations
@@ -31,12 +35,51 @@ TOKENIZER_JSON = "tokenizer.json"
 TEMPLATE_FILE = "chat_template.jinja"
 
 
+def allowed_roots(folder: Path) -> tuple[Path, ...]:
+    """Where a model folder's files may really live: the folder itself, and for a Hugging Face
+    hub cache snapshot (models--org--name/snapshots/REV, whose files are symlinks to
+    ../../blobs/HASH) the repository's blobs folder."""
+    root = folder.resolve()
+    if root.parent.name == "snapshots":
+        return root, root.parent.parent / "blobs"
+    return (root,)
+
+
+def inside_folder(folder: Path, name: str | Path, what: str) -> Path:
+    """folder/name, refused (CheckpointError) when the name or a symlink on its way leads out of
+    the model folder: `../x`, an absolute path, a link to /etc/passwd."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise CheckpointError(
+            f"{folder}: {what} names {str(name)!r}, which is outside the model folder; a "
+            "model folder's files must be inside it"
+        )
+    path = folder / relative
+    real = path.resolve()
+    if not any(real == root or root in real.parents for root in allowed_roots(folder)):
+        raise CheckpointError(
+            f"{path}: a symlink to {real}, outside the model folder {folder}; refusing to read it"
+        )
+    return path
+
+
+def parse_json(text: str | bytes, where: Path | str) -> Any:
+    """json.loads with every failure (bad UTF-8, syntax, nesting too deep) a CheckpointError."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{where}: JSON nested too deeply to be a model file") from None
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`; CheckpointError naming the file when it is not one."""
     try:
-        value = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        text = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    value = parse_json(text, path)
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: want a JSON object, got {type(value).__name__}")
     return value
@@ -47,7 +90,10 @@ def chat_template(folder: Path, tokenizer_config: dict[str, Any] | None) -> str 
     (a string, or a list of {"name", "template"} of which "default" or the first is used)."""
     jinja = folder / TEMPLATE_FILE
     if jinja.is_file():
-        return jinja.read_text("utf-8")
+        try:
+            return inside_folder(folder, TEMPLATE_FILE, "the chat template").read_text("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{jinja}: not UTF-8 text") from None
     template = (tokenizer_config or {}).get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -69,9 +115,10 @@ def read_hf_folder(folder: Path) -> dict[str, Any]:
         ("tokenizer_config", "tokenizer_config.json"),
     ):
         if (folder / name).is_file():
-            metadata[key] = read_json(folder / name)
+            metadata[key] = read_json(inside_folder(folder, name, name))
     if (folder / TOKENIZER_JSON).is_file():
-        metadata["hf.tokenizer_json"] = str(folder / TOKENIZER_JSON)
+        path = inside_folder(folder, TOKENIZER_JSON, TOKENIZER_JSON)
+        metadata["hf.tokenizer_json"] = str(path)
     model_type = metadata.get("config", {}).get("model_type")
     if isinstance(model_type, str):
         # the registry is data (torch-free), read at call time: formats sits below models

@@ -12,7 +12,6 @@ files say (config.json under "config", the tokenizer files, the chat template: h
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from warmload.errors import CheckpointError, UnsupportedError
 from warmload.formats.checkpoint import Checkpoint, TensorInfo
-from warmload.formats.hf_folder import read_hf_folder
+from warmload.formats.hf_folder import inside_folder, parse_json, read_hf_folder
 from warmload.formats.source import open_source
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -60,10 +59,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
                 f"(limit {MAX_HEADER_BYTES}; truncated or not SafeTensors?)"
             )
         raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: the header is not valid JSON ({e})") from None
+    header = parse_json(raw, f"{path}: the header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the header is JSON {type(header).__name__}, not an object")
     return header, 8 + n, size
@@ -73,6 +69,8 @@ def _tensor(path: Path, name: str, entry: Any, data_start: int) -> TensorInfo:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise CheckpointError(f"{path}: tensor {name!r} needs dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str):
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}; want a string")
     if dtype not in DTYPES:
         raise UnsupportedError(
             f"{path}: tensor {name!r} has dtype {dtype!r}; supported: {', '.join(DTYPES)}"
@@ -132,24 +130,40 @@ def read_safetensors_file(path: Path) -> tuple[dict[str, TensorInfo], dict[str, 
     return {t.name: t for t in tensors}, meta
 
 
+def _weight_map(index: Path) -> dict[str, str]:
+    """The index's weight_map (tensor name -> shard file name), every value checked."""
+    try:
+        text = index.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{index}: cannot read it ({e.strerror or e})") from None
+    data = parse_json(text, index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: want a JSON object with a weight_map object")
+    bad = [(k, v) for k, v in weight_map.items() if not isinstance(v, str) or not v]
+    if bad:
+        raise CheckpointError(
+            f"{index}: weight_map must map tensor names to shard file names, but "
+            f"{bad[0][0]!r} maps to {bad[0][1]!r}"
+        )
+    return weight_map
+
+
 def _shard_files(folder: Path) -> list[Path]:
     index = folder / INDEX_NAME
     if not index.is_file():
-        return sorted(folder.glob("*.safetensors"))
-    try:
-        weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index}: not a valid index with a weight_map ({e!r})") from None
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(f"{index}: weight_map must map tensor names to shard files")
-    shards = sorted(set(weight_map.values()))
-    missing = [s for s in shards if not (folder / s).is_file()]
+        files = sorted(folder.glob("*.safetensors"))
+        return [inside_folder(folder, f.name, "a shard") for f in files]
+    index = inside_folder(folder, INDEX_NAME, INDEX_NAME)
+    shards = sorted(set(_weight_map(index).values()))
+    paths = [inside_folder(folder, s, f"{INDEX_NAME}'s weight_map") for s in shards]
+    missing = [s for s, p in zip(shards, paths) if not p.is_file()]
     if missing:
         raise CheckpointError(
             f"{index}: names {len(missing)} shard file(s) that are not in {folder}: "
             f"{', '.join(missing[:5])}"
         )
-    return [folder / s for s in shards]
+    return paths
 
 
 def read_safetensors(path: str | os.PathLike[str], load_mode: str = "mmap") -> Checkpoint:
@@ -179,8 +193,7 @@ def _check_weight_map(folder: Path, tensors: dict[str, TensorInfo]) -> None:
     index = folder / INDEX_NAME
     if not index.is_file():
         return
-    weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
-    for name, shard in weight_map.items():
+    for name, shard in _weight_map(index).items():
         info = tensors.get(name)
         if info is None or Path(info.file).name != Path(shard).name:
             where = "no shard" if info is None else Path(info.file).name

@@ -31,7 +31,8 @@ def _file_type(checkpoint: Checkpoint, hist: dict[str, dict[str, int]]) -> str |
 def _gguf_facts(md: dict[str, Any]) -> dict[str, Any]:
     arch = md.get("general.architecture")
     tokens = md.get("tokenizer.ggml.tokens")
-    vocab = len(tokens) if tokens is not None else md.get(f"{arch}.vocab_size")
+    # a hostile file may store anything under any key: only an array has a length
+    vocab = len(tokens) if isinstance(tokens, list) else md.get(f"{arch}.vocab_size")
     return {
         "architecture": arch,
         "name": md.get("general.name"),
@@ -45,10 +46,11 @@ def _gguf_facts(md: dict[str, Any]) -> dict[str, Any]:
 
 def _safetensors_facts(checkpoint: Checkpoint) -> dict[str, Any]:
     md = checkpoint.metadata
-    config = md.get("config") or {}
-    archs = config.get("architectures") or [None]
+    config = md.get("config") if isinstance(md.get("config"), dict) else {}
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else None
     return {
-        "architecture": config.get("model_type") or archs[0],
+        "architecture": config.get("model_type") or arch,
         "name": config.get("_name_or_path") or checkpoint.path.name,
         "context_length": config.get("max_position_embeddings"),
         "tokenizer_model": "tokenizer.json" if md.get("hf.tokenizer_json") else None,
@@ -109,7 +111,7 @@ def to_json(value: Any, max_items: int | None = None) -> Any:
         items = value.tolist() if isinstance(value, np.ndarray) else value
         return [to_json(v, max_items) for v in items]
     if isinstance(value, dict):
-        return {str(k): to_json(v, max_items) for k, v in value.items()}
+        return {to_json(str(k)): to_json(v, max_items) for k, v in value.items()}
     if isinstance(value, np.generic):
         return to_json(value.item())
     if isinstance(value, float) and not np.isfinite(value):
@@ -118,10 +120,14 @@ def to_json(value: Any, max_items: int | None = None) -> Any:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: non-UTF-8 bytes kept by the reader
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+            try:  # show them as the file's bytes: \xff
+                raw = value.encode("utf-8", "surrogateescape")
+                return raw.decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:  # other lone surrogates (from JSON): \ud800
+                return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
 
 
 def metadata_for_json(metadata: dict[str, Any], max_items: int = MAX_JSON_ITEMS) -> dict[str, Any]:
     """Every metadata key, JSON-ready, long arrays (tokens, scores, merges) as "[N items]"."""
-    return {key: to_json(value, max_items) for key, value in metadata.items()}
+    return {to_json(str(key)): to_json(value, max_items) for key, value in metadata.items()}

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from warmload.config import LoadConfig
-from warmload.errors import WeightMismatchError
+from warmload.errors import CheckpointError, WarmloadError, WeightMismatchError
 from warmload.formats.checkpoint import Checkpoint
 from warmload.kernels import set_threads as set_kernel_threads
+from warmload.loader.finite import check_finite
 from warmload.loader.hparams import read_model_config
 from warmload.loader.lazy import LazyWeights
 from warmload.loader.pipeline import load_in_order
@@ -63,14 +64,18 @@ def load_model(
     started = time.perf_counter()
     device = torch.device(cfg.device)
     with torch.no_grad(), gc_paused():
-        with stats.timed("config"):
+        with stats.timed("config"), _bad_hyperparameters(checkpoint):
             arch, config = read_model_config(checkpoint)
-        with stats.timed("build"):
+        with stats.timed("build"), _bad_hyperparameters(checkpoint):
             model = ARCHITECTURES[arch].build_model(config)
         with stats.timed("plan"):
             plan = plan_for(checkpoint, arch, model, packed=cfg.packed and device.type == "cpu")
         set_kernel_threads(cfg.threads or torch.get_num_threads())
         warm_before(checkpoint, cfg, stats)
+        if cfg.check_tensors:
+            with stats.timed("check", plan.nbytes):
+                rope = [plan.rope_freq_factors] if plan.rope_freq_factors else []
+                check_finite(checkpoint, [t.source for t in (*plan.tensors, *rope)])
         if cfg.lazy:
             model.lazy_weights = load_lazily(checkpoint, plan, model, cfg, device, stats)
         elif device.type == "cuda":
@@ -231,6 +236,33 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@contextmanager
+def _bad_hyperparameters(checkpoint: Checkpoint) -> Iterator[None]:
+    """Config reading and model building are functions of the file's metadata alone: an
+    exception there that no validation turned into a typed error yet (a ZeroDivisionError from
+    0 heads, a TypeError from a string where a number belongs) is the file's fault, and becomes
+    a CheckpointError naming it (the original is chained; --debug shows it)."""
+    try:
+        yield
+    except WarmloadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise CheckpointError(
+            f"{checkpoint.path}: its hyperparameters do not describe a model this architecture "
+            f"can build ({type(e).__name__}: {e})"
+        ) from e
+
+
+def check_loadable(checkpoint: Checkpoint) -> LoadPlan:
+    """The load's first stages on a header-only checkpoint (config, build on meta, plan): what a
+    load would refuse without reading a tensor byte. The quantizer reads its output back with
+    it. Any failure is a typed error naming the file."""
+    with _bad_hyperparameters(checkpoint):
+        arch, config = read_model_config(checkpoint)
+        model = ARCHITECTURES[arch].build_model(config)
+    return plan_for(checkpoint, arch, model, packed=False)
 
 
 def plan_for(checkpoint: Checkpoint, arch: str, model: nn.Module, packed: bool) -> LoadPlan:

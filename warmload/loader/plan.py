@@ -4,7 +4,8 @@ Given the checkpoint's TensorInfo records (header only), the architecture's GGUF
 the parameter shapes of the model built on `meta`, make_load_plan decides for every tensor its
 parameter, its transform and the read order (file offset order, so mmap reads run forward),
 and raises WeightMismatchError (missing / unexpected / mis-shaped, sorted) or
-UnsupportedError (a quant type we cannot dequantize) before a single tensor byte is read.
+UnsupportedError (a quant type we cannot dequantize) or CheckpointError (integers where weights
+belong) before a single tensor byte is read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from warmload.errors import UnsupportedError, WeightMismatchError
+from warmload.errors import CheckpointError, UnsupportedError, WeightMismatchError
 from warmload.formats.checkpoint import TensorInfo
 from warmload.quant.dequant import DEQUANTIZERS
 
@@ -124,7 +125,18 @@ def _check_names(
         )
 
 
+# Storage types that hold integers or booleans: no llama.cpp or HF weight is stored so, and
+# converting them to float would run a model on garbage (issue 17 item 18).
+INTEGER_TYPES = frozenset({"I8", "I16", "I32", "I64", "U8", "BOOL"})
+
+
 def _check_types(path: str | Path, loads: list[TensorLoad]) -> None:
+    ints = sorted(f"{t.source} ({t.ggml_type})" for t in loads if t.ggml_type in INTEGER_TYPES)
+    if ints:
+        raise CheckpointError(
+            f"{path}: {_listed('tensors stored as integers', ints)}; model weights are float or "
+            "quantized types (a corrupt file, or not a model's weights?)"
+        )
     bad = sorted(f"{t.source} ({t.ggml_type})" for t in loads if t.ggml_type not in DEQUANTIZERS)
     if bad:
         raise UnsupportedError(

@@ -10,20 +10,21 @@ token's score (descending, ties by id), then by the ids of the two parts.
 Enumerating the splits of 262k tokens one by one in Python takes seconds, so this hashes all
 prefixes and suffixes with numpy (two independent 64-bit polynomial hashes, so a false match
 needs both to collide) and keeps only splits whose two halves are tokens. The result can be
-kept on disk, keyed by a hash of the tokens and scores.
+kept on disk, keyed by a hash of the tokens and scores, in a checked cache entry
+(warmload.caches: a header naming the vocab and the payload's SHA-256, written atomically under
+a lock); a damaged entry is discarded and recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-_CACHE_VERSION = 1  # bump when the merge order or the file layout changes
+from warmload.caches import discard_bad, entry_lock, read_checked, write_checked
+
+_CACHE_VERSION = 2  # bump when the merge order or the file layout changes
 
 _BASE_1 = np.uint64(0x9E3779B97F4A7C15)
 _BASE_2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -163,43 +164,49 @@ def spm_merges(
 ) -> list[tuple[str, str]]:
     """merge_ids() as (left, right) strings for tokenizers' BPE; with `cache_folder`, the ids
     are kept there under a hash of the vocab (Gemma's 262k tokens: 515k merges, ~0.5 s)."""
-    pairs = _load_cached(tokens, scores, cache_folder) if cache_folder else None
+    pairs = _cached_merge_ids(tokens, scores, cache_folder) if cache_folder else None
     if pairs is None:
         pairs = merge_ids(tokens, scores)
-        if cache_folder:
-            _store_cached(pairs, tokens, scores, cache_folder)
     get = tokens.__getitem__
     return list(zip(map(get, pairs[:, 0].tolist()), map(get, pairs[:, 1].tolist())))
 
 
-def _cache_file(tokens: list[str], scores: np.ndarray, folder: Path) -> Path:
+def _source(tokens: list[str], scores: np.ndarray) -> dict[str, object]:
+    """The identity of a vocab: what a cached merge list must have been derived from."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update("\x00".join(tokens).encode("utf-8", "surrogatepass"))
     digest.update(np.ascontiguousarray(scores, dtype=np.float32).tobytes())
-    return folder / f"spm-merges-v{_CACHE_VERSION}-{digest.hexdigest()}.npy"
+    return {
+        "kind": "spm-merges",
+        "version": _CACHE_VERSION,
+        "vocab_blake2b": digest.hexdigest(),
+        "n_tokens": len(tokens),
+    }
 
 
-def _load_cached(tokens: list[str], scores: np.ndarray, folder: Path) -> np.ndarray | None:
-    path = _cache_file(tokens, scores, folder)
-    try:
-        pairs = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None  # absent or unreadable: recompute
-    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.dtype != np.int32:
-        return None
-    if len(pairs) and (pairs.min() < 0 or pairs.max() >= len(tokens)):
-        return None
+def _cached_merge_ids(tokens: list[str], scores: np.ndarray, folder: Path) -> np.ndarray | None:
+    """merge_ids() through the cache: read a checked entry, or compute and store one under the
+    entry's lock (a concurrent process waits, then reads it). None: the cache is unusable."""
+    source = _source(tokens, scores)
+    path = folder / f"spm-merges-v{_CACHE_VERSION}-{source['vocab_blake2b']}.bin"
+    with entry_lock(path) as locked:
+        if not locked:
+            return None
+        pairs = _decode(path, read_checked(path, source), len(tokens))
+        if pairs is None:
+            pairs = merge_ids(tokens, scores)
+            write_checked(path, source, pairs.astype("<i4").tobytes())
     return pairs
 
 
-def _store_cached(pairs: np.ndarray, tokens: list[str], scores: np.ndarray, folder: Path) -> None:
-    path = _cache_file(tokens, scores, folder)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.save(f, pairs, allow_pickle=False)
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only or full cache folder only costs speed
-        log.debug("could not cache SPM merges in %s: %s", folder, exc)
-        tmp.unlink(missing_ok=True)
+def _decode(path: Path, payload: bytes | None, n_tokens: int) -> np.ndarray | None:
+    if payload is None:
+        return None
+    if len(payload) % 8:
+        discard_bad(path, f"{len(payload)} bytes is not a whole number of id pairs")
+        return None
+    pairs = np.frombuffer(payload, dtype="<i4").reshape(-1, 2).astype(np.int32)
+    if len(pairs) and (pairs.min() < 0 or pairs.max() >= n_tokens):
+        discard_bad(path, f"ids outside the vocabulary of {n_tokens} tokens")
+        return None
+    return pairs

@@ -8,6 +8,7 @@ gemma4/plamo exceptions). Tokenization itself happens in backend.py.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,12 +108,41 @@ def _key(metadata: dict[str, Any], name: str) -> Any:
     return metadata.get(f"tokenizer.ggml.{name}")
 
 
+def _check_strings(items: list[Any], name: str) -> None:
+    """Every item a str of valid UTF-8 (GGUF strings are decoded with surrogateescape, so
+    invalid bytes show up as lone surrogates); the error names the first bad item."""
+    if set(map(type, items)) != {str}:
+        i = next(i for i, t in enumerate(items) if type(t) is not str)
+        raise TokenizerError(
+            f"'tokenizer.ggml.{name}' must be an array of strings, but item {i} is a "
+            f"{type(items[i]).__name__} ({str(items[i])[:60]!r})"
+        )
+    try:
+        "".join(items).encode("utf-8")
+    except UnicodeEncodeError:
+        i = next(i for i, t in enumerate(items) if not t.isascii() and _bad_utf8(t))
+        raw = items[i].encode("utf-8", "surrogateescape")
+        raise TokenizerError(
+            f"item {i} of 'tokenizer.ggml.{name}' is not valid UTF-8 ({raw[:60]!r}); the "
+            "file's vocabulary is corrupt"
+        ) from None
+
+
+def _bad_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _read_tokens(metadata: dict[str, Any]) -> list[str]:
     tokens = _key(metadata, "tokens")
     if not isinstance(tokens, list) or not tokens:
         raise TokenizerError(
             "GGUF metadata has no 'tokenizer.ggml.tokens' string array (not a model with a vocab?)"
         )
+    _check_strings(tokens, "tokens")
     if "" not in tokens:
         return tokens
     # llama.cpp renames empty tokens so that every text maps to one id
@@ -123,7 +153,10 @@ def _read_array(metadata: dict[str, Any], name: str, n: int, dtype: type) -> np.
     value = _key(metadata, name)
     if value is None:
         return None
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):  # ragged arrays of arrays
+        array = np.asarray([], dtype=object)
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         raise TokenizerError(f"'tokenizer.ggml.{name}' must be a numeric array, not {array.dtype}")
     if len(array) < n:
@@ -168,6 +201,8 @@ def read_vocab(metadata: dict[str, Any]) -> Vocab:
         merges = _key(metadata, "merges")
         if not isinstance(merges, list):
             raise TokenizerError("byte-level BPE vocab without a 'tokenizer.ggml.merges' array")
+        if merges:
+            _check_strings(merges, "merges")
     defaults = _model_defaults(model, pre)
     vocab = Vocab(
         model=model,
@@ -180,6 +215,7 @@ def read_vocab(metadata: dict[str, Any]) -> Vocab:
         add_bos=defaults["add_bos"],
         add_space_prefix=defaults.get("add_space_prefix", False),
     )
+    _check_byte_tokens(vocab)
     _resolve_special_ids(vocab, metadata, defaults)
     for name, field in (("add_bos_token", "add_bos"), ("add_eos_token", "add_eos")):
         if isinstance(_key(metadata, name), bool):
@@ -189,6 +225,19 @@ def read_vocab(metadata: dict[str, Any]) -> Vocab:
     _resolve_text_specials(vocab)
     _apply_strip_attrs(vocab, metadata)
     return vocab
+
+
+_BYTE_TEXT = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _check_byte_tokens(vocab: Vocab) -> None:
+    """A BYTE token's text must be <0xXX>: the decoder reads its byte from it."""
+    for i in np.flatnonzero(vocab.attrs & ATTR_BYTE).tolist():
+        if not _BYTE_TEXT.fullmatch(vocab.tokens[i]):
+            raise TokenizerError(
+                f"token {i} has type BYTE but its text is {vocab.tokens[i][:40]!r}, not <0xXX>; "
+                "the file's 'tokenizer.ggml.token_type' or tokens are corrupt"
+            )
 
 
 def _resolve_special_ids(vocab: Vocab, metadata: dict[str, Any], defaults: dict) -> None:
