@@ -43,10 +43,15 @@ test-arm:
 	scripts/arm64_lane.sh all $(CURDIR)
 
 # Peers for benchmarks and optional reference tests; never runtime dependencies.
-# llama.cpp's AMX kernels crash on this machine's CPUs (a segfault in ggml_backend_amx_mul_mat on
-# the first eval), and a native build turns them on: build for AVX2/AVX-512/VNNI without AMX.
+# llama.cpp's AMX kernels crash on some of these machines' CPUs (a segfault in
+# ggml_backend_amx_mul_mat on the first eval), and a native build turns them on: build for the
+# AVX-512/VNNI extensions this CPU has (read from /proc/cpuinfo; an extension it lacks would die
+# with SIGILL, as AVX-VNNI did on AMD Zen 4), without AMX.
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+has = $(if $(filter $(1),$(CPU_FLAGS)),ON,OFF)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX_VNNI=ON \
+	-DGGML_AVX512=$(call has,avx512f) -DGGML_AVX512_VNNI=$(call has,avx512_vnni) \
+	-DGGML_AVX512_BF16=$(call has,avx512_bf16) -DGGML_AVX_VNNI=$(call has,avx_vnni) \
 	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
 # The peer of warmload's avx2 kernel variant on any x86 machine: llama.cpp built for

@@ -11,7 +11,6 @@ process may use) and model size (power-of-two buckets), kept as a checked record
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import sys
 from pathlib import Path
