@@ -225,6 +225,17 @@ def requantized(m, ggml_type: str) -> torch.Tensor:
     return torch.from_numpy(quantize(w.numpy(), ggml_type, threads=1))
 
 
+_PROJECTIONS = (
+    ("self_attn", "q_proj"),
+    ("self_attn", "k_proj"),
+    ("self_attn", "v_proj"),
+    ("self_attn", "o_proj"),
+    ("mlp", "gate_proj"),
+    ("mlp", "up_proj"),
+    ("mlp", "down_proj"),
+)  # the tiny llama's separate matrices
+
+
 @pytest.mark.parametrize("ggml_type", ["Q2_K", "Q3_K", "IQ4_XS"])
 def test_the_plan_takes_the_rarer_integer_types(ggml_type: str, tiny_files, monkeypatch):
     """Q2_K (mins per 16 values), Q3_K and IQ4 matrices run in the one-call plan too, with the
@@ -234,7 +245,7 @@ def test_the_plan_takes_the_rarer_integer_types(ggml_type: str, tiny_files, monk
     with open_checkpoint(tiny_files["q4_k_m"]) as ck:
         model, _ = load_model(ck)
     for layer in model.model.layers:
-        for block, name in fused._PROJECTIONS:
+        for block, name in _PROJECTIONS:
             parent = getattr(layer, block)
             m = getattr(parent, name)
             setattr(parent, name, QuantLinear(requantized(m, ggml_type), ggml_type, m.in_features))
