@@ -406,11 +406,6 @@ def test_fuzz_hf_folders(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 17 item 15: config.json value validation (types, ranges) is the architectures "
-    "helper's (branch arch, loader/hf_config.py); remove this mark once it is merged",
-)
 def test_fuzz_hf_config_values(tmp_path: Path) -> None:
     outcomes = _fuzz_hf(tmp_path, 16, hparams=True)
     assert sum(v for k, v in outcomes.items() if k != "ok") > 0.3 * HF_CASES, outcomes
