@@ -34,8 +34,17 @@ class LoadConfig:
     lazy: bool = False
     use_cache: bool = True  # warmload's caches (tokenizer merges, tuned threads)
     packed: bool = True
+    prompt_cache: str = "auto"  # "auto": cache_dir()/prompts, "off", or a folder (prompt_cache)
+    prompt_cache_max_gb: float = 2.0  # least recently used entries go beyond this
 
     def __post_init__(self) -> None:
+        if not self.prompt_cache:
+            raise RequestError("prompt_cache must be 'auto', 'off' or a folder", "prompt_cache")
+        if not self.prompt_cache_max_gb > 0:
+            raise RequestError(
+                f"prompt_cache_max_gb must be > 0, not {self.prompt_cache_max_gb}",
+                "prompt_cache_max_gb",
+            )
         if self.load_mode not in LOAD_MODES:
             raise RequestError(
                 f"load_mode must be one of {', '.join(LOAD_MODES)}, not {self.load_mode!r}",

@@ -19,6 +19,7 @@ import torch
 from warmload.chat import ChatTemplate
 from warmload.config import GenerationConfig, LoadConfig
 from warmload.errors import ContextOverflowError, RequestError
+from warmload.prompt_cache import MIN_PREFIX_TOKENS, memory_adapter, open_prompt_cache
 from warmload.sequence import (  # noqa: F401  (re-exported: the engine's public types)
     Chunk,
     Completion,
@@ -92,6 +93,13 @@ class Engine:
         self._cache_ids: list[int] = []  # tokens whose K/V sit in the cache, in order
         self._chunk_starts: list[int] = []  # first position of each forward pass that made them
         self._lock = threading.Lock()
+        self._prompt_cache = None
+        if load_config.use_cache:
+            self._prompt_cache = open_prompt_cache(
+                load_config.prompt_cache, path, model.config, load_config.prompt_cache_max_gb
+            )
+        self._chat_prefix: list[int] = []  # shared part of the last rendered chat (see _boundary)
+        self._saves: list[threading.Thread] = []
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -141,7 +149,24 @@ class Engine:
         """Token ids of the rendered chat, with BOS exactly once; `tools` (OpenAI's function
         definitions) go to the template's `tools` variable, as Hugging Face passes them."""
         text = self.template.render(messages, add_generation_prompt=True, tools=tools)
-        return self.encode_rendered(text)
+        ids = self.encode_rendered(text)
+        if self._prompt_cache is not None:
+            self._chat_prefix = self._shared_chat_prefix(messages, tools, ids)
+        return ids
+
+    def _shared_chat_prefix(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None, ids: list[int]
+    ) -> list[int]:
+        """The tokens any next message would share with this chat (system prompt, earlier
+        turns): the common prefix with the same chat whose last message says something else."""
+        if not messages or not isinstance(messages[-1].get("content"), str):
+            return []
+        other = [*messages[:-1], {**messages[-1], "content": "\x01" + messages[-1]["content"]}]
+        try:
+            text = self.template.render(other, add_generation_prompt=True, tools=tools)
+        except Exception:  # noqa: BLE001 - a template may refuse odd content: no boundary
+            return []
+        return ids[: common_prefix_length(ids, self.encode_rendered(text))]
 
     def encode_rendered(self, text: str) -> list[int]:
         """Encode template output: special tokens in it are parsed; BOS is added only when the
@@ -195,20 +220,68 @@ class Engine:
         self._chunk_starts += range(len(prompt_ids), len(self._cache_ids))  # decode steps
         yield from seq.finish()
 
+    def _boundary(self, prompt_ids: list[int]) -> int:
+        """Where the prompt's shareable prefix ends (0: none): a rendered chat's part shared
+        with any next message, else the last whole prefill chunk. Prefill splits a pass there,
+        so the state saved at it is the one a later process computes too."""
+        prefix = self._chat_prefix
+        if prefix and len(prefix) < len(prompt_ids) and prompt_ids[: len(prefix)] == prefix:
+            n = len(prefix)
+        else:
+            n = (len(prompt_ids) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+        return n if n >= MIN_PREFIX_TOKENS else 0
+
     def _prefill(self, prompt_ids: list[int], timings: Timings) -> torch.Tensor:
         """Runs the uncached part of the prompt; returns the last position's logits."""
         reuse = reusable_prefix(self._cache_ids, self._chunk_starts, prompt_ids)
+        boundary = self._boundary(prompt_ids) if self._prompt_cache is not None else 0
+        if reuse < boundary:
+            reuse = self._restore_prefix(prompt_ids[:boundary], reuse)
         timings.cached_tokens = reuse
         self._cache_ids = prompt_ids[:reuse]
         self._chunk_starts = [s for s in self._chunk_starts if s < reuse]
+        boundary = boundary if boundary > reuse else reuse  # nothing to save when held
+        starts = [*range(reuse, boundary, PREFILL_CHUNK)]
+        starts += range(boundary, len(prompt_ids), PREFILL_CHUNK)
+        ends = [*starts[1:], len(prompt_ids)]
         logits = None
-        for start in range(reuse, len(prompt_ids), PREFILL_CHUNK):
-            chunk = prompt_ids[start : start + PREFILL_CHUNK]
-            logits = self._forward_last(chunk, start)
-            self._cache_ids = prompt_ids[: start + len(chunk)]
+        for start, stop in zip(starts, ends):
+            logits = self._forward_last(prompt_ids[start:stop], start)
+            self._cache_ids = prompt_ids[:stop]
             self._chunk_starts.append(start)
+            if stop == boundary:
+                self._save_prefix(prompt_ids[:boundary])
         assert logits is not None
         return logits
+
+    def _restore_prefix(self, prefix: list[int], reuse: int) -> int:
+        """The longest saved prefix of `prefix` when longer than `reuse`, loaded into the cache."""
+        assert self._prompt_cache is not None
+        self._join_saves()
+        memory = memory_adapter(self._cache)
+        found, starts = self._prompt_cache.lookup(prefix, memory, longer_than=reuse)
+        if found <= reuse:
+            return reuse
+        self._cache_ids, self._chunk_starts = prefix[:found], starts
+        return found
+
+    def _save_prefix(self, prefix: list[int]) -> None:
+        """Snapshot the cache now; write it to disk in a (non-daemon) thread."""
+        assert self._prompt_cache is not None
+        cache = self._prompt_cache
+        if cache.has(prefix, memory_adapter(self._cache)):
+            return
+        job = cache.prepare(prefix, memory_adapter(self._cache), list(self._chunk_starts))
+        if job is not None:
+            thread = threading.Thread(target=job, name="warmload-prompt-cache-save")
+            thread.start()
+            self._saves.append(thread)
+
+    def _join_saves(self) -> None:
+        """Wait for pending prompt-cache writes (before a lookup, and at close)."""
+        for thread in self._saves:
+            thread.join()
+        self._saves = []
 
     def _forward_last(self, token_ids: list[int], start_pos: int) -> torch.Tensor:
         tokens = torch.tensor([token_ids], dtype=torch.long)
@@ -237,6 +310,7 @@ class Engine:
         return residency(self.checkpoint)
 
     def close(self) -> None:
+        self._join_saves()
         self._cache = None
         self.checkpoint.close()
 

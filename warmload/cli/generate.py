@@ -40,6 +40,13 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--warmup-sync", action="store_true", help="warm up before the model is ready")
     p.add_argument("--lazy", action="store_true", help="load each layer on its first use")
+    p.add_argument(
+        "--prompt-cache",
+        default="auto",
+        metavar="DIR|off",
+        help="save and reuse prompt prefixes' KV state on disk (default: under the cache dir)",
+    )
+    p.add_argument("--prompt-cache-max-gb", type=float, default=2.0, help="prompt cache bound")
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -50,6 +57,10 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("warmup", "warmup_sync", "lazy"):
         if getattr(args, name, None):
             options[name] = getattr(args, name)
+    if args.prompt_cache != "auto":
+        options["prompt_cache"] = args.prompt_cache
+    if args.prompt_cache_max_gb != 2.0:
+        options["prompt_cache_max_gb"] = args.prompt_cache_max_gb
     if args.ctx is not None:
         options["ctx"] = args.ctx
     if args.threads is not None:
