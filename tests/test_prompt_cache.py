@@ -185,3 +185,41 @@ def test_the_kv_adapter_round_trips(engines):
         t[0, :, :5] = 0
     memory.restore(before, 5)
     assert all(np.array_equal(a, b) for a, b in zip(memory.snapshot(5), before))
+
+
+def test_the_batch_runner_saves_and_restores_a_system_prompt(smollm2_path, tmp_path):
+    """serve's path: a runner saves the system prompt's state when its pass ends there; a
+    runner of another engine (another replica) restores it and answers the same tokens."""
+    from warmload.batch import BatchRequest, BatchRunner
+    from warmload.engine import generation_config, load_engine
+
+    def answer(engine, messages):
+        runner = BatchRunner(engine, max_batch=2, prefill_chunk=64)
+        chunks: list = []
+        ids = engine.chat_prompt(messages)
+        runner.add(
+            BatchRequest(ids, generation_config({"max_tokens": 6, "temperature": 0}), chunks.append)
+        )
+        for _ in range(500):
+            if runner.idle:
+                break
+            runner.step()
+        done = [c.completion for c in chunks if c is not None and getattr(c, "completion", None)]
+        assert done, chunks
+        engine._join_saves()
+        return done[0]
+
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Saws?"}]
+    first = load_engine(smollm2_path, ctx=512, prompt_cache=str(tmp_path))
+    try:
+        cold = answer(first, messages)
+    finally:
+        first.close()
+    assert cold.timings.cached_tokens == 0 and len(list(tmp_path.glob(f"*{SUFFIX}"))) == 1
+    second = load_engine(smollm2_path, ctx=512, prompt_cache=str(tmp_path))
+    try:
+        warm = answer(second, messages)
+    finally:
+        second.close()
+    assert warm.timings.cached_tokens > MIN_PREFIX_TOKENS
+    assert warm.token_ids == cold.token_ids

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -19,7 +20,12 @@ import torch
 from warmload.chat import ChatTemplate
 from warmload.config import GenerationConfig, LoadConfig
 from warmload.errors import ContextOverflowError, RequestError
-from warmload.prompt_cache import MIN_PREFIX_TOKENS, memory_adapter, open_prompt_cache
+from warmload.prompt_cache import (
+    MIN_PREFIX_TOKENS,
+    PromptCache,
+    memory_adapter,
+    open_prompt_cache,
+)
 from warmload.sequence import (  # noqa: F401  (re-exported: the engine's public types)
     Chunk,
     Completion,
@@ -98,8 +104,10 @@ class Engine:
             self._prompt_cache = open_prompt_cache(
                 load_config.prompt_cache, path, model.config, load_config.prompt_cache_max_gb
             )
-        self._chat_prefix: list[int] = []  # shared part of the last rendered chat (see _boundary)
+        # rendered chats' shared prefix lengths, by prompt (see prompt_boundary), most recent last
+        self._chat_prefixes: OrderedDict[tuple[int, ...], int] = OrderedDict()
         self._saves: list[threading.Thread] = []
+        self._prefix_lock = threading.Lock()
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -151,7 +159,11 @@ class Engine:
         text = self.template.render(messages, add_generation_prompt=True, tools=tools)
         ids = self.encode_rendered(text)
         if self._prompt_cache is not None:
-            self._chat_prefix = self._shared_chat_prefix(messages, tools, ids)
+            shared = len(self._shared_chat_prefix(messages, tools, ids))
+            with self._prefix_lock:
+                self._chat_prefixes[tuple(ids)] = shared
+                while len(self._chat_prefixes) > 256:
+                    self._chat_prefixes.popitem(last=False)
         return ids
 
     def _shared_chat_prefix(
@@ -220,21 +232,42 @@ class Engine:
         self._chunk_starts += range(len(prompt_ids), len(self._cache_ids))  # decode steps
         yield from seq.finish()
 
-    def _boundary(self, prompt_ids: list[int]) -> int:
-        """Where the prompt's shareable prefix ends (0: none): a rendered chat's part shared
-        with any next message, else the last whole prefill chunk. Prefill splits a pass there,
-        so the state saved at it is the one a later process computes too."""
-        prefix = self._chat_prefix
-        if prefix and len(prefix) < len(prompt_ids) and prompt_ids[: len(prefix)] == prefix:
-            n = len(prefix)
-        else:
-            n = (len(prompt_ids) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
-        return n if n >= MIN_PREFIX_TOKENS else 0
+    @property
+    def prompt_cache(self) -> PromptCache | None:
+        """The on-disk prompt cache (None: off)."""
+        return self._prompt_cache
+
+    def prompt_boundary(self, prompt_ids: Sequence[int]) -> int:
+        """Where the prompt's shareable prefix ends (0: none): for a chat rendered by
+        chat_prompt, the part any next message shares (system prompt, earlier turns), else the
+        last whole prefill chunk. Prefill splits a pass there, so the state saved at it is the
+        one a later process computes too."""
+        if self._prompt_cache is None:
+            return 0
+        with self._prefix_lock:
+            shared = self._chat_prefixes.get(tuple(prompt_ids))
+        if shared is None:
+            shared = (len(prompt_ids) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+        return shared if MIN_PREFIX_TOKENS <= shared < len(prompt_ids) else 0
+
+    def save_prefix_job(self, prefix: Sequence[int], memory: Any, starts: Sequence[int]) -> None:
+        """Snapshot a sequence memory (row 0 of `memory`) after `prefix` now; write it to the
+        prompt cache in a (non-daemon) thread. Shared with the batch runner."""
+        cache = self._prompt_cache
+        adapter = memory_adapter(memory)
+        if cache is None or cache.has(prefix, adapter):
+            return
+        job = cache.prepare(prefix, adapter, list(starts))
+        if job is not None:
+            thread = threading.Thread(target=job, name="warmload-prompt-cache-save")
+            thread.start()
+            with self._prefix_lock:
+                self._saves = [t for t in self._saves if t.is_alive()] + [thread]
 
     def _prefill(self, prompt_ids: list[int], timings: Timings) -> torch.Tensor:
         """Runs the uncached part of the prompt; returns the last position's logits."""
         reuse = reusable_prefix(self._cache_ids, self._chunk_starts, prompt_ids)
-        boundary = self._boundary(prompt_ids) if self._prompt_cache is not None else 0
+        boundary = self.prompt_boundary(prompt_ids)
         if reuse < boundary:
             reuse = self._restore_prefix(prompt_ids[:boundary], reuse)
         timings.cached_tokens = reuse
@@ -257,7 +290,6 @@ class Engine:
     def _restore_prefix(self, prefix: list[int], reuse: int) -> int:
         """The longest saved prefix of `prefix` when longer than `reuse`, loaded into the cache."""
         assert self._prompt_cache is not None
-        self._join_saves()
         memory = memory_adapter(self._cache)
         found, starts = self._prompt_cache.lookup(prefix, memory, longer_than=reuse)
         if found <= reuse:
@@ -266,22 +298,14 @@ class Engine:
         return found
 
     def _save_prefix(self, prefix: list[int]) -> None:
-        """Snapshot the cache now; write it to disk in a (non-daemon) thread."""
-        assert self._prompt_cache is not None
-        cache = self._prompt_cache
-        if cache.has(prefix, memory_adapter(self._cache)):
-            return
-        job = cache.prepare(prefix, memory_adapter(self._cache), list(self._chunk_starts))
-        if job is not None:
-            thread = threading.Thread(target=job, name="warmload-prompt-cache-save")
-            thread.start()
-            self._saves.append(thread)
+        self.save_prefix_job(prefix, self._cache, self._chunk_starts)
 
     def _join_saves(self) -> None:
-        """Wait for pending prompt-cache writes (before a lookup, and at close)."""
-        for thread in self._saves:
+        """Wait for pending prompt-cache writes (at close; tests)."""
+        with self._prefix_lock:
+            saves, self._saves = self._saves, []
+        for thread in saves:
             thread.join()
-        self._saves = []
 
     def _forward_last(self, token_ids: list[int], start_pos: int) -> torch.Tensor:
         tokens = torch.tensor([token_ids], dtype=torch.long)
