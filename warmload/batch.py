@@ -126,6 +126,7 @@ class BatchRunner:
         self.waiting: deque[BatchRequest] = deque()
         self._admitted = 0
         self.steps = 0  # forward passes run (prefill chunks and decode steps)
+        self._takes_ragged_steps()  # builds this cache's ragged plan now, not on the first step
 
     @property
     def idle(self) -> bool:

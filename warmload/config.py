@@ -34,6 +34,7 @@ class LoadConfig:
     lazy: bool = False
     use_cache: bool = True  # warmload's caches (tokenizer merges, tuned threads)
     packed: bool = True
+    prime: bool = True  # pay a first forward's one-time costs in the background after load
     prompt_cache: str = "auto"  # "auto": cache_dir()/prompts, "off", or a folder (prompt_cache)
     prompt_cache_max_gb: float = 2.0  # least recently used entries go beyond this
 

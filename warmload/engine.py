@@ -39,6 +39,10 @@ from warmload.tokenizer import Tokenizer, build_tokenizer
 
 DEFAULT_MAX_CTX = 4096  # KV cache cap when neither -c nor the model asks for less
 PREFILL_CHUNK = 512  # prompt tokens per forward pass (bounds attention memory)
+# Engine.prime's passes: a decode step, a short prompt (integer products), a decode step after
+# it. Not a long prompt: its GEMM path costs the same on every call (no first-call cost to pay),
+# and ~1 s of it at load would cost more than it saves.
+PRIME_PASSES = (1, 20, 1)
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -108,6 +112,7 @@ class Engine:
         self._chat_prefixes: OrderedDict[tuple[int, ...], int] = OrderedDict()
         self._saves: list[threading.Thread] = []
         self._prefix_lock = threading.Lock()
+        self.prime_seconds = 0.0  # spent by prime() during load
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -312,6 +317,29 @@ class Engine:
         hidden = self.model(tokens, self._cache, start_pos)
         return self.model.compute_logits(hidden[:, -1:])[0, -1].float()
 
+    def prime(self) -> float:
+        """Pay now what a first request would (decode plans, the kernels' thread team, scratch
+        buffers and their first touch, lazy imports in sampling, allocator growth): forward
+        passes over throw-away tokens, under the lock, then the cache is forgotten. Returns
+        the seconds spent. load_engine runs it before returning (LoadConfig.prime): ~0.1 s."""
+        started = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            vocab = self.tokenizer.vocab_size
+            ids = [(1000 + 7 * i) % vocab for i in range(sum(PRIME_PASSES))]
+            pos, logits = 0, None
+            for n in PRIME_PASSES:
+                if pos + n >= self.ctx:
+                    break
+                logits = self._forward_last(ids[pos : pos + n], pos)
+                pos += n
+            if logits is not None:
+                seq = SequenceState(
+                    self.tokenizer, ids[:pos], GenerationConfig(seed=0), self.ctx, started
+                )
+                seq.step(logits)  # the sampler's first call
+            self._cache_ids, self._chunk_starts = [], []
+        return time.perf_counter() - started
+
     def reset(self) -> None:
         """Forget the cached conversation (the next call prefills from scratch)."""
         with self._lock:
@@ -368,7 +396,7 @@ def load_engine(path: Any = None, **load_options: Any) -> Engine:
     except BaseException:
         checkpoint.close()
         raise
-    return Engine(
+    engine = Engine(
         model,
         tokenizer,
         template,
@@ -378,3 +406,6 @@ def load_engine(path: Any = None, **load_options: Any) -> Engine:
         load_stats=stats,
         load_seconds=time.perf_counter() - started,
     )
+    if cfg.prime:  # synchronous: callers may use engine.model at once, from any thread
+        engine.prime_seconds = engine.prime()
+    return engine

@@ -35,8 +35,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--warmup",
         choices=WARMUP_MODES,
-        default="none",
-        help="pre-fault the weights' pages (in the background unless --warmup-sync)",
+        default="auto",
+        help="pre-fault the weights' pages (in the background unless --warmup-sync; "
+        "default: auto)",
     )
     p.add_argument("--warmup-sync", action="store_true", help="warm up before the model is ready")
     p.add_argument("--lazy", action="store_true", help="load each layer on its first use")
