@@ -46,6 +46,7 @@ from warmload.config import GenerationConfig
 from warmload.engine import Chunk, SequenceState, common_prefix_length, reusable_prefix
 from warmload.errors import ContextOverflowError, RequestError, WarmloadError
 from warmload.models import fused
+from warmload.prompt_cache import memory_adapter
 
 log = logging.getLogger("warmload.batch")
 
@@ -97,6 +98,7 @@ class Slot:
     prefill_pos: int = 0  # next prompt position to prefill; len(prompt): decoding
     clean_to: int = 0  # positions < clean_to hold finite numbers (written or zeroed)
     admitted: int = 0  # admission order: the oldest prefills first
+    boundary: int = 0  # where the prompt's shareable prefix ends (a pass ends there; saved)
 
     @property
     def prefilling(self) -> bool:
@@ -124,6 +126,7 @@ class BatchRunner:
         self.waiting: deque[BatchRequest] = deque()
         self._admitted = 0
         self.steps = 0  # forward passes run (prefill chunks and decode steps)
+        self._takes_ragged_steps()  # builds this cache's ragged plan now, not on the first step
 
     @property
     def idle(self) -> bool:
@@ -212,12 +215,36 @@ class BatchRunner:
             slot = self._pick_slot(request.prompt_ids)
             reuse = 0 if request.prompt_logprobs else self._reusable(slot, request.prompt_ids)
             if request.prompt_logprobs:
-                slot.chunk_starts = []
+                slot.chunk_starts, slot.boundary = [], 0
+            else:
+                reuse = self._restore(slot, request.prompt_ids, reuse)
             slot.request, slot.cached, slot.prefill_pos = request, slot.cached[:reuse], reuse
             slot.seq = seq
             seq.timings.cached_tokens = reuse
             self._admitted += 1
             slot.admitted = self._admitted
+
+    def _restore(self, slot: Slot, prompt_ids: list[int], reuse: int) -> int:
+        """Load the longest prefix saved in the engine's prompt cache (when longer than what
+        the row keeps) into the row; sets where the row's shareable prefix ends."""
+        boundary_of = getattr(self.engine, "prompt_boundary", None)
+        cache = getattr(self.engine, "prompt_cache", None)
+        boundary = boundary_of(prompt_ids) if boundary_of is not None else 0
+        if cache is not None and reuse < boundary:
+            memory = memory_adapter(self.cache.rows(slot.row, slot.row + 1))
+            found, starts = cache.lookup(prompt_ids[:boundary], memory, longer_than=reuse)
+            if found > reuse:
+                reuse, slot.cached, slot.chunk_starts = found, prompt_ids[:found], starts
+                slot.clean_to = max(slot.clean_to, found)
+        slot.boundary = boundary if boundary > reuse else 0
+        return reuse
+
+    def _passed(self, slot: Slot, stop: int) -> None:
+        """After a prompt pass ending at `stop`: save the row's shareable prefix there."""
+        if stop == slot.boundary and slot.request is not None:
+            memory = self.cache.rows(slot.row, slot.row + 1)
+            prefix = slot.request.prompt_ids[:stop]
+            self.engine.save_prefix_job(prefix, memory, slot.chunk_starts)
 
     @staticmethod
     def _reusable(slot: Slot, prompt_ids: list[int]) -> int:
@@ -289,7 +316,8 @@ class BatchRunner:
         assert slot.request is not None
         alone = not any(s.decoding for s in self.slots)
         size = max(self.prefill_chunk, SOLO_PREFILL_CHUNK) if alone else self.prefill_chunk
-        return min(slot.prefill_pos + size, len(slot.request.prompt_ids))
+        stop = min(slot.prefill_pos + size, len(slot.request.prompt_ids))
+        return min(stop, slot.boundary) if slot.prefill_pos < slot.boundary else stop
 
     def _ragged_pass(self, decoding: list[Slot], short: list[tuple[Slot, int]]) -> None:
         """Every decoding row's next token and the joining rows' short prompt chunks (up to
@@ -332,6 +360,7 @@ class BatchRunner:
             slot.chunk_starts.append(slot.prefill_pos)
             slot.prefill_pos, slot.cached = stop, slot.request.prompt_ids[:stop]
             slot.clean_to = max(slot.clean_to, stop)
+            self._passed(slot, stop)
         logits = self.model.compute_logits(hidden[[i for _, i in sampled]]).float()
         for (slot, _), row_logits in zip(sampled, logits):
             self._sample(slot, row_logits)
@@ -347,6 +376,7 @@ class BatchRunner:
         slot.prefill_pos, slot.cached = stop, prompt[:stop]
         slot.chunk_starts.append(start)
         slot.clean_to = max(slot.clean_to, stop)
+        self._passed(slot, stop)
         if slot.request.prompt_logprobs:
             assert slot.seq is not None
             logits = self.model.compute_logits(hidden)[0].float()  # (T, vocab)

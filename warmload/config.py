@@ -40,12 +40,22 @@ class LoadConfig:
     quantize: str | None = None  # e.g. "Q4_K_M": quantize an F32/F16/BF16 model at load, cached
     quantize_cache_bytes: int = QUANTIZE_CACHE_BYTES  # that cache's bound (LRU)
     check_tensors: bool = False  # scan float values and block scales for NaN/Inf (one pass)
+    prime: bool = True  # pay a first forward's one-time costs in the background after load
+    prompt_cache: str = "auto"  # "auto": cache_dir()/prompts, "off", or a folder (prompt_cache)
+    prompt_cache_max_gb: float = 2.0  # least recently used entries go beyond this
 
     def __post_init__(self) -> None:
         if self.quantize is not None and (not isinstance(self.quantize, str) or not self.quantize):
             raise RequestError(f"quantize must name a type, not {self.quantize!r}", "quantize")
         if self.quantize_cache_bytes < 0:
             raise RequestError("quantize_cache_bytes must be >= 0", "quantize_cache_bytes")
+        if not self.prompt_cache:
+            raise RequestError("prompt_cache must be 'auto', 'off' or a folder", "prompt_cache")
+        if not self.prompt_cache_max_gb > 0:
+            raise RequestError(
+                f"prompt_cache_max_gb must be > 0, not {self.prompt_cache_max_gb}",
+                "prompt_cache_max_gb",
+            )
         if self.load_mode not in LOAD_MODES:
             raise RequestError(
                 f"load_mode must be one of {', '.join(LOAD_MODES)}, not {self.load_mode!r}",

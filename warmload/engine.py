@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -19,6 +20,12 @@ import torch
 from warmload.chat import ChatTemplate
 from warmload.config import GenerationConfig, LoadConfig
 from warmload.errors import ContextOverflowError, RequestError
+from warmload.prompt_cache import (
+    MIN_PREFIX_TOKENS,
+    PromptCache,
+    memory_adapter,
+    open_prompt_cache,
+)
 from warmload.sequence import (  # noqa: F401  (re-exported: the engine's public types)
     Chunk,
     Completion,
@@ -32,6 +39,10 @@ from warmload.tokenizer import Tokenizer, build_tokenizer
 
 DEFAULT_MAX_CTX = 4096  # KV cache cap when neither -c nor the model asks for less
 PREFILL_CHUNK = 512  # prompt tokens per forward pass (bounds attention memory)
+# Engine.prime's passes: a decode step, a short prompt (integer products), a decode step after
+# it. Not a long prompt: its GEMM path costs the same on every call (no first-call cost to pay),
+# and ~1 s of it at load would cost more than it saves.
+PRIME_PASSES = (1, 20, 1)
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -92,6 +103,16 @@ class Engine:
         self._cache_ids: list[int] = []  # tokens whose K/V sit in the cache, in order
         self._chunk_starts: list[int] = []  # first position of each forward pass that made them
         self._lock = threading.Lock()
+        self._prompt_cache = None
+        if load_config.use_cache:
+            self._prompt_cache = open_prompt_cache(
+                load_config.prompt_cache, path, model.config, load_config.prompt_cache_max_gb
+            )
+        # rendered chats' shared prefix lengths, by prompt (see prompt_boundary), most recent last
+        self._chat_prefixes: OrderedDict[tuple[int, ...], int] = OrderedDict()
+        self._saves: list[threading.Thread] = []
+        self._prefix_lock = threading.Lock()
+        self.prime_seconds = 0.0  # spent by prime() during load
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -141,7 +162,28 @@ class Engine:
         """Token ids of the rendered chat, with BOS exactly once; `tools` (OpenAI's function
         definitions) go to the template's `tools` variable, as Hugging Face passes them."""
         text = self.template.render(messages, add_generation_prompt=True, tools=tools)
-        return self.encode_rendered(text)
+        ids = self.encode_rendered(text)
+        if self._prompt_cache is not None:
+            shared = len(self._shared_chat_prefix(messages, tools, ids))
+            with self._prefix_lock:
+                self._chat_prefixes[tuple(ids)] = shared
+                while len(self._chat_prefixes) > 256:
+                    self._chat_prefixes.popitem(last=False)
+        return ids
+
+    def _shared_chat_prefix(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None, ids: list[int]
+    ) -> list[int]:
+        """The tokens any next message would share with this chat (system prompt, earlier
+        turns): the common prefix with the same chat whose last message says something else."""
+        if not messages or not isinstance(messages[-1].get("content"), str):
+            return []
+        other = [*messages[:-1], {**messages[-1], "content": "\x01" + messages[-1]["content"]}]
+        try:
+            text = self.template.render(other, add_generation_prompt=True, tools=tools)
+        except Exception:  # noqa: BLE001 - a template may refuse odd content: no boundary
+            return []
+        return ids[: common_prefix_length(ids, self.encode_rendered(text))]
 
     def encode_rendered(self, text: str) -> list[int]:
         """Encode template output: special tokens in it are parsed; BOS is added only when the
@@ -195,20 +237,80 @@ class Engine:
         self._chunk_starts += range(len(prompt_ids), len(self._cache_ids))  # decode steps
         yield from seq.finish()
 
+    @property
+    def prompt_cache(self) -> PromptCache | None:
+        """The on-disk prompt cache (None: off)."""
+        return self._prompt_cache
+
+    def prompt_boundary(self, prompt_ids: Sequence[int]) -> int:
+        """Where the prompt's shareable prefix ends (0: none): for a chat rendered by
+        chat_prompt, the part any next message shares (system prompt, earlier turns), else the
+        last whole prefill chunk. Prefill splits a pass there, so the state saved at it is the
+        one a later process computes too."""
+        if self._prompt_cache is None:
+            return 0
+        with self._prefix_lock:
+            shared = self._chat_prefixes.get(tuple(prompt_ids))
+        if shared is None:
+            shared = (len(prompt_ids) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+        return shared if MIN_PREFIX_TOKENS <= shared < len(prompt_ids) else 0
+
+    def save_prefix_job(self, prefix: Sequence[int], memory: Any, starts: Sequence[int]) -> None:
+        """Snapshot a sequence memory (row 0 of `memory`) after `prefix` now; write it to the
+        prompt cache in a (non-daemon) thread. Shared with the batch runner."""
+        cache = self._prompt_cache
+        adapter = memory_adapter(memory)
+        if cache is None or cache.has(prefix, adapter):
+            return
+        job = cache.prepare(prefix, adapter, list(starts))
+        if job is not None:
+            thread = threading.Thread(target=job, name="warmload-prompt-cache-save")
+            thread.start()
+            with self._prefix_lock:
+                self._saves = [t for t in self._saves if t.is_alive()] + [thread]
+
     def _prefill(self, prompt_ids: list[int], timings: Timings) -> torch.Tensor:
         """Runs the uncached part of the prompt; returns the last position's logits."""
         reuse = reusable_prefix(self._cache_ids, self._chunk_starts, prompt_ids)
+        boundary = self.prompt_boundary(prompt_ids)
+        if reuse < boundary:
+            reuse = self._restore_prefix(prompt_ids[:boundary], reuse)
         timings.cached_tokens = reuse
         self._cache_ids = prompt_ids[:reuse]
         self._chunk_starts = [s for s in self._chunk_starts if s < reuse]
+        boundary = boundary if boundary > reuse else reuse  # nothing to save when held
+        starts = [*range(reuse, boundary, PREFILL_CHUNK)]
+        starts += range(boundary, len(prompt_ids), PREFILL_CHUNK)
+        ends = [*starts[1:], len(prompt_ids)]
         logits = None
-        for start in range(reuse, len(prompt_ids), PREFILL_CHUNK):
-            chunk = prompt_ids[start : start + PREFILL_CHUNK]
-            logits = self._forward_last(chunk, start)
-            self._cache_ids = prompt_ids[: start + len(chunk)]
+        for start, stop in zip(starts, ends):
+            logits = self._forward_last(prompt_ids[start:stop], start)
+            self._cache_ids = prompt_ids[:stop]
             self._chunk_starts.append(start)
+            if stop == boundary:
+                self._save_prefix(prompt_ids[:boundary])
         assert logits is not None
         return logits
+
+    def _restore_prefix(self, prefix: list[int], reuse: int) -> int:
+        """The longest saved prefix of `prefix` when longer than `reuse`, loaded into the cache."""
+        assert self._prompt_cache is not None
+        memory = memory_adapter(self._cache)
+        found, starts = self._prompt_cache.lookup(prefix, memory, longer_than=reuse)
+        if found <= reuse:
+            return reuse
+        self._cache_ids, self._chunk_starts = prefix[:found], starts
+        return found
+
+    def _save_prefix(self, prefix: list[int]) -> None:
+        self.save_prefix_job(prefix, self._cache, self._chunk_starts)
+
+    def _join_saves(self) -> None:
+        """Wait for pending prompt-cache writes (at close; tests)."""
+        with self._prefix_lock:
+            saves, self._saves = self._saves, []
+        for thread in saves:
+            thread.join()
 
     def _forward_last(self, token_ids: list[int], start_pos: int) -> torch.Tensor:
         tokens = torch.tensor([token_ids], dtype=torch.long)
@@ -219,6 +321,29 @@ class Engine:
 
             raise nonfinite_logits_error(self.path, start_pos + len(token_ids) - 1)
         return logits
+
+    def prime(self) -> float:
+        """Pay now what a first request would (decode plans, the kernels' thread team, scratch
+        buffers and their first touch, lazy imports in sampling, allocator growth): forward
+        passes over throw-away tokens, under the lock, then the cache is forgotten. Returns
+        the seconds spent. load_engine runs it before returning (LoadConfig.prime): ~0.1 s."""
+        started = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            vocab = self.tokenizer.vocab_size
+            ids = [(1000 + 7 * i) % vocab for i in range(sum(PRIME_PASSES))]
+            pos, logits = 0, None
+            for n in PRIME_PASSES:
+                if pos + n >= self.ctx:
+                    break
+                logits = self._forward_last(ids[pos : pos + n], pos)
+                pos += n
+            if logits is not None:
+                seq = SequenceState(
+                    self.tokenizer, ids[:pos], GenerationConfig(seed=0), self.ctx, started
+                )
+                seq.step(logits)  # the sampler's first call
+            self._cache_ids, self._chunk_starts = [], []
+        return time.perf_counter() - started
 
     def reset(self) -> None:
         """Forget the cached conversation (the next call prefills from scratch)."""
@@ -242,6 +367,7 @@ class Engine:
         return residency(self.checkpoint)
 
     def close(self) -> None:
+        self._join_saves()
         self._cache = None
         self.checkpoint.close()
 
@@ -279,7 +405,7 @@ def load_engine(path: Any = None, **load_options: Any) -> Engine:
     except BaseException:
         checkpoint.close()
         raise
-    return Engine(
+    engine = Engine(
         model,
         tokenizer,
         template,
@@ -289,3 +415,6 @@ def load_engine(path: Any = None, **load_options: Any) -> Engine:
         load_stats=stats,
         load_seconds=time.perf_counter() - started,
     )
+    if cfg.prime:  # synchronous: callers may use engine.model at once, from any thread
+        engine.prime_seconds = engine.prime()
+    return engine

@@ -42,8 +42,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--warmup",
         choices=WARMUP_MODES,
-        default="none",
-        help="pre-fault the weights' pages (in the background unless --warmup-sync)",
+        default="auto",
+        help="pre-fault the weights' pages (in the background unless --warmup-sync; "
+        "default: auto)",
     )
     p.add_argument("--warmup-sync", action="store_true", help="warm up before the model is ready")
     p.add_argument("--lazy", action="store_true", help="load each layer on its first use")
@@ -58,6 +59,13 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="scan the weights and block scales for NaN/Inf before running (one pass)",
     )
+    p.add_argument(
+        "--prompt-cache",
+        default="auto",
+        metavar="DIR|off",
+        help="save and reuse prompt prefixes' KV state on disk (default: under the cache dir)",
+    )
+    p.add_argument("--prompt-cache-max-gb", type=float, default=2.0, help="prompt cache bound")
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,6 +80,10 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
         from warmload.loader.quantize_at_load import quantize_type
 
         options["quantize"] = quantize_type(args.quantize)
+    if args.prompt_cache != "auto":
+        options["prompt_cache"] = args.prompt_cache
+    if args.prompt_cache_max_gb != 2.0:
+        options["prompt_cache_max_gb"] = args.prompt_cache_max_gb
     if args.ctx is not None:
         options["ctx"] = args.ctx
     if args.threads is not None:

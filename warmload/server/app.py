@@ -46,6 +46,11 @@ class ServerState:
             "Model cache hits, misses, evictions.",
             lambda: {f'event="{k}"': v for k, v in self.cache.counters.items()},
         )
+        self.metrics.gauge(  # sampled with each re-warm check (cache.rewarm)
+            "warmload_model_residency",
+            "Fraction of each loaded model's file resident in the page cache.",
+            self.cache.residencies,
+        )
 
     def _model_bytes(self) -> dict[str, float]:
         return {f'model="{e.id}"': e.nbytes for e in self.cache.entries.values() if e.engine}

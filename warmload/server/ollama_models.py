@@ -128,6 +128,8 @@ async def ps(request: Request, state: Any) -> Response:
             active_requests=entry.active,
             requests=entry.stats["requests"],
             load_seconds=round(entry.load_seconds, 4),
+            residency=entry.residency,  # last sample (each re-warm check), None before one
+            rewarms=entry.rewarms,
         )
         models.append(item)
     return JSONResponse({"models": models})

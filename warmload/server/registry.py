@@ -22,6 +22,7 @@ log = logging.getLogger("warmload.server")
 
 MODEL_SUFFIXES = (".gguf", ".safetensors")
 REWARM_BELOW = 0.9  # re-warm an idle model when less of its file than this is resident
+REWARM_MIN_INTERVAL = 60.0  # seconds between two re-warms of one model (throttle)
 
 
 class ModelNotFoundError(RequestError):
@@ -48,6 +49,9 @@ class ModelEntry:
     nbytes: int = 0
     progress: float = 0.0  # fraction of the load done (the loader's byte count)
     rewarm: Any = None  # the background re-warm thread, while one runs
+    residency: float | None = None  # fraction of its file resident at the last sample
+    rewarms: int = 0  # background re-warms started for it
+    last_rewarm: float | None = None  # time.monotonic() of the last one
     stats: dict[str, int] = field(default_factory=lambda: {"requests": 0})
 
     @property
@@ -244,30 +248,46 @@ class ModelCache:
             if entry.active == 0 and expires is not None and expires <= now:
                 self.unload(entry.id)
 
-    def rewarm(self, threshold: float = REWARM_BELOW) -> list[str]:
-        """Start a background warm-up of every idle loaded model whose file the OS has partly
-        evicted from the page cache (residency below `threshold`), so the next request does
-        not pay for page faults; returns the ids being re-warmed."""
+    def rewarm(
+        self, threshold: float = REWARM_BELOW, min_interval: float = REWARM_MIN_INTERVAL
+    ) -> list[str]:
+        """Sample every loaded model's residency (mincore: cheap) and start a background
+        warm-up of each idle one whose file the OS has partly evicted from the page cache
+        (below `threshold`), at most once per `min_interval` seconds per model, so the next
+        request does not pay for page faults; returns the ids being re-warmed."""
         from warmload.loader.warm import warm_in_background
 
         started = []
+        now = time.monotonic()
         for entry in list(self.entries.values()):
             engine = entry.engine  # read once: a request may unload it meanwhile
-            busy = entry.rewarm is not None and entry.rewarm.is_alive()
-            if engine is None or entry.active or busy:
+            if engine is None:
+                entry.residency = None
                 continue
             try:
-                resident = engine.residency()
+                entry.residency = resident = engine.residency()
             except (OSError, ValueError) as exc:  # mincore refused, or the file just closed
                 log.debug("residency of %s: %s", entry.id, exc)
                 continue
-            if resident >= threshold:
+            busy = entry.rewarm is not None and entry.rewarm.is_alive()
+            recent = entry.last_rewarm is not None and now - entry.last_rewarm < min_interval
+            if entry.active or busy or recent or resident >= threshold:
                 continue
             log.info("%s: %.0f%% of its file is resident; re-warming", entry.id, resident * 100)
             self.counters["rewarms"] += 1
+            entry.rewarms += 1
+            entry.last_rewarm = now
             entry.rewarm = warm_in_background(engine.checkpoint, "auto")
             started.append(entry.id)
         return started
+
+    def residencies(self) -> dict[str, float]:
+        """Each loaded model's last sampled residency, as /metrics labels."""
+        return {
+            f'model="{e.id}"': e.residency
+            for e in self.entries.values()
+            if e.engine is not None and e.residency is not None
+        }
 
     def close(self) -> None:
         for model_id in list(self.entries):
