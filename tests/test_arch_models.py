@@ -171,3 +171,36 @@ def test_gemma3_transformers4_config_gives_the_same_logits(case, tmp_path):
     (old / "config.json").write_text(json.dumps(config))
     _, ours = _ours(old)
     assert (ours - ref).abs().max() <= 1e-3
+
+
+def test_plan_matches_modules(case, tmp_path, monkeypatch):
+    """Where the registry says the C plan runs the architecture (soft-capped Gemma 2 scores
+    included), its decode steps give the modules' logits bit for bit."""
+    from warmload import kernels
+    from warmload.quantizer import quantize_checkpoint
+
+    arch, folder, _ = case
+    if not registry.find(arch).plan or arch in GGUF_BLOCKED:
+        pytest.skip(f"{arch}: no plan, or no GGUF of this config")
+    if "int8" not in kernels.KERNEL_TYPES.values():
+        pytest.skip("no integer kernels in this variant (the plan needs them)")
+    out = quantize_checkpoint(folder, tmp_path / "q8.gguf", "Q8_0").path
+    model = _ours(out)[0].model
+
+    def steps(planned: bool) -> torch.Tensor:
+        if not planned:
+            monkeypatch.setattr(fused, "_build", lambda model, cache: None)
+        model.__dict__.pop("_plans", None)
+        with torch.inference_mode():
+            cache = model.new_cache(len(IDS))
+            model(torch.tensor([IDS[:PROMPT]]), cache, 0)
+            rows = [
+                model.compute_logits(model(torch.tensor([[t]]), cache, PROMPT + i))[0, -1]
+                for i, t in enumerate(IDS[PROMPT:])
+            ]
+        monkeypatch.undo()
+        return torch.stack(rows)
+
+    planned = steps(True)
+    assert [p for p in model._plans.values() if p is not None]
+    assert torch.equal(planned, steps(False))

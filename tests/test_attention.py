@@ -94,7 +94,9 @@ def test_chunk_attention_matches_torch(
     assert torch.allclose(cache_k, want_k, atol=1e-5) and torch.equal(cache_v, want_v)
     assert torch.allclose(got, want, atol=1e-5)
     if softcap is not None:  # the cap changes these scores: an ignored cap fails
-        uncapped = kernels.attention(q, k, v, cache_k, cache_v, start, window, 0.3, *angles, chunk=True)
+        uncapped = kernels.attention(
+            q, k, v, cache_k, cache_v, start, window, 0.3, *angles, chunk=True
+        )
         assert not torch.allclose(got, uncapped, atol=1e-3)
 
 
