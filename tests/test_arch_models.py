@@ -46,10 +46,16 @@ MODELS = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
         head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW, tie_word_embeddings=True,
         attn_logit_softcapping=2.0, final_logit_softcapping=3.0)),
+    # every Gemma 3 field away from its default, so a reader that drops one fails: local and
+    # global rope bases and scaling (transformers 5 nests them per layer kind), the score scale
+    # != head_dim**-0.5, the final soft-cap, a layer pattern no sliding_window_pattern makes
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
-        head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW, tie_word_embeddings=True,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention",
-                     "sliding_attention"], rope_local_base_freq=10000.0)),
+        head_dim=16, query_pre_attn_scalar=24, sliding_window=WINDOW, tie_word_embeddings=True,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                     "sliding_attention"], final_logit_softcapping=5.0,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}})),
     "cohere2": ("Cohere2Config", "Cohere2ForCausalLM", dict(
         sliding_window=WINDOW, logit_scale=0.5, tie_word_embeddings=True)),
 }  # fmt: skip
@@ -144,3 +150,57 @@ def test_packed_path_agrees_with_transformers(case, tmp_path):
     assert agree >= 0.9, f"{arch}: top-1 agreement {agree:.0%}"
     plan = fused.decode_plan(engine.model, engine.model.new_cache(16, 1))
     assert (plan is not None) == registry.find(arch).plan, fused.plan_refusal(engine.model)
+
+
+def test_gemma3_transformers4_config_gives_the_same_logits(case, tmp_path):
+    """The same weights with config.json as transformers 4.x wrote it (flat rope_theta,
+    rope_scaling, rope_local_base_freq, no rope_parameters)."""
+    import shutil
+
+    arch, folder, ref = case
+    if arch != "gemma3":
+        pytest.skip("transformers 4.x / 5.x rope layouts differ for gemma3 only here")
+    old = tmp_path / "tiny-gemma3-v4"
+    shutil.copytree(folder, old)
+    config = json.loads((old / "config.json").read_text())
+    rope = config.pop("rope_parameters")
+    full, local = rope["full_attention"], rope["sliding_attention"]
+    config["rope_theta"] = full["rope_theta"]
+    config["rope_scaling"] = {k: v for k, v in full.items() if k != "rope_theta"}
+    config["rope_local_base_freq"] = local["rope_theta"]
+    (old / "config.json").write_text(json.dumps(config))
+    _, ours = _ours(old)
+    assert (ours - ref).abs().max() <= 1e-3
+
+
+def test_plan_matches_modules(case, tmp_path, monkeypatch):
+    """Where the registry says the C plan runs the architecture (soft-capped Gemma 2 scores
+    included), its decode steps give the modules' logits bit for bit."""
+    from warmload import kernels
+    from warmload.quantizer import quantize_checkpoint
+
+    arch, folder, _ = case
+    if not registry.find(arch).plan or arch in GGUF_BLOCKED:
+        pytest.skip(f"{arch}: no plan, or no GGUF of this config")
+    if "int8" not in kernels.KERNEL_TYPES.values():
+        pytest.skip("no integer kernels in this variant (the plan needs them)")
+    out = quantize_checkpoint(folder, tmp_path / "q8.gguf", "Q8_0").path
+    model = _ours(out)[0].model
+
+    def steps(planned: bool) -> torch.Tensor:
+        if not planned:
+            monkeypatch.setattr(fused, "_build", lambda model, cache: None)
+        model.__dict__.pop("_plans", None)
+        with torch.inference_mode():
+            cache = model.new_cache(len(IDS))
+            model(torch.tensor([IDS[:PROMPT]]), cache, 0)
+            rows = [
+                model.compute_logits(model(torch.tensor([[t]]), cache, PROMPT + i))[0, -1]
+                for i, t in enumerate(IDS[PROMPT:])
+            ]
+        monkeypatch.undo()
+        return torch.stack(rows)
+
+    planned = steps(True)
+    assert [p for p in model._plans.values() if p is not None]
+    assert torch.equal(planned, steps(False))

@@ -1,5 +1,6 @@
 """The C attention kernel (kernels.attention: decode steps and prompt chunks) against torch:
-rope, the cache write and causal (optionally sliding-window) attention with GQA."""
+rope, the cache write and causal (optionally sliding-window, optionally soft-capped) attention
+with GQA."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ pytestmark = pytest.mark.usefixtures("kernel_variant")  # every test on every va
 H, KV, MAX_CTX = 6, 2, 48
 
 
-def reference(q, cache_k, cache_v, positions, window, scale):
-    """Each query (n, H, D) at its position over its row's keys: torch's SDPA with a mask."""
+def reference(q, cache_k, cache_v, positions, window, scale, softcap=None):
+    """Each query (n, H, D) at its position over its row's keys: torch's SDPA with a mask, or
+    with `softcap` HF Gemma 2's eager attention (scores -> cap * tanh(scores / cap))."""
+    if softcap is not None:
+        return capped_reference(q, cache_k, cache_v, positions, window, scale, softcap)
     rows = []
     for i, pos in enumerate(positions):
         keys, values = cache_k[i, :, : pos + 1], cache_v[i, :, : pos + 1]  # (KV, L, D)
@@ -34,6 +38,19 @@ def reference(q, cache_k, cache_v, positions, window, scale):
     return torch.stack(rows)
 
 
+def capped_reference(q, cache_k, cache_v, positions, window, scale, cap):
+    rows = []
+    for i, pos in enumerate(positions):
+        keys = cache_k[i, :, : pos + 1].repeat_interleave(H // KV, dim=0)  # (H, L, D)
+        values = cache_v[i, :, : pos + 1].repeat_interleave(H // KV, dim=0)
+        scores = torch.tanh((q[i][:, None] @ keys.transpose(-1, -2)) * scale / cap) * cap
+        visible = torch.arange(pos + 1)
+        if window:
+            scores = scores.masked_fill(~(visible > pos - window), float("-inf"))
+        rows.append((torch.softmax(scores, dim=-1) @ values)[:, 0])  # (H, D)
+    return torch.stack(rows)
+
+
 def rotated(x, tables, positions):
     """x (n, heads, D) rotated at each item's position (apply_rope's path)."""
     return torch.cat(
@@ -44,9 +61,12 @@ def rotated(x, tables, positions):
     )
 
 
+@pytest.mark.parametrize("softcap", [None, 0.5])
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("style,D", [("neox", 64), ("interleaved", 32), ("neox", 24)])
-def test_chunk_attention_matches_torch(style: str, D: int, window: int | None):
+def test_chunk_attention_matches_torch(
+    style: str, D: int, window: int | None, softcap: float | None
+):
     g = torch.Generator().manual_seed(D)
     tables = RotaryTables(rope_inv_freq(D, 10000.0), style, torch.float32, torch.device("cpu"))
     tables.ensure(MAX_CTX)
@@ -65,11 +85,19 @@ def test_chunk_attention_matches_torch(style: str, D: int, window: int | None):
         positions,
         window,
         0.3,
+        softcap,
     )
     angles = rope_angles(tables.window(start, T))
-    got = kernels.attention(q, k, v, cache_k, cache_v, start, window, 0.3, *angles, chunk=True)
+    got = kernels.attention(
+        q, k, v, cache_k, cache_v, start, window, 0.3, *angles, chunk=True, softcap=softcap
+    )
     assert torch.allclose(cache_k, want_k, atol=1e-5) and torch.equal(cache_v, want_v)
     assert torch.allclose(got, want, atol=1e-5)
+    if softcap is not None:  # the cap changes these scores: an ignored cap fails
+        uncapped = kernels.attention(
+            q, k, v, cache_k, cache_v, start, window, 0.3, *angles, chunk=True
+        )
+        assert not torch.allclose(got, uncapped, atol=1e-3)
 
 
 @pytest.mark.parametrize("window", [None, 4])

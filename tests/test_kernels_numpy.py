@@ -252,10 +252,12 @@ def rope_neox(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return np.concatenate([a * c - b * s, b * c + a * s], axis=-1)
 
 
+@pytest.mark.parametrize("softcap", [0.0, 0.75])
 @pytest.mark.parametrize(("n", "chunk"), [(1, 0), (5, 1)])
-def test_attention_matches_numpy(n: int, chunk: int):
+def test_attention_matches_numpy(n: int, chunk: int, softcap: float):
     """Rope, cache write and causal softmax attention (GQA, 4 query heads per key head) of a
-    decode step (n = 1) or a prompt chunk, after 7 cached positions."""
+    decode step (n = 1) or a prompt chunk, after 7 cached positions; softcap > 0: scores
+    capped to softcap * tanh(s / softcap) first (Gemma 2), 0: the call without the argument."""
     rng = np.random.default_rng(5)
     H, KV, D, max_ctx, pos0, scale = 8, 2, 64, 32, 7, 0.125
     q, k, v = (rng.standard_normal((n, h, D)).astype(np.float32) for h in (H, KV, KV))
@@ -267,7 +269,8 @@ def test_attention_matches_numpy(n: int, chunk: int):
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
     out = np.empty_like(q)
     args = (ptr(q), ptr(k), ptr(v), ptr(cache_k), ptr(cache_v), n, H, KV, D, max_ctx, 0, pos0)
-    cpu().attention(*args, chunk, 0, scale, ptr(cos), ptr(sin), D // 2, 1, 0, ptr(out))
+    tail = (ptr(cos), ptr(sin), D // 2, 1, 0, ptr(out))
+    cpu().attention(*args, chunk, 0, scale, *tail, *((softcap,) if softcap else ()))
     rq = rope_neox(q.astype(np.float64), cos, sin)
     want_k[0, :, pos] = rope_neox(k.astype(np.float64), cos, sin)  # indexed as (n, KV, D)
     want_v[0, :, pos] = v
@@ -277,6 +280,8 @@ def test_attention_matches_numpy(n: int, chunk: int):
         for h in range(H):
             keys = want_k[0, h // (H // KV), : pos0 + i + 1]
             scores = keys @ rq[i, h] * scale
+            if softcap:
+                scores = np.tanh(scores / softcap) * softcap
             p = np.exp(scores - scores.max())
             want = (p / p.sum()) @ want_v[0, h // (H // KV), : pos0 + i + 1]
             np.testing.assert_allclose(out[i, h], want, rtol=1e-4, atol=1e-5)

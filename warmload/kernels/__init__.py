@@ -211,6 +211,7 @@ def attention(
     sin: torch.Tensor,
     interleaved: bool,
     chunk: bool = False,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Rope, cache write and attention in one call; float32 contiguous q (n, H, D), k and v
     (n, KV, D); returns (n, H, D). cos and sin are float32 views (rows, ..., D/2) of the rope
@@ -221,7 +222,8 @@ def attention(
     per row. A prompt chunk (chunk True): n tokens of one sequence at positions.. (an int),
     cache (1, KV, max_ctx, D), one row of angles per token; every token's k and v are stored
     before token i attends over the keys up to positions + i. Keys beyond `window` of a query
-    are not seen."""
+    are not seen. softcap (Gemma 2's attn_logit_softcapping) caps the scaled scores to
+    softcap * tanh(s / softcap) before the softmax; None or 0: no cap."""
     n = q.shape[0]
     row = cos.stride(0) if chunk or (cos.shape[0] == n and n > 1) else 0
     pointer, pos0 = (0, positions) if isinstance(positions, int) else (positions.data_ptr(), 0)
@@ -250,6 +252,7 @@ def attention(
         cos.stride(-1),
         int(interleaved),
         out.data_ptr(),
+        float(softcap or 0.0),
     )
     return out
 

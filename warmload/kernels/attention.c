@@ -57,10 +57,18 @@ static inline __m128 dot4(const float *q, const float *k, int64_t d) {
 #define ATTN_AVX512 0
 #endif
 
-/* out = softmax(scale * q . keys[lo..pos]) . values[lo..pos] for one query head (keys and
-   values (max_ctx, d) rows); scores has room for pos + 1 - lo floats. */
+/* Soft-capped scores (Gemma 2's attn_logit_softcapping): s -> cap * tanh(s / cap), as HF's
+   eager attention; cap <= 0 leaves them as they are. */
+static void cap_scores(float *scores, int64_t n, float cap) {
+    if (cap <= 0.0f) return;
+    for (int64_t l = 0; l < n; ++l) scores[l] = tanhf(scores[l] / cap) * cap;
+}
+
+/* out = softmax(cap(scale * q . keys[lo..pos])) . values[lo..pos] for one query head (keys
+   and values (max_ctx, d) rows; cap: cap_scores); scores has room for pos + 1 - lo floats. */
 static void attend_head(const float *q, const float *keys, const float *values, int64_t lo,
-                        int64_t pos, int64_t d, float scale, float *scores, float *out) {
+                        int64_t pos, int64_t d, float scale, float softcap, float *scores,
+                        float *out) {
     int64_t n = pos + 1 - lo;
     keys += lo * d, values += lo * d;
 #if ATTN_AVX512
@@ -74,6 +82,7 @@ static void attend_head(const float *q, const float *keys, const float *values, 
                 acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), _mm512_loadu_ps(keys + l * d + j), acc);
             scores[l] = scale * _mm512_reduce_add_ps(acc);
         }
+        cap_scores(scores, n, softcap);
         __m512 mx = _mm512_set1_ps(-INFINITY);
         for (l = 0; l < n; l += 16) {
             __mmask16 m = n - l >= 16 ? 0xFFFF : (__mmask16)((1u << (n - l)) - 1);
@@ -99,12 +108,10 @@ static void attend_head(const float *q, const float *keys, const float *values, 
         return;
     }
 #endif
+    for (int64_t l = 0; l < n; ++l) scores[l] = scale * dot_f32(q, keys + l * d, (int)d);
+    cap_scores(scores, n, softcap);
     float mx = -INFINITY;
-    for (int64_t l = 0; l < n; ++l) {
-        float sc = scale * dot_f32(q, keys + l * d, (int)d);
-        scores[l] = sc;
-        mx = sc > mx ? sc : mx;
-    }
+    for (int64_t l = 0; l < n; ++l) mx = scores[l] > mx ? scores[l] : mx;
     float sum = 0.0f;
     for (int64_t l = 0; l < n; ++l) sum += (scores[l] = expf(scores[l] - mx));
     for (int64_t j = 0; j < d; ++j) out[j] = 0.0f;
@@ -141,7 +148,7 @@ typedef struct {
     int64_t H, KV, D, max_ctx, pos0, window;
     const int64_t *rows, *positions;
     int chunk;
-    float scale;
+    float scale, softcap;
     rope_t rope;
     float *out;
 } step_t;
@@ -183,7 +190,8 @@ static void attend_heads(const step_t *s, int64_t i, int64_t g, int slot) {
         memcpy(qh, s->q + (i * s->H + h) * D, sizeof(float) * D);
         rope_head(qh, (int)D, s->rope.cos + at, s->rope.sin + at, s->rope.step,
                   s->rope.interleaved);
-        attend_head(qh, keys, values, lo, pos, D, s->scale, scores, s->out + (i * s->H + h) * D);
+        attend_head(qh, keys, values, lo, pos, D, s->scale, s->softcap, scores,
+                    s->out + (i * s->H + h) * D);
     }
 }
 
@@ -207,15 +215,15 @@ static void attend_task(void *arg, int64_t task, int slot) {
 /* Rope, cache write and attention of n items (see step_t): q, out (n, H, D); k, v (n, KV, D);
    caches (rows, KV, max_ctx, D); item i's rope angles at cos + i * rope.row + pos * rope.pos
    (sin alike), one every rope.step floats: per-item tables (row) or whole tables indexed by
-   position (pos). The (item, KV head) pairs are split over the kernel threads, each computed
+   position (pos); softcap > 0 caps the scores (cap_scores). The (item, KV head) pairs are split over the kernel threads, each computed
    alone, so a row's result never depends on how many share the step; a chunk's keys are all
    stored before any of its tokens attends (token i sees tokens 0..i of the chunk). */
 int attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
                 int64_t n, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
                 const int64_t *rows, const int64_t *positions, int64_t pos0, int chunk,
-                int64_t window, float scale, rope_t rope, float *out) {
+                int64_t window, float scale, float softcap, rope_t rope, float *out) {
     step_t s = {q, k, v, cache_k, cache_v, H, KV, D, max_ctx, pos0, window, rows, positions,
-                chunk, scale, rope, out};
+                chunk, scale, softcap, rope, out};
     if (!chunk) return parallel_for(n * KV, step_task, &s);
     int rc = parallel_for(n * KV, store_task, &s);
     return rc ? rc : parallel_for(n * KV, attend_task, &s);

@@ -98,7 +98,8 @@ static int run_layer(const plan_t *P, const layer_plan_t *L, float *x, int64_t B
     }
     rope_t rope = {L->cos, L->sin, 0, L->rope_pos_stride, L->rope_step, L->interleaved};
     if ((rc = attend_step(a->q, a->k, a->v, L->cache_k, L->cache_v, B, H, KV, D, P->max_ctx,
-                          rows, positions, pos0, chunk, L->window, L->scale, rope, a->att)))
+                          rows, positions, pos0, chunk, L->window, L->scale, L->softcap, rope,
+                          a->att)))
         return rc;
     part_t o = into(L->o, a->o);
     if ((rc = product(&o, 1, a->att, H * D, B))) return rc;

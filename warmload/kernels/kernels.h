@@ -228,11 +228,12 @@ typedef struct {
 /* A decode step (n rows, row b at positions[b] or pos0, each its own cache row) or, with
    chunk, n tokens whose keys are all stored before any attends: of one sequence at pos0.. in
    cache row 0, or with rows, token i in cache row rows[i] at positions[i] (a ragged step: any
-   rows' decode tokens and prompt chunks at once); 0, or -2 (too many items). */
+   rows' decode tokens and prompt chunks at once); scores soft-capped where softcap > 0 (0: off);
+   0, or -2 (too many items). */
 int attend_step(const float *q, const float *k, const float *v, float *cache_k, float *cache_v,
                 int64_t n, int64_t H, int64_t KV, int64_t D, int64_t max_ctx,
                 const int64_t *rows, const int64_t *positions, int64_t pos0, int chunk,
-                int64_t window, float scale, rope_t rope, float *out);
+                int64_t window, float scale, float softcap, rope_t rope, float *out);
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1 };
 /* out = act(gate) * up, element-wise (out may be gate) */
 void act_mul(const float *gate, const float *up, int64_t n, int act, float *out);
@@ -251,6 +252,7 @@ typedef struct {
     int interleaved;
     int64_t window; /* <= 0: global */
     float scale;
+    float softcap; /* attention scores soft-cap (Gemma 2), 0: none */
 } layer_plan_t;
 
 typedef struct {

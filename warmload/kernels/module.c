@@ -100,12 +100,14 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long q, k, v, ck, cv, pos_p, cos, sin, out;
     long long n, H, KV, D, max_ctx, pos0, window, rope_row, rope_step;
-    double scale;
+    double scale, softcap = 0.0;
     int chunk, interleaved;
-    if (!PyArg_ParseTuple(args, "KKKKKLLLLLKLiLdKKLLiK", &q, &k, &v, &ck, &cv, &n, &H, &KV, &D,
-                          &max_ctx, &pos_p, &pos0, &chunk, &window, &scale, &cos, &sin,
-                          &rope_row, &rope_step, &interleaved, &out))
+    if (!PyArg_ParseTuple(args, "KKKKKLLLLLKLiLdKKLLiK|d", &q, &k, &v, &ck, &cv, &n, &H, &KV,
+                          &D, &max_ctx, &pos_p, &pos0, &chunk, &window, &scale, &cos, &sin,
+                          &rope_row, &rope_step, &interleaved, &out, &softcap))
         return NULL;
+    if (!(softcap >= 0.0) || isinf(softcap))
+        return PyErr_Format(PyExc_ValueError, "attention softcap must be finite and >= 0");
     if (n <= 0 || H <= 0 || KV <= 0 || H % KV || D <= 0 || D % 2 || D > MAX_HEAD_DIM ||
         max_ctx <= 0 || (chunk && pos_p))
         return PyErr_Format(PyExc_ValueError, "bad attention shape");
@@ -123,7 +125,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     kernels_lock();
     rc = attend_step(PTR(const float, q), PTR(const float, k), PTR(const float, v),
                      PTR(float, ck), PTR(float, cv), n, H, KV, D, max_ctx, NULL, positions, pos0,
-                     chunk, window, (float)scale, rope, PTR(float, out));
+                     chunk, window, (float)scale, (float)softcap, rope, PTR(float, out));
     kernels_unlock();
     Py_END_ALLOW_THREADS
     if (rc) return product_error(rc);
@@ -154,18 +156,22 @@ static int parse_matrix(PyObject *item, long long k, part_t *p) {
 
 /* One layer's tuple: 7 matrices (q k v o gate up down as (type, ptr, rows)), 6 norm weight
    pointers (0: absent), 3 q/k/v bias pointers (0: absent), cache_k, cache_v, cos, sin,
-   rope_pos_stride, rope_step, interleaved, window, scale. */
+   rope_pos_stride, rope_step, interleaved, window, scale, softcap (0: none). */
 static int parse_layer(PyObject *item, plan_t *P, layer_plan_t *L) {
     PyObject *m[7];
     unsigned long long w[6], b[3], ck, cv, cos, sin;
     long long pos_stride, step, window;
     int interleaved;
-    double scale;
-    if (!PyArg_ParseTuple(item, "(OOOOOOO)(KKKKKK)(KKK)KKKKLLiLd", &m[0], &m[1], &m[2], &m[3],
+    double scale, softcap;
+    if (!PyArg_ParseTuple(item, "(OOOOOOO)(KKKKKK)(KKK)KKKKLLiLdd", &m[0], &m[1], &m[2], &m[3],
                           &m[4], &m[5], &m[6], &w[0], &w[1], &w[2], &w[3], &w[4], &w[5], &b[0],
                           &b[1], &b[2], &ck, &cv, &cos, &sin, &pos_stride, &step, &interleaved,
-                          &window, &scale))
+                          &window, &scale, &softcap))
         return -1;
+    if (!(softcap >= 0.0) || isinf(softcap)) {
+        PyErr_SetString(PyExc_ValueError, "layer softcap must be finite and >= 0");
+        return -1;
+    }
     int64_t hd = P->H * P->D, kvd = P->KV * P->D;
     if (parse_matrix(m[0], P->hidden, &L->q) || parse_matrix(m[1], P->hidden, &L->k) ||
         parse_matrix(m[2], P->hidden, &L->v) || parse_matrix(m[3], hd, &L->o) ||
@@ -186,7 +192,7 @@ static int parse_layer(PyObject *item, plan_t *P, layer_plan_t *L) {
     L->cache_k = PTR(float, ck), L->cache_v = PTR(float, cv);
     L->cos = PTR(const float, cos), L->sin = PTR(const float, sin);
     L->rope_pos_stride = pos_stride, L->rope_step = step, L->interleaved = interleaved;
-    L->window = window, L->scale = (float)scale;
+    L->window = window, L->scale = (float)scale, L->softcap = (float)softcap;
     return 0;
 }
 
@@ -340,8 +346,9 @@ static PyMethodDef METHODS[] = {
      "act_mul(gate_ptr, up_ptr, n, act, out_ptr): act(gate) * up, act 0 = SiLU, 1 = GELU tanh"},
     {"attention", py_attention, METH_VARARGS,
      "attention(q, k, v, cache_k, cache_v, n, H, KV, D, max_ctx, positions, pos0, chunk, window,\n"
-     "scale, cos, sin, rope_row, rope_step, interleaved, out): rope, cache write and attention\n"
-     "of a decode step (n rows) or, with chunk, of n prompt tokens of one sequence from pos0"},
+     "scale, cos, sin, rope_row, rope_step, interleaved, out[, softcap]): rope, cache write and\n"
+     "attention of a decode step (n rows) or, with chunk, of n prompt tokens of one sequence from\n"
+     "pos0; softcap > 0 caps the scores to softcap * tanh(s / softcap)"},
     {"plan_new", py_plan_new, METH_VARARGS,
      "plan_new((rows, chunk_tokens, hidden, H, KV, D, inter, max_ctx, eps, offset, act),\n"
      "layers): a plan"},

@@ -61,8 +61,8 @@ class Attention(BiasKeeper):
 
     A decode step (one token per row), or a prompt chunk of one sequence shorter than
     KERNEL_CHUNK_TOKENS, on the CPU runs rope, the cache write and the attention in one C call
-    (warmload.kernels.attention) where it can (rope on, no soft-cap); `window` is the sliding
-    window of a local layer (None: global)."""
+    (warmload.kernels.attention, soft-capped scores too) where it can (rope on); `window` is
+    the sliding window of a local layer (None: global)."""
 
     def __init__(
         self,
@@ -124,7 +124,7 @@ class Attention(BiasKeeper):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        fits = rope is not None and self.softcap is None and T < KERNEL_CHUNK_TOKENS
+        fits = rope is not None and T < KERNEL_CHUNK_TOKENS
         if fits and kernels.AVAILABLE and q.device.type == "cpu":
             out = self._fused(q, k, v, cache, layer, start_pos, rope)
             if out is not None:
@@ -184,7 +184,17 @@ class Attention(BiasKeeper):
         n = B * T  # rows of a decode step, or tokens of one sequence's chunk
         q, k, v = (t.reshape(n, -1, self.head_dim).contiguous() for t in (q, k, v))
         out = kernels.attention(
-            q, k, v, keys, values, start_pos, self.window, self.scale, *angles, chunk=T > 1
+            q,
+            k,
+            v,
+            keys,
+            values,
+            start_pos,
+            self.window,
+            self.scale,
+            *angles,
+            chunk=T > 1,
+            softcap=self.softcap,
         )
         return out.view(B, T, self.n_heads, self.head_dim)
 

@@ -144,8 +144,6 @@ def plan_refusal(model: nn.Module) -> str | None:
             return f"layer {i}: {s.norm} norm"
         if s.parallel:
             return f"layer {i}: parallel attention and MLP"
-        if s.attn_softcap is not None:
-            return f"layer {i}: attention logit soft-capping"
         if s.rope is None:
             return f"layer {i}: no rope"
         if s.activation not in kernels.ACTIVATION_IDS:
@@ -169,14 +167,15 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
         return None
     rows = []
     keep: list[Any] = [cache]
-    for i, (matrices, norms, biases, window, scale) in enumerate(weights):
+    for i, (matrices, norms, biases, window, scale, softcap) in enumerate(weights):
         keys, values = cache.k[i], cache.v[i]
         if not (keys.is_contiguous() and values.is_contiguous()):
             return None
         tables, rope = _rope_pointers(model.rope_tables(i))
         keep += tables
         rows.append(
-            (matrices, norms, biases, keys.data_ptr(), values.data_ptr(), *rope, window, scale)
+            (matrices, norms, biases, keys.data_ptr(), values.data_ptr(), *rope, window, scale,
+             softcap)
         )
     config = model.config
     attn = model.model.layers[0].self_attn
@@ -262,7 +261,8 @@ def _matrices(layer: nn.Module) -> tuple | None:
 
 
 def _layer_weights(model: nn.Module, eps: float, offset: float) -> list[tuple] | None:
-    """Per layer (matrices, norm pointers, bias pointers, window, scale), or None when a layer
+    """Per layer (matrices, norm pointers, bias pointers, window, scale, attention soft-cap
+    (0: none)), or None when a layer
     is not packed; kept on the model once every weight is in place (they do not move after
     that), so a plan for another row range costs only its cache and rope pointers. Which norms
     a layer has comes from its LayerSpec (sandwich: four)."""
@@ -287,7 +287,8 @@ def _layer_weights(model: nn.Module, eps: float, offset: float) -> list[tuple] |
         pointers = tuple(_norm(n, eps, offset) for n in norms)
         if None in pointers:
             return None
-        weights.append((matrices, pointers, biases, spec.window or 0, spec.scale))
+        softcap = spec.attn_softcap or 0.0
+        weights.append((matrices, pointers, biases, spec.window or 0, spec.scale, softcap))
     lazy = getattr(model, "lazy_weights", None)
     if lazy is None or not lazy.pending:
         model.__dict__["_plan_weights"] = weights
