@@ -173,10 +173,8 @@ def _build(model: nn.Module, cache: KVCache) -> DecodePlan | None:
             return None
         tables, rope = _rope_pointers(model.rope_tables(i))
         keep += tables
-        rows.append(
-            (matrices, norms, biases, keys.data_ptr(), values.data_ptr(), *rope, window, scale,
-             softcap)
-        )
+        caches = (keys.data_ptr(), values.data_ptr())
+        rows.append((matrices, norms, biases, *caches, *rope, window, scale, softcap))
     config = model.config
     attn = model.model.layers[0].self_attn
     # chunks only where decode steps take the prompt products' arithmetic (AVX-512 VNNI):

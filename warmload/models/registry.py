@@ -51,9 +51,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("qwen2", "qwen2", ("qwen2",), ("Qwen2ForCausalLM",)),
     Architecture("qwen3", "qwen3", ("qwen3",), ("Qwen3ForCausalLM",)),
     Architecture("phi3", "phi3", ("phi3",), ("Phi3ForCausalLM",), chat_template="phi3"),
-    Architecture(
-        "gemma2", "gemma2", ("gemma2",), ("Gemma2ForCausalLM",), chat_template="gemma3"
-    ),
+    Architecture("gemma2", "gemma2", ("gemma2",), ("Gemma2ForCausalLM",), chat_template="gemma3"),
     Architecture(
         "gemma3", "gemma3", ("gemma3_text",), ("Gemma3ForCausalLM",), chat_template="gemma3"
     ),
