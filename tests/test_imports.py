@@ -34,6 +34,7 @@ LAYERS = {
     "hf_convert": 6,
     "sampling": 6,
     "sequence": 6.5,  # one sequence's generation (engine and batch share it)
+    "prompt_cache": 6.5,  # sequence memory (KV state) of prompt prefixes on disk
     "engine": 7,
     "batch": 8,
     "server": 9,
